@@ -1,0 +1,5 @@
+"""daskgru: GRUs over long, wide time series with Numba kernels on Dask, returning xarray."""
+from .params import GRUParams, GRUWeights, load_params
+from .scan import gru
+
+__all__ = ["GRUParams", "GRUWeights", "load_params", "gru"]

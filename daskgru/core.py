@@ -1,0 +1,182 @@
+"""Eager NumPy GRU: validation, layers, directions, lengths, h0 (calls the kernels).
+
+Everything here works on NumPy arrays in the canonical layout x (T, B, I). The dask graph
+in :mod:`daskgru.scan` calls the very same per-chunk functions, which is why the two agree
+bit for bit.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import kernels
+from .params import GRUParams
+
+__all__ = ["GRUCall", "validate", "prepare_weights", "gru_numpy", "layer_input"]
+
+# Eager calls walk time in blocks of this many steps so that the projected inputs of a
+# whole long sequence never sit in memory at once. Results do not depend on it.
+EAGER_BLOCK = 2048
+
+METHODS = ("scan",)
+
+
+class GRUCall(NamedTuple):
+    """A validated call: shapes and options every backend needs."""
+
+    T: int
+    B: int
+    I: int
+    dtype: np.dtype
+    unbatched: bool
+    batch_first: bool
+    params: GRUParams
+
+
+def compute_dtype(dtype, name="x"):
+    """float32 and float64 are kept; float16 computes in float32; anything else is refused."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return np.dtype(np.float32) if dt.itemsize < 4 else (
+            dt if dt.itemsize <= 8 else np.dtype(np.float64))
+    raise TypeError(f"{name} must hold real floating-point numbers, got dtype {dt}")
+
+
+def validate(x, p, *, h0=None, lengths=None, batch_first=False, method="scan") -> GRUCall:
+    """Check shapes, dtypes and options of a ``gru`` call before any work; works on NumPy
+    and dask arrays alike (only shapes and dtypes are read, never values of dask arrays)."""
+    if not isinstance(p, GRUParams):
+        raise TypeError(f"p must be a GRUParams, got {type(p).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"x must be an array, got {type(x).__name__}")
+    dtype = compute_dtype(x.dtype)
+    if len(shape) == 2:
+        unbatched = True
+        T, I = shape
+        B = 1
+    elif len(shape) == 3:
+        unbatched = False
+        B, T, I = shape if batch_first else (shape[1], shape[0], shape[2])
+    else:
+        raise ValueError(
+            f"x must be 3-D ({'B, T, I' if batch_first else 'T, B, I'}) or 2-D (T, I), "
+            f"got shape {tuple(shape)}"
+        )
+    if I != p.input_size:
+        raise ValueError(f"x has input size {I} (last axis), but p.input_size is {p.input_size}")
+    LD, H = p.num_layers * p.num_directions, p.hidden_size
+    if h0 is not None:
+        hs = getattr(h0, "shape", None)
+        want = (LD, H) if unbatched else (LD, B, H)
+        if hs is None or tuple(hs) != want:
+            raise ValueError(
+                f"h0 must have shape {want} (num_layers * num_directions"
+                f"{'' if unbatched else ', batch'}, hidden_size), got {None if hs is None else tuple(hs)}"
+            )
+        compute_dtype(h0.dtype, "h0")
+    if lengths is not None:
+        ls = getattr(lengths, "shape", None)
+        if ls is None:
+            lengths = np.asarray(lengths)
+            ls = lengths.shape
+        ok = tuple(ls) in ((B,),) or (unbatched and tuple(ls) in ((), (1,)))
+        if not ok:
+            raise ValueError(f"lengths must have shape ({B},) (one per sequence), got {tuple(ls)}")
+        if np.dtype(lengths.dtype).kind not in "iu":
+            raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        if isinstance(lengths, np.ndarray):
+            check_lengths(lengths, T)
+    return GRUCall(int(T), int(B), int(I), dtype, unbatched, bool(batch_first), p.astype(dtype))
+
+
+def check_lengths(lengths, T):
+    """Values of lengths must lie in 0..T (called in-task for dask lengths)."""
+    lengths = np.asarray(lengths)
+    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+        bad = lengths[(lengths < 0) | (lengths > T)]
+        raise ValueError(f"lengths must lie in 0..{T} (the number of steps), got {bad[:5].tolist()}")
+    return np.ascontiguousarray(lengths, dtype=np.int64).reshape(-1)
+
+
+class PreparedWeights:
+    """``weights[layer][direction] -> (w_ih_t, b_ih, w_hh_t, b_hh)``, transposed and
+    contiguous as the kernels want them. An opaque object, so that a task graph holds it
+    as one value (dask would otherwise walk into nested tuples)."""
+
+    __slots__ = ("layers",)
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def __getitem__(self, l):
+        return self.layers[l]
+
+    def __getstate__(self):
+        return self.layers
+
+    def __setstate__(self, state):
+        self.layers = state
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for layer in self.layers for w in layer for a in w)
+
+
+def prepare_weights(p: GRUParams) -> PreparedWeights:
+    """Transposed, contiguous weights of every layer and direction; built once per call."""
+    return PreparedWeights(tuple(
+        tuple(
+            (np.ascontiguousarray(w.w_ih.T), w.b_ih, np.ascontiguousarray(w.w_hh.T), w.b_hh)
+            for w in layer
+        )
+        for layer in p.weights
+    ))
+
+
+def layer_input(parts):
+    """The input of the next layer: the directions' outputs side by side [forward, backward]."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def gru_numpy(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
+    """Eager GRU on NumPy arrays; see :func:`daskgru.gru` for the semantics."""
+    call = validate(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    x = np.asarray(x)
+    if call.unbatched:
+        x = x[:, None, :]
+        h0 = None if h0 is None else np.asarray(h0)[:, None, :]
+    elif batch_first:
+        x = x.transpose(1, 0, 2)
+    T, B = call.T, call.B
+    dt, pp = call.dtype, call.params
+    L, D, H = pp.num_layers, pp.num_directions, pp.hidden_size
+    lengths = np.full(B, T, np.int64) if lengths is None else check_lengths(lengths, T)
+    h0 = np.zeros((L * D, B, H), dt) if h0 is None else np.asarray(h0, dtype=dt)
+    weights = prepare_weights(pp)
+    h_n = np.empty((L * D, B, H), dt)
+    layer_in = np.ascontiguousarray(x, dtype=dt)
+    starts = list(range(0, T, EAGER_BLOCK))
+    for l in range(L):
+        outs = []
+        for d in range(D):
+            w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
+            out = np.empty((T, B, H), dt)
+            h = h0[l * D + d]
+            for t0 in (reversed(starts) if d else starts):
+                t1 = min(t0 + EAGER_BLOCK, T)
+                gi = kernels.project(layer_in[t0:t1], w_ih_t, b_ih)
+                out[t0:t1], h = kernels.scan(gi, w_hh_t, b_hh, h, lengths, t0, d == 1,
+                                             pp.reset_after)
+            h_n[l * D + d] = h
+            outs.append(out)
+        layer_in = layer_input(outs)
+    out = layer_in
+    if call.unbatched:
+        return out[:, 0], h_n[:, 0]
+    if batch_first:
+        out = out.transpose(1, 0, 2)
+    return out, h_n

@@ -1,0 +1,205 @@
+"""The Dask graph: chains of scan tasks along time, a wavefront over layers.
+
+For batch chunk j, time chunk k, layer l and direction d the graph holds
+
+* ``gru-inproj-…`` (l, d, j, k): the input projection of chunk k (no dependency along time);
+* ``gru-scan-…`` (l, d, j, k): the recurrence over chunk k from the boundary state of chunk
+  k-1 (k+1 for the reverse direction), returning ``(outputs, end state)``;
+* ``gru-state-…`` / ``gru-chunkout-…``: the two halves of that result, so that the next
+  scan task receives only the (B, H) boundary state;
+* ``gru-output-…`` and ``gru-hn-…``: the blocks of the two returned dask arrays.
+
+Layer l+1's chunk k depends only on layer l's chunk k (in both directions), so layers run
+as a wavefront. One key (``gru-weights-…``) holds the weights, transposed once for the
+kernels. Every task calls the same per-chunk functions as the eager path, so results equal
+it bit for bit for any chunking and any scheduler.
+"""
+from __future__ import annotations
+
+from operator import getitem
+
+import numpy as np
+
+from . import kernels
+from .core import check_lengths, gru_numpy, layer_input, prepare_weights, validate
+
+__all__ = ["gru", "gru_dask", "is_dask"]
+
+
+def is_dask(a) -> bool:
+    return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
+
+
+def gru(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
+    """Run a GRU exactly as ``torch.nn.GRU`` does, eagerly on NumPy or lazily on Dask.
+
+    Parameters
+    ----------
+    x : array (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched
+        NumPy or dask; float32 and float64 are kept, float16 is computed in float32.
+    p : GRUParams
+        The weights (cast to the dtype of ``x`` when they differ).
+    h0 : array (num_layers * num_directions, B, H), optional
+        Start states, index ``layer * num_directions + direction``; zeros by default.
+    lengths : int array (B,), optional
+        Valid steps per sequence (0..T), with torch's packed-sequence semantics: outputs past
+        a sequence's length are 0, ``h_n`` is the state at its last valid step, and the
+        reverse direction starts there.
+    batch_first : bool
+        Take x as (B, T, I) and return output as (B, T, D*H).
+    method : {"scan"}
+        How time is traversed; "scan" is the exact sequential chain of chunks.
+
+    Returns
+    -------
+    output : array (T, B, D*H)
+        Top layer's states, the two directions side by side [forward, backward].
+    h_n : array (num_layers * num_directions, B, H)
+        Final states. NumPy in gives NumPy out (eager); any dask input gives dask out (lazy).
+
+    Examples
+    --------
+    >>> import numpy as np, daskgru as dg
+    >>> p = dg.GRUParams.random(3, 8, num_layers=2, seed=0)
+    >>> x = np.random.default_rng(0).normal(size=(100, 4, 3)).astype("float32")
+    >>> out, h_n = dg.gru(x, p)
+    >>> out.shape, h_n.shape
+    ((100, 4, 8), (2, 4, 8))
+    >>> import dask.array as da
+    >>> lazy_out, lazy_h = dg.gru(da.from_array(x, chunks=(25, 2, 3)), p)
+    >>> bool(np.array_equal(lazy_out.compute(), out))
+    True
+    """
+    if is_dask(x) or is_dask(h0) or is_dask(lengths):
+        return gru_dask(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    return gru_numpy(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+
+
+# ----------------------------------------------------------------------------- tasks
+def _inproj_task(weights, l, d, *parts):
+    w_ih_t, b_ih, _, _ = weights[l][d]
+    return kernels.project(layer_input(parts), w_ih_t, b_ih)
+
+
+def _scan_task(weights, l, d, reset_after, gi, h_start, lengths, t0, T):
+    _, _, w_hh_t, b_hh = weights[l][d]
+    B = gi.shape[1]
+    if h_start is None:
+        h_start = np.zeros((B, w_hh_t.shape[0]), w_hh_t.dtype)
+    lengths = np.full(B, T, np.int64) if lengths is None else check_lengths(lengths, T)
+    return kernels.scan(gi, w_hh_t, b_hh, h_start, lengths, t0, d == 1, reset_after)
+
+
+def _hn_block(state):
+    return state[None]
+
+
+# ----------------------------------------------------------------------------- graph
+def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
+    """Lazy GRU over dask arrays (NumPy h0/lengths are accepted too); see :func:`gru`."""
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    call = validate(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    pp, dt, T = call.params, call.dtype, call.T
+    L, D, H = pp.num_layers, pp.num_directions, pp.hidden_size
+
+    x = da.asarray(x)
+    if call.unbatched:
+        x = x[:, None, :]
+    elif batch_first:
+        x = x.transpose(1, 0, 2)
+    x = x.astype(dt).rechunk({2: -1})
+    tchunks, bchunks = x.chunks[0], x.chunks[1]
+    nt, nb = len(tchunks), len(bchunks)
+    t_starts = np.concatenate([[0], np.cumsum(tchunks)[:-1]]).astype(int).tolist()
+
+    collections = [x]
+    h0_key = lambda ld, j: None  # noqa: E731
+    if h0 is not None:
+        if call.unbatched:
+            h0 = h0[:, None, :]
+        if is_dask(h0):
+            h0 = da.asarray(h0).astype(dt).rechunk(((1,) * (L * D), bchunks, (H,)))
+            collections.append(h0)
+            h0_key = lambda ld, j, n=h0.name: (n, ld, j, 0)  # noqa: E731
+        else:
+            h0np = np.asarray(h0, dtype=dt)
+            b_edges = np.cumsum((0,) + bchunks)
+            h0_key = lambda ld, j: h0np[ld, b_edges[j]:b_edges[j + 1]]  # noqa: E731
+    len_key = lambda j: None  # noqa: E731
+    if lengths is not None:
+        if is_dask(lengths):
+            lengths = da.asarray(lengths).reshape(-1).rechunk((bchunks,))
+            collections.append(lengths)
+            len_key = lambda j, n=lengths.name: (n, j)  # noqa: E731
+        else:
+            lnp = check_lengths(lengths, T)
+            b_edges = np.cumsum((0,) + bchunks)
+            len_key = lambda j: lnp[b_edges[j]:b_edges[j + 1]]  # noqa: E731
+
+    tok = tokenize(x.name, pp, [getattr(c, "name", None) for c in collections],
+                   None if h0 is None or is_dask(h0) else h0,
+                   None if lengths is None or is_dask(lengths) else lengths, method)
+    wname = f"gru-weights-{tok}"
+    outname, hnname = f"gru-output-{tok}", f"gru-hn-{tok}"
+
+    def names(l):  # one graph layer per GRU layer and stage keeps the layer graph acyclic
+        return (f"gru-inproj-l{l}-{tok}", f"gru-scan-l{l}-{tok}", f"gru-state-l{l}-{tok}",
+                f"gru-chunkout-l{l}-{tok}")
+
+    layers = {wname: {wname: prepare_weights(pp)}}
+    deps = {wname: set()}
+    base = [c.name for c in collections]
+    for l in range(L):
+        inproj, scan_, state, chunkout = names(l)
+        below = names(l - 1)[3] if l else x.name
+        g_proj, g_scan, g_state, g_cout = {}, {}, {}, {}
+        for j in range(nb):
+            if l == 0:
+                parts = lambda k: [(x.name, k, j, 0)]  # noqa: E731
+            else:
+                parts = lambda k: [(below, dd, j, k) for dd in range(D)]  # noqa: E731
+            for d in range(D):
+                prev = h0_key(l * D + d, j)
+                for k in (range(nt - 1, -1, -1) if d else range(nt)):
+                    g_proj[(inproj, d, j, k)] = (_inproj_task, wname, l, d, *parts(k))
+                    g_scan[(scan_, d, j, k)] = (
+                        _scan_task, wname, l, d, pp.reset_after, (inproj, d, j, k),
+                        prev, len_key(j), t_starts[k], T,
+                    )
+                    g_state[(state, d, j, k)] = (getitem, (scan_, d, j, k), 1)
+                    g_cout[(chunkout, d, j, k)] = (getitem, (scan_, d, j, k), 0)
+                    prev = (state, d, j, k)
+        # The boundary states live in the scan layer: the chain runs through them.
+        g_scan.update(g_state)
+        layers.update({inproj: g_proj, scan_: g_scan, chunkout: g_cout})
+        deps.update({inproj: {wname, below}, scan_: {wname, inproj, *base[1:]},
+                     chunkout: {scan_}})
+    top = names(L - 1)
+    g_out = {}
+    for j in range(nb):
+        for k in range(nt):
+            parts = [(top[3], d, j, k) for d in range(D)]
+            g_out[(outname, k, j, 0)] = (layer_input, parts) if D > 1 else parts[0]
+    g_hn = {}
+    for l in range(L):
+        state = names(l)[2]
+        for d in range(D):
+            for j in range(nb):
+                g_hn[(hnname, l * D + d, j, 0)] = (_hn_block, (state, d, j, 0 if d else nt - 1))
+    layers.update({outname: g_out, hnname: g_hn})
+    deps.update({outname: {top[3]}, hnname: {names(l)[1] for l in range(L)}})
+    graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in collections])
+    all_layers, all_deps = dict(graph.layers), dict(graph.dependencies)
+    all_layers.update(layers)
+    all_deps.update(deps)
+    hlg = HighLevelGraph(all_layers, all_deps)
+    out = da.Array(hlg, outname, (tchunks, bchunks, (D * H,)), meta=np.empty((0, 0, 0), dt))
+    h_n = da.Array(hlg, hnname, ((1,) * (L * D), bchunks, (H,)), meta=np.empty((0, 0, 0), dt))
+    if call.unbatched:
+        return out[:, 0], h_n[:, 0]
+    if batch_first:
+        out = out.transpose(1, 0, 2)
+    return out, h_n
