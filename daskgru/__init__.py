@@ -3,3 +3,6 @@ from .params import GRUParams, GRUWeights, load_params
 from .scan import gru
 
 __all__ = ["GRUParams", "GRUWeights", "load_params", "gru"]
+from .xarray import apply_gru
+
+__all__ += ["apply_gru"]

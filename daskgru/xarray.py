@@ -1,0 +1,177 @@
+"""Labelled front end: run a GRU over xarray objects, every other dim being batch."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .params import DIRECTIONS, GRUParams
+from .scan import gru, is_dask
+
+__all__ = ["apply_gru"]
+
+
+def _dims_error(what, name, obj):
+    return ValueError(f"{what} {name!r} is not a dimension of the input; dims present: {tuple(obj.dims)}")
+
+
+def _as_dataarray(obj, feature_dim, features, time_dim):
+    import xarray as xr
+
+    if isinstance(obj, xr.DataArray):
+        if features is not None:
+            raise ValueError("features= selects data variables of a Dataset; got a DataArray")
+        return obj
+    if not isinstance(obj, xr.Dataset):
+        raise TypeError(f"obj must be an xarray DataArray or Dataset, got {type(obj).__name__}")
+    if features is None:
+        features = [k for k, v in obj.data_vars.items() if time_dim in v.dims]
+        if not features:
+            raise ValueError(f"no data variable of the Dataset has the dim {time_dim!r}; "
+                             f"data variables: {list(obj.data_vars)}")
+    missing = [f for f in features if f not in obj.data_vars]
+    if missing:
+        raise ValueError(f"features {missing} are not data variables; present: {list(obj.data_vars)}")
+    if feature_dim in obj.dims:
+        raise ValueError(f"feature_dim {feature_dim!r} already is a dim of the Dataset")
+    da = obj[list(features)].to_dataarray(dim=feature_dim)
+    da.attrs = dict(obj.attrs)
+    return da
+
+
+def _over_batch(value, name, lead_dims, lead_shape, batch_dims, batch_shape, tail_dims, tail_shape):
+    """A DataArray or array over (*lead, *batch dims, *tail) -> array (*lead, B, *tail)."""
+    import xarray as xr
+
+    want_dims = (*lead_dims, *batch_dims, *tail_dims)
+    if isinstance(value, xr.DataArray):
+        if set(value.dims) != set(want_dims):
+            raise ValueError(f"{name} must have dims {want_dims}, got {value.dims}")
+        value = value.transpose(*want_dims).data
+    want = (*lead_shape, *batch_shape, *tail_shape)
+    if tuple(getattr(value, "shape", np.shape(value))) != want:
+        raise ValueError(f"{name} must have shape {want} (dims {want_dims}), "
+                         f"got {tuple(np.shape(value))}")
+    if not is_dask(value):
+        value = np.asarray(value)
+    return value.reshape((*lead_shape, math.prod(batch_shape), *tail_shape))
+
+
+def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hidden",
+              h0=None, lengths=None, method="scan", features=None):
+    """Run a GRU along ``time_dim`` of a labelled array; every other dim is batch.
+
+    Parameters
+    ----------
+    obj : xr.DataArray or xr.Dataset
+        A DataArray with dims ``time_dim`` and ``feature_dim`` plus any batch dims (lat, lon,
+        station, ...), NumPy- or dask-backed; or a Dataset whose data variables ``features``
+        (default: all with ``time_dim``) are stacked as the features.
+    p : GRUParams
+    time_dim, feature_dim, hidden_dim : str
+        Names of the time and feature dims of the input and of the hidden dim of the output.
+    h0 : DataArray (layer, direction, *batch dims, hidden_dim) or array, optional
+        Start states, e.g. the ``final_state`` of a previous call on the preceding stretch
+        of time. A plain array has shape (num_layers * num_directions, *batch shape, H).
+    lengths : DataArray over the batch dims, or integer array of the batch shape, optional
+        Valid steps per sequence (packed-sequence semantics, see :func:`daskgru.gru`).
+    method : str
+        Passed to :func:`daskgru.gru`.
+    features : list of str, optional
+        With a Dataset: the data variables to use as features, in this order.
+
+    Returns
+    -------
+    xr.Dataset
+        ``output`` (time_dim, *batch dims, hidden_dim) — (time_dim, *batch dims,
+        direction, hidden_dim) for a bidirectional GRU — and ``final_state`` (layer, direction, *batch dims, hidden_dim). Coords along time
+        and batch dims and the input's attrs are kept; the model is described in attrs.
+        Dask-backed input gives a lazy Dataset, NumPy-backed input a computed one.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, daskgru as dg
+    >>> field = xr.DataArray(np.random.default_rng(0).normal(size=(50, 3, 4, 2)),
+    ...                      dims=("time", "lat", "lon", "feature"),
+    ...                      coords={"lat": [10.0, 20.0, 30.0]}, attrs={"units": "K"})
+    >>> ds = dg.apply_gru(field, dg.GRUParams.random(2, 8, seed=0, dtype="float64"))
+    >>> ds.output.dims, ds.final_state.dims
+    (('time', 'lat', 'lon', 'hidden'), ('layer', 'direction', 'lat', 'lon', 'hidden'))
+    >>> ds.attrs["units"]
+    'K'
+    """
+    import xarray as xr
+
+    if not isinstance(p, GRUParams):
+        raise TypeError(f"p must be a GRUParams, got {type(p).__name__}")
+    for name, v in (("time_dim", time_dim), ("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
+        if not isinstance(v, str):
+            raise TypeError(f"{name} must be a str, got {type(v).__name__}")
+    if isinstance(obj, xr.Dataset) and time_dim not in obj.dims:
+        raise _dims_error("time_dim", time_dim, obj)
+    da_in = _as_dataarray(obj, feature_dim, features, time_dim)
+    for what, name in (("time_dim", time_dim), ("feature_dim", feature_dim)):
+        if name not in da_in.dims:
+            raise _dims_error(what, name, da_in)
+    if hidden_dim in da_in.dims and hidden_dim != feature_dim:
+        raise ValueError(f"hidden_dim {hidden_dim!r} clashes with a dim of the input {da_in.dims}")
+    if da_in.sizes[feature_dim] != p.input_size:
+        raise ValueError(f"dim {feature_dim!r} has size {da_in.sizes[feature_dim]}, "
+                         f"but p.input_size is {p.input_size}")
+    if not np.issubdtype(da_in.dtype, np.floating):
+        raise TypeError(f"input data must be floating point, got dtype {da_in.dtype}")
+
+    batch_dims = [d for d in da_in.dims if d not in (time_dim, feature_dim)]
+    batch_shape = tuple(da_in.sizes[d] for d in batch_dims)
+    B, T = math.prod(batch_shape), da_in.sizes[time_dim]
+    L, D, H = p.num_layers, p.num_directions, p.hidden_size
+
+    x = da_in.transpose(time_dim, *batch_dims, feature_dim).data
+    lazy = is_dask(x)
+    if lazy:
+        import dask.array as dsa
+
+        # Batch dims are flattened into one; merging their chunks keeps the graph exact.
+        x = dsa.reshape(x, (T, B, p.input_size), merge_chunks=True)
+    else:
+        x = np.asarray(x).reshape(T, B, p.input_size)
+
+    if h0 is not None:
+        if isinstance(h0, xr.DataArray) and "direction" not in h0.dims and D == 1:
+            h0 = h0.expand_dims("direction", axis=1)
+        if isinstance(h0, xr.DataArray):
+            h0 = _over_batch(h0, "h0", ("layer", "direction"), (L, D), batch_dims, batch_shape,
+                             (hidden_dim,), (H,))
+        else:
+            h0 = _over_batch(h0, "h0", ("layer*direction",), (L * D,), batch_dims, batch_shape,
+                             (hidden_dim,), (H,))
+        h0 = h0.reshape(L * D, B, H)
+    if lengths is not None:
+        lengths = _over_batch(lengths, "lengths", (), (), batch_dims, batch_shape, (), ())
+    out, h_n = gru(x, p, h0=h0, lengths=lengths, method=method)
+
+    # A bidirectional output gets a direction dim: one Dataset cannot hold a hidden dim of
+    # size 2H (output) beside one of size H (final_state). [forward, backward] is D-major.
+    out_dims = (time_dim, *batch_dims) + (("direction",) if D == 2 else ()) + (hidden_dim,)
+    out = out.reshape((T,) + batch_shape + ((D,) if D == 2 else ()) + (H,))
+    h_n = h_n.reshape((L, D) + batch_shape + (H,))
+    coords = {k: v for k, v in da_in.coords.items() if feature_dim not in v.dims}
+    out_coords = dict(coords, direction=list(DIRECTIONS)) if D == 2 else coords
+    output = xr.DataArray(out, dims=out_dims, coords=out_coords,
+                          attrs={"long_name": "GRU output (top layer hidden state)"})
+    state_coords = {k: v for k, v in coords.items() if time_dim not in v.dims}
+    state_coords.update(layer=np.arange(L), direction=list(DIRECTIONS[:D]))
+    final = xr.DataArray(h_n, dims=("layer", "direction", *batch_dims, hidden_dim),
+                         coords=state_coords,
+                         attrs={"long_name": "GRU hidden state after the last valid step"})
+    attrs = dict(da_in.attrs)
+    attrs.update({
+        "gru_input_size": p.input_size,
+        "gru_hidden_size": H,
+        "gru_num_layers": L,
+        "gru_bidirectional": int(p.bidirectional),
+        "gru_reset_after": int(p.reset_after),
+        "gru_method": method,
+        "gru_time_dim": time_dim,
+    })
+    return xr.Dataset({"output": output, "final_state": final}, attrs=attrs)
