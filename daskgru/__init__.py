@@ -6,3 +6,5 @@ __all__ = ["GRUParams", "GRUWeights", "load_params", "gru"]
 from .xarray import apply_gru
 
 __all__ += ["apply_gru"]
+from .train import GRURegressor, gru_backward
+__all__ += ["gru_backward", "GRURegressor"]
