@@ -320,7 +320,7 @@ class GRUParams:
         """
         obj = layer_or_weights
         if isinstance(obj, (list, tuple)) and obj and all(hasattr(o, "get_weights") for o in obj):
-            parts = [cls.from_keras(o, dtype=dtype) for o in obj]
+            parts = [cls.from_keras(o, reset_after, dtype=dtype) for o in obj]
             ra = {p.reset_after for p in parts}
             if len(ra) > 1:
                 raise ValueError("stacked Keras layers mix reset_after True and False")
@@ -334,26 +334,40 @@ class GRUParams:
             mode = getattr(obj, "merge_mode", "concat")
             if mode != "concat":
                 raise ValueError(f"Bidirectional merge_mode must be 'concat', got {mode!r}")
-            f = cls.from_keras(obj.forward_layer, dtype=dtype)
-            b = cls.from_keras(obj.backward_layer, dtype=dtype)
             if not getattr(obj.backward_layer, "go_backwards", True):
                 raise ValueError("the backward layer of Bidirectional must have go_backwards=True")
+            f = cls._from_keras_gru(obj.forward_layer, reset_after, dtype)
+            # The backward layer runs with go_backwards=True; Bidirectional flips its output
+            # sequence back, which is exactly the reverse direction of torch.nn.GRU.
+            b = cls._from_keras_gru(obj.backward_layer, reset_after, dtype, backward=True)
+            if (f.reset_after, f.bias) != (b.reset_after, b.bias):
+                raise ValueError("the two layers of Bidirectional differ in reset_after or use_bias")
             return cls(
                 [[f.weights[0][0], b.weights[0][0]]],
                 reset_after=f.reset_after,
-                bias=f.bias and b.bias,
+                bias=f.bias,
                 dtype=dtype,
             )
+        return cls._from_keras_gru(obj, reset_after, dtype)
+
+    @classmethod
+    def _from_keras_gru(cls, obj, reset_after, dtype, backward=False) -> "GRUParams":
+        """One Keras GRU layer or its ``get_weights()`` list (one layer, one direction)."""
         if hasattr(obj, "get_weights"):
             cfg = obj.get_config() if hasattr(obj, "get_config") else {}
             for key, want in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
                 got = cfg.get(key, want)
                 if got != want:
                     raise ValueError(f"Keras GRU {key} must be {want!r}, got {got!r}")
-            if cfg.get("go_backwards", False):
+            if bool(cfg.get("go_backwards", False)) != backward:
                 raise ValueError("a lone Keras GRU with go_backwards=True is not supported")
-            if reset_after is None:
-                reset_after = bool(getattr(obj, "reset_after", cfg.get("reset_after", True)))
+            layer_ra = bool(getattr(obj, "reset_after", cfg.get("reset_after", True)))
+            if reset_after is not None and bool(reset_after) != layer_ra:
+                raise ValueError(
+                    f"reset_after={reset_after!r} given, but the Keras layer has "
+                    f"reset_after={layer_ra}"
+                )
+            reset_after = layer_ra
             weights = obj.get_weights()
         else:
             weights = list(obj)
