@@ -496,20 +496,48 @@ class GRUParams:
 
     def save(self, path):
         """Write to netCDF, or to zarr when ``path`` ends in ``.zarr``. The file appears
-        under its name only once complete (written to a temporary name, then renamed)."""
-        path = os.fspath(path)
-        tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                           f".{os.path.basename(path)}.tmp-{os.getpid()}")
-        ds = self.to_dataset()
-        if path.rstrip("/").endswith(".zarr"):
-            import shutil
+        under its name only once complete (written to a temporary name, then renamed); a
+        failed write leaves no temporary behind and an existing file under ``path`` intact."""
+        import shutil
+        import uuid
 
-            ds.to_zarr(tmp, mode="w")
-            if os.path.exists(path):
-                shutil.rmtree(path)
-        else:
-            ds.to_netcdf(tmp)
-        os.replace(tmp, path)
+        path = os.fspath(path)
+        is_zarr = path.rstrip("/" + os.sep).endswith(".zarr")
+        if is_zarr:  # "p.zarr/" names the directory p.zarr
+            path = path.rstrip("/" + os.sep)
+        # Unique per call, so that concurrent saves (threads or processes) never collide.
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                           f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+        def remove(p):
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.lexists(p):
+                os.remove(p)
+
+        ds = self.to_dataset()
+        try:
+            if is_zarr:
+                ds.to_zarr(tmp, mode="w")
+                if os.path.isdir(path):
+                    # A directory cannot be replaced in one step: move the old one aside
+                    # first, so that a failure before the rename keeps it under its name.
+                    old = tmp + "-old"
+                    os.replace(path, old)
+                    try:
+                        os.replace(tmp, path)
+                    except BaseException:
+                        os.replace(old, path)
+                        raise
+                    remove(old)
+                else:
+                    os.replace(tmp, path)
+            else:
+                ds.to_netcdf(tmp)
+                os.replace(tmp, path)
+        except BaseException:
+            remove(tmp)
+            raise
         return path
 
 
