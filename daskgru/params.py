@@ -81,21 +81,34 @@ class GRUParams:
         ndir = len(layers[0])
         if ndir not in (1, 2):
             raise ValueError(f"each layer must hold 1 or 2 directions, got {ndir}")
+        # Tensors (even ones that require grad) become arrays once, before anything reads them.
+        layers = [[GRUWeights(*[_to_numpy(a) for a in w]) for w in layer] for layer in layers]
         if dtype is None:
-            dtype = np.result_type(*[np.asarray(a).dtype for a in layers[0][0]])
+            dtype = np.result_type(*[a.dtype for a in layers[0][0]])
             if dtype not in _FLOATS:
                 dtype = np.dtype("float32") if dtype == np.float16 else np.dtype("float64")
         dtype = _float_dtype(dtype)
-        H = np.asarray(layers[0][0][1]).shape[-1]
+        # Sizes come from layer 0 forward and bind every other array, directions included.
+        w0 = layers[0][0]
+        if w0.w_hh.ndim != 2 or w0.w_hh.shape[0] != 3 * w0.w_hh.shape[1] or not w0.w_hh.size:
+            raise ValueError(
+                f"layer 0 forward: w_hh must have shape (3 * hidden_size, hidden_size) with "
+                f"hidden_size >= 1, got {w0.w_hh.shape}"
+            )
+        H = w0.w_hh.shape[1]
+        if w0.w_ih.ndim != 2:
+            raise ValueError(
+                f"layer 0 forward: w_ih must have shape ({3 * H}, input_size), got {w0.w_ih.shape}"
+            )
+        I = w0.w_ih.shape[1]
         out = []
         for li, layer in enumerate(layers):
             if len(layer) != ndir:
                 raise ValueError(f"layer {li} has {len(layer)} directions, layer 0 has {ndir}")
             ws = []
             for di, w in enumerate(layer):
-                w = GRUWeights(*[np.ascontiguousarray(_to_numpy(a), dtype=dtype) for a in w])
+                w = GRUWeights(*[np.ascontiguousarray(a, dtype=dtype) for a in w])
                 where = f"layer {li} {DIRECTIONS[di]}"
-                I = w.w_ih.shape[-1] if w.w_ih.ndim == 2 else -1
                 expected = {
                     "w_ih": (3 * H, I if li == 0 else ndir * H),
                     "w_hh": (3 * H, H),

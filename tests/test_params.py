@@ -190,6 +190,15 @@ def test_from_torch_state_dict_without_biases():
     assert dg.GRUParams.from_torch(sd, dtype="float32").dtype == F32
 
 
+def test_from_torch_parameters_directly():
+    """Tensors that require grad are taken as they are (duck-typed, detached)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    m = torch.nn.GRU(3, 4, dtype=torch.float64)
+    p = dg.GRUParams([[GRUWeights(m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]])
+    assert p == dg.GRUParams.from_torch(m) and p.dtype == F64
+
+
 def test_from_torch_refuses():
     with pytest.raises(ValueError, match="weight_ih_l0"):
         dg.GRUParams.from_torch({"foo": np.zeros(3)})
