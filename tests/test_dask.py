@@ -1,0 +1,159 @@
+"""The lazy Dask path: bit-identical to the eager path for any chunking and scheduler."""
+import dask
+import dask.array as da
+from dask.core import get_dependencies
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import daskgru as dg
+
+
+def split(n, draw_sizes):
+    """Chunk sizes summing to n from a list of positive draws."""
+    sizes, left = [], n
+    for s in draw_sizes:
+        if left == 0:
+            break
+        s = min(s, left)
+        sizes.append(s)
+        left -= s
+    if left:
+        sizes.append(left)
+    return tuple(sizes)
+
+
+def make(T=23, B=5, I=3, H=4, L=2, bidirectional=True, reset_after=True, dtype="float32", seed=0):
+    p = dg.GRUParams.random(I, H, num_layers=L, bidirectional=bidirectional,
+                            reset_after=reset_after, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(T, B, I)).astype(dtype)
+    h0 = rng.normal(size=(L * p.num_directions, B, H)).astype(dtype)
+    lengths = rng.integers(0, T + 1, size=B)
+    lengths[0] = T
+    return p, x, h0, lengths
+
+
+@given(
+    T=st.integers(1, 30),
+    B=st.integers(1, 6),
+    tsizes=st.lists(st.integers(1, 12), min_size=1, max_size=8),
+    bsizes=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    L=st.integers(1, 3),
+    bidirectional=st.booleans(),
+    reset_after=st.booleans(),
+    dtype=st.sampled_from(["float32", "float64"]),
+    use_lengths=st.booleans(),
+    use_h0=st.booleans(),
+)
+def test_any_chunking_is_bit_identical(T, B, tsizes, bsizes, L, bidirectional, reset_after,
+                                       dtype, use_lengths, use_h0):
+    p, x, h0, lengths = make(T, B, L=L, bidirectional=bidirectional, reset_after=reset_after,
+                             dtype=dtype)
+    kw = dict(h0=h0 if use_h0 else None, lengths=lengths if use_lengths else None)
+    out, h_n = dg.gru(x, p, **kw)
+    xd = da.from_array(x, chunks=(split(T, tsizes), split(B, bsizes), 1))
+    lo, lh = dg.gru(xd, p, **kw)
+    assert lo.chunks[0] == xd.chunks[0] and lo.chunks[1] == xd.chunks[1]
+    lo, lh = dask.compute(lo, lh, scheduler="sync")
+    assert lo.dtype == out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(lo, out)
+    np.testing.assert_array_equal(lh, h_n)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
+def test_schedulers_bit_identical(scheduler):
+    p, x, h0, lengths = make(T=40, B=6, reset_after=False)
+    out, h_n = dg.gru(x, p, h0=h0, lengths=lengths)
+    xd = da.from_array(x, chunks=(7, 2, 3))
+    lo, lh = dg.gru(xd, p, h0=da.from_array(h0, chunks=(1, 3, 2)),
+                    lengths=da.from_array(lengths, chunks=4))
+    lo, lh = dask.compute(lo, lh, scheduler=scheduler)
+    np.testing.assert_array_equal(lo, out)
+    np.testing.assert_array_equal(lh, h_n)
+
+
+@pytest.mark.parametrize("chunks", [(1, 1, 3), (5, 5, 3), ((3, 17, 3), (4, 1), 3)])
+def test_batch_first_and_unbatched(chunks):
+    p, x, h0, lengths = make()
+    out, h_n = dg.gru(x.transpose(1, 0, 2), p, h0=h0, lengths=lengths, batch_first=True)
+    xd = da.from_array(x, chunks=chunks).transpose(1, 0, 2)
+    lo, lh = dg.gru(xd, p, h0=h0, lengths=lengths, batch_first=True)
+    np.testing.assert_array_equal(lo.compute(), out)
+    np.testing.assert_array_equal(lh.compute(), h_n)
+    out1, h1 = dg.gru(x[:, 0], p, h0=h0[:, 0])
+    lo1, lh1 = dg.gru(da.from_array(x[:, 0], chunks=(chunks[0], 3)), p, h0=h0[:, 0])
+    assert lo1.shape == out1.shape and lh1.shape == h1.shape
+    np.testing.assert_array_equal(lo1.compute(), out1)
+    np.testing.assert_array_equal(lh1.compute(), h1)
+
+
+def raising_scheduler(dsk, keys, **kwargs):
+    raise AssertionError("something was computed while building the graph")
+
+
+def test_building_the_graph_computes_nothing():
+    p, x, h0, lengths = make(T=50, B=4)
+    xd = da.from_array(x, chunks=(10, 2, 3))
+    with dask.config.set(scheduler=raising_scheduler):
+        out, h_n = dg.gru(xd, p, h0=da.from_array(h0), lengths=da.from_array(lengths, chunks=2))
+        (out.sum() + h_n.sum())  # still lazy
+        with pytest.raises(AssertionError, match="computed"):
+            out.compute()
+
+
+def test_graph_layout_names_and_one_weights_key():
+    p, x, _, _ = make(T=30, B=4, L=2, bidirectional=False)
+    xd = da.from_array(x, chunks=(10, 2, 3))
+    out, _ = dg.gru(xd, p)
+    g = out.__dask_graph__()
+    names = {name.rsplit("-", 1)[0] for name in g.layers}
+    assert {"gru-weights", "gru-inproj-l0", "gru-scan-l0", "gru-inproj-l1", "gru-scan-l1",
+            "gru-output"} <= names
+    flat = dict(g)
+    wkeys = [k for k in flat if isinstance(k, str) and k.startswith("gru-weights-")]
+    assert len(wkeys) == 1
+    # deterministic keys: the same call gives the same names, other weights other names
+    assert dg.gru(xd, p)[0].name == out.name
+    assert dg.gru(xd, dg.GRUParams.random(3, 4, num_layers=2, seed=9))[0].name != out.name
+
+
+def test_wavefront_and_chain_dependencies():
+    p, x, _, _ = make(T=30, B=2, L=2, bidirectional=False)
+    out, _ = dg.gru(da.from_array(x, chunks=(10, 2, 3)), p)
+    flat = dict(out.__dask_graph__())
+    deps = {k: get_dependencies(flat, k) for k in flat}
+    scan = lambda l, k: next(key for key in flat if isinstance(key, tuple)  # noqa: E731
+                             and key[0].startswith(f"gru-scan-l{l}-") and key[1:] == (0, 0, k))
+
+    def ancestors(key, seen=None):
+        seen = set() if seen is None else seen
+        for d in deps[key]:
+            if d not in seen:
+                seen.add(d)
+                ancestors(d, seen)
+        return seen
+
+    # layer 1's first chunk needs layer 0's first chunk only, not its later ones
+    anc = ancestors(scan(1, 0))
+    assert scan(0, 0) in anc and scan(0, 1) not in anc and scan(0, 2) not in anc
+    # time chunk 2 of layer 0 waits for chunk 1's boundary state
+    assert scan(0, 1) in ancestors(scan(0, 2))
+
+
+def test_dask_lengths_are_checked_at_compute():
+    p, x, _, _ = make(T=10, B=3)
+    out, _ = dg.gru(da.from_array(x, chunks=(5, 3, 3)), p,
+                    lengths=da.from_array(np.array([3, 11, 2])))
+    with pytest.raises(ValueError, match="lengths must lie in 0..10"):
+        out.compute()
+
+
+def test_dtype_kept_and_inputs_cast():
+    p, x, _, _ = make(dtype="float64")
+    out, h_n = dg.gru(da.from_array(x.astype("float32"), chunks=(5, 5, 3)), p)
+    assert out.dtype == h_n.dtype == np.float32
+    assert out.compute().dtype == np.float32
+    eager, _ = dg.gru(x.astype("float32"), p)
+    np.testing.assert_array_equal(out.compute(), eager)

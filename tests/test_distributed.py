@@ -1,0 +1,88 @@
+"""dask.distributed for real: worker processes, pickling, a worker lost mid-run."""
+import os
+import pickle
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import daskgru as dg
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, worker_dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+def test_process_cluster_bit_identical(client):
+    rng = np.random.default_rng(0)
+    p = dg.GRUParams.random(3, 8, num_layers=2, bidirectional=True, seed=0)
+    x = rng.normal(size=(120, 6, 3)).astype("float32")
+    lengths = rng.integers(0, 121, size=6)
+    out, h_n = dg.gru(x, p, lengths=lengths)
+    lo, lh = dg.gru(da.from_array(x, chunks=(17, 3, 3)), p, lengths=lengths)
+    lo, lh = client.compute([lo, lh], sync=True)
+    np.testing.assert_array_equal(lo, out)
+    np.testing.assert_array_equal(lh, h_n)
+    # apply_gru through the cluster too
+    xr = pytest.importorskip("xarray")
+    arr = xr.DataArray(x, dims=("time", "site", "feature")).chunk(time=30)
+    ds = dg.apply_gru(arr, p).compute()
+    np.testing.assert_array_equal(ds.output.values.reshape(120, 6, 16), dg.gru(x, p)[0])
+
+
+def test_graph_carries_one_copy_of_the_weights():
+    p = dg.GRUParams.random(16, 128, num_layers=2, seed=0)  # ~0.6 MB of weights
+    nbytes = sum(a.nbytes for layer in p.weights for w in layer for a in w)
+    x = da.zeros((4000, 4, 16), chunks=(100, 2, 16), dtype="float32")
+    out, h_n = dg.gru(x, p)
+    graph = dict(out.__dask_graph__())
+    ntasks = len(graph)
+    assert sum(1 for k in graph if "gru-scan" in str(k)) == 2 * 2 * 40
+    assert ntasks > 500
+    size = len(pickle.dumps(graph, protocol=5))
+    assert size < 1.5 * nbytes + 2000 * ntasks, (size, nbytes, ntasks)
+
+
+def _outputs_in_memory(dask_scheduler):
+    """Workers holding finished output chunks (runs on the scheduler)."""
+    return [next(iter(ts.who_has)).address for ts in dask_scheduler.tasks.values()
+            if str(ts.key).startswith("('gru-output") and ts.state == "memory" and ts.who_has]
+
+
+async def _die():
+    os._exit(1)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_gives_identical_bits():
+    rng = np.random.default_rng(1)
+    p = dg.GRUParams.random(8, 48, seed=1)
+    x = rng.normal(size=(24000, 8, 8)).astype("float32")
+    expected, exp_h = dg.gru(x, p)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, worker_dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        lo, lh = dg.gru(da.from_array(x, chunks=(500, 4, 8)), p)
+        futures = client.compute([lo, lh])
+        # wait until some output chunks exist, then kill a worker holding some: they and
+        # the chain of boundary states behind them must be recomputed
+        victim, deadline = None, time.time() + 120
+        while victim is None and time.time() < deadline:
+            done = client.run_on_scheduler(_outputs_in_memory)
+            if len(done) >= 6:
+                victim = done[-1]
+            time.sleep(0.02)
+        assert victim is not None, "no output chunk finished in time"
+        assert not all(f.done() for f in futures), "the run ended before the worker was killed"
+        client.run(_die, workers=[victim], wait=False)
+        out, h_n = client.gather(futures)
+        assert victim not in client.scheduler_info()["workers"]  # it really died
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(h_n, exp_h)
