@@ -1,11 +1,12 @@
 """Numba kernels for the backward pass (BPTT) of one time chunk of one layer and direction.
 
-The recurrent part of the backward pass is sequential and lives in :func:`_make`'s
-``backward_scan``: it first recomputes the chunk's forward from the stored start state
-(same operation order as :func:`daskgru.kernels.scan`), keeping the gates of every step in
-chunk-sized buffers, then walks the chunk in the opposite order, carrying the adjoint state.
-Everything that is not sequential -- the weight gradients, the input gradient -- is one GEMM
-per chunk afterwards (NumPy/BLAS). Gradients are therefore not bit-identical across
+:func:`backward_scan` first gets the chunk's forward states: from the caller when it still
+holds the chunk's outputs, else by recomputing the chunk from its stored start state with the
+forward kernel (:func:`daskgru.kernels.scan`, same bits). From the states, every step's gates
+are a few GEMMs over the whole chunk (chunk-sized buffers only). The one sequential part, the
+walk back through the chunk carrying the adjoint state, is the Numba kernel ``backward_walk``
+(elementwise loops plus one small BLAS product per step). The weight and input gradients are
+again one GEMM per chunk (NumPy/BLAS). Gradients are therefore not bit-identical across
 chunkings (the GEMM sums run in different orders), only equal to rounding (~1e-15 relative
 in float64); forward values, which the recompute reproduces exactly, are.
 
@@ -30,15 +31,11 @@ in the forward, so here they pass the adjoint through unchanged and ignore ``d_o
 """
 from __future__ import annotations
 
-import math
 
 import numba
 import numpy as np
 
 __all__ = ["backward_scan", "chunk_backward", "backward_kernel"]
-
-_BLOCK = 8
-
 
 def _make(dtype):
     one = dtype(1)
@@ -46,165 +43,136 @@ def _make(dtype):
     f = numba.from_dtype(np.dtype(dtype))
     opts = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 
-    @numba.njit(inline="always")
-    def sigmoid(v):
-        if v >= zero:
-            return one / (one + math.exp(-v))
-        e = math.exp(v)
-        return e / (one + e)
+    @numba.njit(
+        numba.void(f[:, :, ::1], f[:, ::1], numba.int64[::1], numba.int64, numba.boolean,
+                   f[:, :, ::1]),
+        **opts,
+    )
+    def prev_states(out, h_start, lengths, t0, reverse, hk):
+        """hk[t] = the state each step starts from, given the forward's outputs out (T, B, H)
+        (a masked step keeps the state: its output 0 is not a state)."""
+        T, B, H = out.shape
+        for bb in range(B):
+            src_t = -1  # the step whose output is the current state (-1: h_start)
+            for s in range(T):
+                tl = T - 1 - s if reverse else s
+                if src_t >= 0:
+                    for j in range(H):
+                        hk[tl, bb, j] = out[src_t, bb, j]
+                else:
+                    for j in range(H):
+                        hk[tl, bb, j] = h_start[bb, j]
+                if t0 + tl < lengths[bb]:
+                    src_t = tl
 
     @numba.njit(
         numba.void(
-            f[:, :, ::1],      # gi (T, B, G)
+            f[:, :, ::1],      # gates (T, B, 4H): r, z, n, a_n of the recomputed forward
             f[:, ::1],         # w_hh (G, H), torch layout
-            f[:, ::1],         # w_hh_t (H, G), the forward kernel's layout
-            f[::1],            # b_hh (G,)
             numba.int64[::1],  # lengths (B,)
             numba.int64,       # t0
             numba.boolean,     # reverse
             numba.boolean,     # reset_after
-            f[:, ::1],         # h (B, H): start state in (unchanged)
+            f[:, :, ::1],      # hk (T, B, H): the state each step starts from
             f[:, :, ::1],      # d_out (T, B, H)
             f[:, ::1],         # dh (B, H): adjoint of the end state in, of the start state out
             f[:, :, ::1],      # d_gi (T, B, G) out
-            f[:, :, ::1],      # d_a (T, B, G) out: adjoint of a = b_hh + W_hh h (or r*h for n)
-            f[:, :, ::1],      # hk (T, B, H) out: the state each step's W_hh multiplies
-            f[:, :, ::1],      # rh (T, B, H) out: r * h (Cho form only; the n rows' input)
+            f[:, :, ::1],      # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
         ),
         **opts,
     )
-    def backward_scan(gi, w_hh, w_hh_t, b, lengths, t0, reverse, reset_after, h_start, d_out,
-                      dh, d_gi, d_a, hk, rh):
-        T, B, G = gi.shape
-        H = h_start.shape[1]
-        # Per-step gates of the recomputed forward: r, z, n and a_n (reset_after) -- chunk-sized.
-        gates = np.empty((T, B, 4 * H), dtype=h_start.dtype)
-        acc = np.empty((B, G), dtype=h_start.dtype)
-        h = h_start.copy()
-        # ---------------------------------------------------------------- forward recompute
-        # Same operation order as kernels.scan, so the states are the forward's bits.
-        for s in range(T):
-            tl = T - 1 - s if reverse else s
-            t = t0 + tl
-            for b0 in range(0, B, _BLOCK):
-                b1 = min(b0 + _BLOCK, B)
-                for bb in range(b0, b1):
-                    for j in range(H):
-                        hk[tl, bb, j] = h[bb, j]
-                    for g in range(G):
-                        acc[bb, g] = b[g]
-                if reset_after:
-                    for k in range(H):
-                        for bb in range(b0, b1):
-                            hv = h[bb, k]
-                            for g in range(G):
-                                acc[bb, g] += hv * w_hh_t[k, g]
-                else:
-                    for k in range(H):
-                        for bb in range(b0, b1):
-                            hv = h[bb, k]
-                            for g in range(2 * H):
-                                acc[bb, g] += hv * w_hh_t[k, g]
-                    for bb in range(b0, b1):
-                        for j in range(H):
-                            rh[tl, bb, j] = sigmoid(gi[tl, bb, j] + acc[bb, j]) * h[bb, j]
-                    for k in range(H):
-                        for bb in range(b0, b1):
-                            rk = rh[tl, bb, k]
-                            for g in range(2 * H, G):
-                                acc[bb, g] += rk * w_hh_t[k, g]
-                for bb in range(b0, b1):
-                    if t >= lengths[bb]:
-                        continue
-                    for j in range(H):
-                        r = sigmoid(gi[tl, bb, j] + acc[bb, j])
-                        z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
-                        an = acc[bb, 2 * H + j]
-                        if reset_after:
-                            n = math.tanh(gi[tl, bb, 2 * H + j] + r * an)
-                        else:
-                            n = math.tanh(gi[tl, bb, 2 * H + j] + an)
-                        gates[tl, bb, j] = r
-                        gates[tl, bb, H + j] = z
-                        gates[tl, bb, 2 * H + j] = n
-                        gates[tl, bb, 3 * H + j] = an
-                        h[bb, j] = (one - z) * n + z * h[bb, j]
-        # ---------------------------------------------------------------- backward walk
-        g_ = np.empty((B, H), dtype=h_start.dtype)
-        drh = np.empty((B, H), dtype=h_start.dtype)
+    def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh, d_gi,
+                      d_a):
+        T, B, G = d_gi.shape
+        H = dh.shape[1]
+        g_ = np.empty((B, H), dtype=dh.dtype)
+        dn_ = np.empty((B, H), dtype=dh.dtype)
+        drz = np.empty((B, 2 * H), dtype=dh.dtype)
+        w_n = np.ascontiguousarray(w_hh[2 * H:])
+        w_rz = np.ascontiguousarray(w_hh[:2 * H])
+        back = np.empty((B, H), dtype=dh.dtype)
+        back_rz = np.empty((B, H), dtype=dh.dtype)
+        drh = np.empty((B, H), dtype=dh.dtype)
         for s in range(T - 1, -1, -1):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
-            for b0 in range(0, B, _BLOCK):
-                b1 = min(b0 + _BLOCK, B)
-                for bb in range(b0, b1):
-                    if t >= lengths[bb]:
-                        for g in range(G):
-                            d_gi[tl, bb, g] = zero
-                            d_a[tl, bb, g] = zero
-                        continue
+            for bb in range(B):
+                if t >= lengths[bb]:
+                    for g in range(G):
+                        d_gi[tl, bb, g] = zero
+                        d_a[tl, bb, g] = zero
                     for j in range(H):
-                        gv = dh[bb, j] + d_out[tl, bb, j]
-                        g_[bb, j] = gv
-                        z = gates[tl, bb, H + j]
-                        n = gates[tl, bb, 2 * H + j]
-                        dn = gv * (one - z) * (one - n * n)
-                        dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
-                        d_gi[tl, bb, H + j] = dz
-                        d_gi[tl, bb, 2 * H + j] = dn
-                        d_a[tl, bb, H + j] = dz
-                        if reset_after:
-                            r = gates[tl, bb, j]
-                            dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
-                            d_gi[tl, bb, j] = dr
-                            d_a[tl, bb, j] = dr
-                            d_a[tl, bb, 2 * H + j] = dn * r
-                        else:
-                            d_a[tl, bb, 2 * H + j] = dn
-                if not reset_after:
-                    # d(r*h) = W_hnᵀ dn, then the reset gate's adjoint.
-                    for bb in range(b0, b1):
-                        if t >= lengths[bb]:
-                            continue
-                        for k in range(H):
-                            drh[bb, k] = zero
-                        for j in range(H):
-                            c = d_a[tl, bb, 2 * H + j]
-                            for k in range(H):
-                                drh[bb, k] += c * w_hh[2 * H + j, k]
-                        for j in range(H):
-                            r = gates[tl, bb, j]
-                            dr = drh[bb, j] * hk[tl, bb, j] * r * (one - r)
-                            d_gi[tl, bb, j] = dr
-                            d_a[tl, bb, j] = dr
-                # dh = g z (+ d(rh) r) + W_hhᵀ d_a  (over the rows that multiply h itself)
-                for bb in range(b0, b1):
+                        dn_[bb, j] = zero
+                    for g in range(2 * H):
+                        drz[bb, g] = zero
+                    continue
+                for j in range(H):
+                    gv = dh[bb, j] + d_out[tl, bb, j]
+                    g_[bb, j] = gv
+                    z = gates[tl, bb, H + j]
+                    n = gates[tl, bb, 2 * H + j]
+                    dn = gv * (one - z) * (one - n * n)
+                    dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
+                    d_gi[tl, bb, H + j] = dz
+                    d_gi[tl, bb, 2 * H + j] = dn
+                    d_a[tl, bb, H + j] = dz
+                    drz[bb, H + j] = dz
+                    if reset_after:
+                        r = gates[tl, bb, j]
+                        dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
+                        d_gi[tl, bb, j] = dr
+                        d_a[tl, bb, j] = dr
+                        d_a[tl, bb, 2 * H + j] = dn * r
+                        drz[bb, j] = dr
+                        dn_[bb, j] = dn * r
+                    else:
+                        d_a[tl, bb, 2 * H + j] = dn
+                        dn_[bb, j] = dn
+            # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
+            np.dot(dn_, w_n, back)
+            if not reset_after:
+                for bb in range(B):
                     if t >= lengths[bb]:
                         continue
                     for j in range(H):
-                        v = g_[bb, j] * gates[tl, bb, H + j]
-                        if not reset_after:
-                            v += drh[bb, j] * gates[tl, bb, j]
-                        dh[bb, j] = v
-                    grows = G if reset_after else 2 * H
-                    for g in range(grows):
-                        c = d_a[tl, bb, g]
-                        for k in range(H):
-                            dh[bb, k] += c * w_hh[g, k]
+                        r = gates[tl, bb, j]
+                        drh[bb, j] = back[bb, j]
+                        dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
+                        d_gi[tl, bb, j] = dr
+                        d_a[tl, bb, j] = dr
+                        drz[bb, j] = dr
+            np.dot(drz, w_rz, back_rz)
+            for bb in range(B):
+                if t >= lengths[bb]:
+                    continue  # masked step: the adjoint passes through unchanged
+                for j in range(H):
+                    if reset_after:
+                        v = back[bb, j]
+                    else:
+                        v = drh[bb, j] * gates[tl, bb, j]
+                    dh[bb, j] = g_[bb, j] * gates[tl, bb, H + j] + v + back_rz[bb, j]
 
-    return backward_scan
+    return prev_states, backward_walk
 
 
 _KERNELS = {np.dtype(np.float32): _make(np.float32), np.dtype(np.float64): _make(np.float64)}
 
 
 def backward_kernel(dtype):
-    """The jitted ``backward_scan`` kernel for a float dtype."""
+    """The jitted ``(prev_states, backward_walk)`` kernels for a float dtype."""
     return _KERNELS[np.dtype(dtype)]
 
 
+def _sigmoid_(v):
+    """σ in place: 1 / (1 + exp(-v))."""
+    np.negative(v, out=v)
+    np.exp(v, out=v)
+    v += 1
+    np.reciprocal(v, out=v)
+
+
 def backward_scan(gi, w_hh, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after, d_out,
-                  d_h_end):
+                  d_h_end, out=None):
     """Backward of the recurrence over one chunk.
 
     Parameters
@@ -214,39 +182,76 @@ def backward_scan(gi, w_hh, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_a
     h_start : (B, H) the chunk's forward start state.
     lengths : (B,) int; t0 : global index of the chunk's first step; reverse, reset_after: bool.
     d_out : (T, B, H) gradient of the chunk's outputs; d_h_end : (B, H) adjoint of its end state.
+    out : (T, B, H), optional
+        The chunk's forward outputs, when the caller still holds them; otherwise the forward
+        is recomputed from ``h_start`` with :func:`daskgru.kernels.scan` (same bits).
 
     Returns
     -------
     d_gi (T, B, 3H), d_h_start (B, H), dW_hh (3H, H), db_hh (3H,)
     """
+    from . import kernels
+
     T, B, G = gi.shape
     H = w_hh.shape[1]
     dt = w_hh.dtype
     c = np.ascontiguousarray
+    gi = c(gi, dtype=dt)
+    lengths = c(lengths, dtype=np.int64)
+    h_start = c(h_start, dtype=dt).reshape(B, H)
+    prev_states, walk = _KERNELS[dt]
+    if out is None:  # recompute: the one sequential forward pass of the chunk
+        out, _ = kernels.scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after)
+    hk = np.empty((T, B, H), dt)
+    prev_states(c(out, dtype=dt), h_start, lengths, int(t0), bool(reverse), hk)
+    # Gates of every step at once from the states: GEMMs instead of a sequential loop.
+    hk2 = hk.reshape(T * B, H)
+    gi2 = gi.reshape(T * B, G)
+    gates = np.empty((T * B, 4 * H), dt)
+    # Vectorised NumPy (exp is SIMD there); exp overflow gives inf and then exactly 0.
+    with np.errstate(over="ignore"):
+        if reset_after:
+            a = hk2 @ w_hh_t
+            a += b_hh
+            rz = gates[:, :2 * H]
+            np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
+            _sigmoid_(rz)
+            gates[:, 3 * H:] = a[:, 2 * H:]
+            pre = gates[:, :H] * a[:, 2 * H:]
+        else:
+            a = hk2 @ w_hh_t[:, :2 * H]
+            a += b_hh[:2 * H]
+            rz = gates[:, :2 * H]
+            np.add(gi2[:, :2 * H], a, out=rz)
+            _sigmoid_(rz)
+            rh = gates[:, :H] * hk2
+            pre = rh @ w_hh_t[:, 2 * H:]
+            pre += b_hh[2 * H:]
+            gates[:, 3 * H:] = pre
+        pre += gi2[:, 2 * H:]
+        np.tanh(pre, out=gates[:, 2 * H:3 * H])
     dh = np.array(d_h_end, dtype=dt, order="C", copy=True).reshape(B, H)
     d_gi = np.empty((T, B, G), dt)
     d_a = np.empty((T, B, G), dt)
-    hk = np.empty((T, B, H), dt)
-    rh = np.zeros((T, B, H) if not reset_after else (0, B, H), dt)
-    _KERNELS[dt](c(gi, dtype=dt), c(w_hh), c(w_hh_t), c(b_hh), c(lengths, dtype=np.int64),
-                 int(t0), bool(reverse), bool(reset_after), c(h_start, dtype=dt).reshape(B, H),
-                 c(d_out, dtype=dt), dh, d_gi, d_a, hk, rh)
+    walk(gates.reshape(T, B, 4 * H), c(w_hh), lengths, int(t0), bool(reverse),
+         bool(reset_after), hk, c(d_out, dtype=dt), dh, d_gi, d_a)
     da2 = d_a.reshape(T * B, G)
     dW_hh = np.empty((G, H), dt)
     if reset_after:
-        np.dot(da2.T, hk.reshape(T * B, H), out=dW_hh)
+        np.dot(da2.T, hk2, out=dW_hh)
     else:
-        dW_hh[: 2 * H] = da2[:, : 2 * H].T @ hk.reshape(T * B, H)
-        dW_hh[2 * H:] = da2[:, 2 * H:].T @ rh.reshape(T * B, H)
+        dW_hh[: 2 * H] = da2[:, : 2 * H].T @ hk2
+        dW_hh[2 * H:] = da2[:, 2 * H:].T @ rh
     db_hh = da2.sum(axis=0)
     return d_gi, dh, dW_hh, db_hh
 
 
 def chunk_backward(x, w_ih, w_ih_t, b_ih, w_hh, w_hh_t, b_hh, h_start, lengths, t0, reverse,
-                   reset_after, d_out, d_h_end):
+                   reset_after, d_out, d_h_end, out=None):
     """Backward of one chunk of one layer and direction, from its input x (T, B, I).
 
-    Recomputes the input projection and the recurrence (memory O(chunk)); returns
+    Recomputes the input projection and (unless ``out`` is given) the recurrence, memory
+    O(chunk); returns
     ``(d_x (T, B, I), d_h_start (B, H), dW_ih (3H, I), db_ih, dW_hh (3H, H), db_hh)``.
     """
     from . import kernels
@@ -256,7 +261,7 @@ def chunk_backward(x, w_ih, w_ih_t, b_ih, w_hh, w_hh_t, b_hh, h_start, lengths, 
     dt = w_ih.dtype
     gi = kernels.project(x, w_ih_t, b_ih)
     d_gi, dh, dW_hh, db_hh = backward_scan(gi, w_hh, w_hh_t, b_hh, h_start, lengths, t0,
-                                           reverse, reset_after, d_out, d_h_end)
+                                           reverse, reset_after, d_out, d_h_end, out)
     dg2 = d_gi.reshape(T * B, G)
     x2 = np.ascontiguousarray(x, dtype=dt).reshape(T * B, I)
     dW_ih = dg2.T @ x2

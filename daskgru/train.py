@@ -136,12 +136,14 @@ def _backward_eager(tape, pp, weights, d_output, d_h_n):
             dh = d_h_n[l * D + d]
             sums = None
             order = range(len(tape.blocks)) if d else reversed(range(len(tape.blocks)))
+            # this layer's outputs are held anyway (the next layer's input): no recompute
+            outs = tape.inputs[l + 1] if l + 1 < L else tape.output
             for i in order:
                 t0, t1 = tape.blocks[i]
                 d_x, dh, *g = chunk_backward(
                     layer_in[t0:t1], w_ih, w_ih_t, b_ih, w_hh, w_hh_t, b_hh,
                     tape.starts[l][d][i], tape.lengths, t0, d == 1, pp.reset_after,
-                    d_out[t0:t1], dh)
+                    d_out[t0:t1], dh, out=outs[t0:t1, :, d * H:(d + 1) * H])
                 d_in[t0:t1] += d_x
                 sums = g if sums is None else [a + b for a, b in zip(sums, g)]
             acc[l][d] = sums
