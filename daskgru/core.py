@@ -36,7 +36,13 @@ class GRUCall(NamedTuple):
 
 def compute_dtype(dtype, name="x"):
     """float32 and float64 are kept; float16 computes in float32; anything else is refused."""
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:  # e.g. a torch tensor: refuse by name rather than with NumPy's message
+        raise TypeError(
+            f"{name} must be a NumPy or dask array of real floating-point numbers, got dtype "
+            f"{dtype!r} (convert tensors with .numpy())"
+        ) from None
     if dt.kind == "f":
         return np.dtype(np.float32) if dt.itemsize < 4 else (
             dt if dt.itemsize <= 8 else np.dtype(np.float64))
@@ -73,15 +79,16 @@ def validate(x, p, *, h0=None, lengths=None, batch_first=False, method="scan") -
         hs = getattr(h0, "shape", None)
         want = (LD, H) if unbatched else (LD, B, H)
         if hs is None or tuple(hs) != want:
+            got = f"a {type(h0).__name__} without a shape" if hs is None else tuple(hs)
             raise ValueError(
                 f"h0 must have shape {want} (num_layers * num_directions"
-                f"{'' if unbatched else ', batch'}, hidden_size), got {None if hs is None else tuple(hs)}"
+                f"{'' if unbatched else ', batch'}, hidden_size), got {got}"
             )
         compute_dtype(h0.dtype, "h0")
     if lengths is not None:
         ls = getattr(lengths, "shape", None)
-        if ls is None:
-            lengths = np.asarray(lengths)
+        if ls is None or not isinstance(getattr(lengths, "dtype", None), np.dtype):
+            lengths = np.asarray(lengths)  # lists, and tensors (torch takes lengths as one)
             ls = lengths.shape
         ok = tuple(ls) in ((B,),) or (unbatched and tuple(ls) in ((), (1,)))
         if not ok:

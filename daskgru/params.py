@@ -340,7 +340,9 @@ class GRUParams:
             return cls(
                 [layer for p in parts for layer in p.weights],
                 reset_after=ra.pop(),
-                bias=all(p.bias for p in parts),
+                # A layer without biases is exactly one with zero biases, so a stack that
+                # mixes use_bias True and False has biases.
+                bias=any(p.bias for p in parts),
                 dtype=dtype,
             )
         if hasattr(obj, "forward_layer") and hasattr(obj, "backward_layer"):

@@ -20,6 +20,11 @@ def no_work(monkeypatch):
         monkeypatch.setattr(kernels, name, refuse)
 
 
+class FakeTensor:
+    """Shaped like a torch tensor, with a dtype NumPy does not know."""
+    shape, dtype = (T, B, I), "fake.float32"
+
+
 def x_(shape=(T, B, I), dtype="float32"):
     return np.zeros(shape, dtype)
 
@@ -34,7 +39,7 @@ CALL_ERRORS = [
     (dict(h0=x_((2, B, H))), ValueError, r"h0 must have shape \(4, 3, 6\).*got \(2, 3, 6\)"),
     (dict(h0=x_((4, H))), ValueError, r"h0 must have shape \(4, 3, 6\).*got \(4, 6\)"),
     (dict(x=x_((T, I)), h0=x_((4, 1, H))), ValueError, r"h0 must have shape \(4, 6\).*got \(4, 1, 6\)"),
-    (dict(h0=[[0.0]]), ValueError, r"h0 must have shape \(4, 3, 6\).*got None"),
+    (dict(h0=[[0.0]]), ValueError, r"h0 must have shape \(4, 3, 6\).*got a list without a shape"),
     (dict(h0=np.zeros((4, B, H), int)), TypeError, r"h0 must hold real floating-point .*int64"),
     (dict(lengths=np.array([T, -1, 2])), ValueError, r"lengths must lie in 0\.\.5 .*got \[-1\]"),
     (dict(lengths=np.array([T + 1, 1, 7])), ValueError, r"lengths must lie in 0\.\.5 .*got \[6, 7\]"),
@@ -49,6 +54,7 @@ CALL_ERRORS = [
     (dict(x=x_(dtype="complex128")), TypeError, r"x must hold real floating-point numbers, got dtype complex128"),
     (dict(x=x_(dtype="object")), TypeError, r"x must hold real floating-point numbers, got dtype object"),
     (dict(x=[[[0.0] * I] * B] * T), TypeError, r"x must be an array, got list"),
+    (dict(x=FakeTensor()), TypeError, r"x must be a NumPy or dask array .*got dtype 'fake\.float32'"),
     (dict(method="magic"), ValueError, r"method must be one of \('scan',\), got 'magic'"),
     (dict(p={"weight_ih_l0": 0}), TypeError, r"p must be a GRUParams, got dict"),
 ]

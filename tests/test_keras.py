@@ -95,6 +95,16 @@ def test_stacked(rng, dtype, bidirectional):
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
+def test_stacked_mixed_bias(rng, reset_after):
+    dtype = np.dtype("float32")
+    layers = [make_gru(dtype, reset_after, use_bias=True, seed=0),
+              make_gru(dtype, reset_after, use_bias=False, seed=10, input_size=H)]
+    p = dg.GRUParams.from_keras(layers)
+    assert p.bias and not np.any(p.weights[1][0].b_ih) and not np.any(p.weights[1][0].b_hh)
+    check(layers, p, rng, dtype)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_to_keras_weights_round_trip(rng, reset_after, use_bias):
     dtype = np.dtype("float32")

@@ -69,7 +69,11 @@ def test_gru_matches_torch(rng, dtype, L, bidirectional, bias, batch_first, with
     out, h_n = dg.gru(x, p, h0=h0, lengths=lengths, batch_first=batch_first)
     assert_close(out, want_out, dtype)
     assert_close(h_n, want_hn, dtype)
-    if with_lengths:  # padding is exactly zero, as in pad_packed_sequence
+    if with_lengths:  # lengths may be a tensor, as for pack_padded_sequence
+        out_t, h_n_t = dg.gru(x, p, h0=h0, lengths=torch.as_tensor(lengths),
+                              batch_first=batch_first)
+        assert np.array_equal(out_t, out) and np.array_equal(h_n_t, h_n)
+        # padding is exactly zero, as in pad_packed_sequence
         pad = np.arange(T)[:, None] >= lengths[None, :]
         assert np.all((out.transpose(1, 0, 2) if batch_first else out)[pad] == 0)
 
