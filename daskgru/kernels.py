@@ -15,6 +15,8 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 __all__ = ["project", "scan", "gate_kernels"]
 
@@ -22,19 +24,74 @@ __all__ = ["project", "scan", "gate_kernels"]
 _BLOCK = 8
 
 
+@intrinsic
+def _bits_to_float32(typingctx, i):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _bits_to_float64(typingctx, i):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return types.float64(types.int64), codegen
+
+
+def _make_exp(dtype):
+    """A branch-free exp that LLVM vectorizes (libm's does not): exp(x) = 2**n * e**r,
+    n = round(x / ln 2), r = x - n ln 2 (Cody-Waite split), e**r by its Taylor series
+    (error below 1 ulp on |r| <= ln 2 / 2). The argument is clamped to the normal range,
+    so exp(-1e30) is tiny rather than 0 and exp(1e30) large rather than inf; NaN stays NaN."""
+    import math as m
+
+    c = dtype
+    if dtype is np.float32:
+        lo, hi, ln2hi, ln2lo, bias, shift, deg = -87.0, 88.0, 0.693359375, -2.12194440e-4, 127, 23, 7
+        as_int, to_float = np.int32, _bits_to_float32
+    else:
+        lo, hi, ln2hi, ln2lo, bias, shift, deg = (-708.0, 709.0, 6.93147180369123816490e-01,
+                                                  1.90821492927058770002e-10, 1023, 52, 13)
+        as_int, to_float = np.int64, _bits_to_float64
+    lo, hi, ln2hi, ln2lo, log2e, half = c(lo), c(hi), c(ln2hi), c(ln2lo), c(1 / m.log(2)), c(0.5)
+    coef = tuple(c(1 / m.factorial(k)) for k in range(deg, -1, -1))
+    ibias, ishift = as_int(bias), as_int(shift)
+
+    @numba.njit(inline="always")
+    def poly(r):
+        p = coef[0]
+        for k in numba.literal_unroll(coef[1:]):
+            p = p * r + k
+        return p
+
+    @numba.njit(inline="always")
+    def exp(x):
+        x = min(max(x, lo), hi) if x == x else x
+        n = m.floor(x * log2e + half)
+        r = (x - n * ln2hi) - n * ln2lo
+        return poly(r) * to_float((as_int(n) + ibias) << ishift)
+
+    return exp
+
+
 def _make(dtype):
     one = dtype(1)
+    two = dtype(2)
     zero = dtype(0)
     f = numba.from_dtype(np.dtype(dtype))
     opts = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+    exp = _make_exp(dtype)
 
     @numba.njit(inline="always")
     def sigmoid(v):
-        # Two branches so that exp never overflows: ±1e30 gives exactly 0 or 1.
-        if v >= zero:
-            return one / (one + math.exp(-v))
-        e = math.exp(v)
-        return e / (one + e)
+        return one / (one + exp(-v))
+
+    @numba.njit(inline="always")
+    def tanh(v):
+        e = exp(-two * abs(v))
+        return math.copysign((one - e) / (one + e), v)
 
     @numba.njit(numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1]), **opts)
     def project(x, w_t, b, out):
@@ -107,31 +164,153 @@ def _make(dtype):
                         r = sigmoid(gi[tl, bb, j] + acc[bb, j])
                         z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
                         if reset_after:
-                            n = math.tanh(gi[tl, bb, 2 * H + j] + r * acc[bb, 2 * H + j])
+                            n = tanh(gi[tl, bb, 2 * H + j] + r * acc[bb, 2 * H + j])
                         else:
-                            n = math.tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
+                            n = tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
                         hn = (one - z) * n + z * h[bb, j]
                         out[tl, bb, j] = hn
                         h[bb, j] = hn
 
-    return project, scan
+    @numba.njit(
+        numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1], f[:, ::1]), **opts)
+    def project_blas(x, w_t, b, xpad, out):
+        """out = x @ w_t + b through BLAS; calls with fewer rows than xpad has (see
+        ``blas_min_rows``) go through the zero-padded xpad instead."""
+        N = x.shape[0]
+        if N < xpad.shape[0]:
+            xpad[:N] = x
+            tmp = np.empty((xpad.shape[0], out.shape[1]), out.dtype)
+            np.dot(xpad, w_t, tmp)
+            out[:, :] = tmp[:N]
+        else:
+            np.dot(x, w_t, out)
+        for n in range(N):
+            for g in range(out.shape[1]):
+                out[n, g] += b[g]
+
+    @numba.njit(
+        numba.void(f[:, :, ::1], f[:, ::1], f[:, ::1], f[:, ::1], f[::1], numba.int64[::1],
+                   numba.int64, numba.boolean, numba.boolean, numba.int64, f[:, ::1],
+                   f[:, :, ::1]),
+        **opts,
+    )
+    def scan_blas(gi, w_t, w_rz, w_n, b, lengths, t0, reverse, reset_after, min_rows, h, out):
+        """As ``scan``, with the recurrent product of each step as one BLAS call over the
+        batch, padded to ``min_rows`` rows (BLAS routes small products to other kernels)."""
+        T, B, G = gi.shape
+        H = h.shape[1]
+        Bp = max(B, min_rows)
+        hb = np.zeros((Bp, H), h.dtype)
+        hb[:B] = h
+        acc = np.empty((Bp, G), h.dtype)
+        acc_rz = np.empty((Bp, 2 * H), h.dtype)
+        acc_n = np.empty((Bp, H), h.dtype)
+        rh = np.zeros((Bp, H), h.dtype)
+        for s in range(T):
+            tl = T - 1 - s if reverse else s
+            t = t0 + tl
+            if reset_after:
+                np.dot(hb, w_t, acc)
+                for bb in range(B):
+                    if t >= lengths[bb]:
+                        out[tl, bb, :] = zero
+                        continue
+                    for j in range(H):
+                        r = sigmoid(gi[tl, bb, j] + (acc[bb, j] + b[j]))
+                        z = sigmoid(gi[tl, bb, H + j] + (acc[bb, H + j] + b[H + j]))
+                        n = tanh(gi[tl, bb, 2 * H + j] + r * (acc[bb, 2 * H + j] + b[2 * H + j]))
+                        hn = (one - z) * n + z * hb[bb, j]
+                        out[tl, bb, j] = hn
+                        hb[bb, j] = hn
+            else:
+                np.dot(hb, w_rz, acc_rz)
+                for bb in range(B):
+                    for j in range(H):
+                        rh[bb, j] = sigmoid(gi[tl, bb, j] + (acc_rz[bb, j] + b[j])) * hb[bb, j]
+                np.dot(rh, w_n, acc_n)
+                for bb in range(B):
+                    if t >= lengths[bb]:
+                        out[tl, bb, :] = zero
+                        continue
+                    for j in range(H):
+                        z = sigmoid(gi[tl, bb, H + j] + (acc_rz[bb, H + j] + b[H + j]))
+                        n = tanh(gi[tl, bb, 2 * H + j] + (acc_n[bb, j] + b[2 * H + j]))
+                        hn = (one - z) * n + z * hb[bb, j]
+                        out[tl, bb, j] = hn
+                        hb[bb, j] = hn
+        h[:, :] = hb[:B]
+
+    return project, scan, project_blas, scan_blas
 
 
 _KERNELS = {np.dtype(np.float32): _make(np.float32), np.dtype(np.float64): _make(np.float64)}
 
+# Below these sizes the fused loops beat BLAS calls (measured, see docs/performance.md);
+# the choice depends on the model only, never on the chunking.
+BLAS_MIN_HIDDEN = 48
+BLAS_MIN_INPUT = 16
+_MIN_ROWS = {}
+_PROBE_ROWS = tuple(range(1, 41)) + (48, 64, 80, 127, 200)
+
+
+def blas_min_rows(dtype, K, N):
+    """The fewest rows from which this process's BLAS gives every row of ``A @ W`` (W of
+    shape (K, N)) the same bits whatever the number of rows in the call, or None.
+
+    Results are promised not to depend on batch chunking, but BLAS libraries send small
+    products (1 row, or a small M*N*K) to other kernels with another summation order.
+    Calls with fewer rows are padded to this many. Probed once per shape and process.
+    """
+    key = (np.dtype(dtype), int(K), int(N))
+    if key not in _MIN_ROWS:
+        rng = np.random.default_rng(0)
+        M = _PROBE_ROWS[-1]
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w = rng.standard_normal((K, N)).astype(dtype)
+        zero_b, nopad = np.zeros(N, dtype), np.zeros((1, K), dtype)
+        blas = _KERNELS[key[0]][2]
+        ref = np.empty((M, N), dtype)
+        blas(a, w, zero_b, nopad, ref)
+        min_rows = None
+        for m in reversed(_PROBE_ROWS):
+            o = np.empty((m, N), dtype)
+            off = (7 * m) % (M - m + 1)
+            blas(np.ascontiguousarray(a[off:off + m]), w, zero_b, nopad, o)
+            if not np.array_equal(o, ref[off:off + m]):
+                break
+            min_rows = m
+        _MIN_ROWS[key] = min_rows if min_rows is not None and min_rows <= 16 else None
+    return _MIN_ROWS[key]
+
+
+def blas_plan(H, I, dtype):
+    """Rows to pad BLAS calls to, for (projection, recurrence); None: fused loops instead."""
+    G = 3 * H
+    proj = blas_min_rows(dtype, I, G) if I >= BLAS_MIN_INPUT else None
+    rec = None
+    if H >= BLAS_MIN_HIDDEN:
+        rows = [blas_min_rows(dtype, H, n) for n in (G, 2 * H, H)]
+        rec = None if None in rows else max(rows)
+    return proj, rec
+
 
 def gate_kernels(dtype):
-    """The (project, scan) kernel pair for a float dtype."""
+    """The Numba kernels (project, scan, project_blas, scan_blas) of a float dtype."""
     return _KERNELS[np.dtype(dtype)]
 
 
 def project(x, w_ih_t, b_ih):
-    """Input projection of a chunk: x (T, B, I) -> (T, B, 3H), as one pass over the chunk."""
+    """Input projection of a chunk: x (T, B, I) -> (T, B, 3H) = x @ w_ih_t + b_ih."""
     T, B, I = x.shape
     G = w_ih_t.shape[1]
-    out = np.empty((T, B, G), dtype=w_ih_t.dtype)
-    x2 = np.ascontiguousarray(x, dtype=w_ih_t.dtype).reshape(T * B, I)
-    _KERNELS[w_ih_t.dtype][0](x2, w_ih_t, b_ih, out.reshape(T * B, G))
+    dt = w_ih_t.dtype
+    out = np.empty((T, B, G), dtype=dt)
+    x2 = np.ascontiguousarray(x, dtype=dt).reshape(T * B, I)
+    rows = blas_plan(G // 3, I, dt)[0]
+    if rows is not None:
+        _KERNELS[dt][2](x2, w_ih_t, b_ih, np.zeros((rows, I), dt), out.reshape(T * B, G))
+    else:
+        _KERNELS[dt][0](x2, w_ih_t, b_ih, out.reshape(T * B, G))
     return out
 
 
@@ -143,6 +322,14 @@ def scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after):
     h = np.array(h_start, dtype=dt, order="C", copy=True).reshape(B, H)
     out = np.empty((T, B, H), dtype=dt)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    _KERNELS[dt][1](np.ascontiguousarray(gi), w_hh_t, b_hh, lengths, int(t0), bool(reverse),
-                    bool(reset_after), h, out)
+    gi = np.ascontiguousarray(gi)
+    rows = blas_plan(H, 1, dt)[1]
+    if rows is not None:
+        w_rz = np.ascontiguousarray(w_hh_t[:, :2 * H])
+        w_n = np.ascontiguousarray(w_hh_t[:, 2 * H:])
+        _KERNELS[dt][3](gi, w_hh_t, w_rz, w_n, b_hh, lengths, int(t0), bool(reverse),
+                        bool(reset_after), rows, h, out)
+    else:
+        _KERNELS[dt][1](gi, w_hh_t, b_hh, lengths, int(t0), bool(reverse), bool(reset_after),
+                        h, out)
     return out, h
