@@ -6,6 +6,7 @@ bit for bit.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -13,13 +14,40 @@ import numpy as np
 from . import kernels
 from .params import GRUParams
 
-__all__ = ["GRUCall", "validate", "prepare_weights", "gru_numpy", "layer_input"]
+__all__ = ["GRUCall", "validate", "validate_method_options", "prepare_weights", "gru_numpy",
+           "layer_input"]
 
 # Eager calls walk time in blocks of this many steps so that the projected inputs of a
 # whole long sequence never sit in memory at once. Results do not depend on it.
 EAGER_BLOCK = 2048
 
-METHODS = ("scan",)
+METHODS = ("scan", "speculative", "newton")
+
+# Options each method takes (besides return_info); see daskgru.parallel_time.
+METHOD_OPTIONS = {"scan": (), "speculative": ("warmup", "tol"), "newton": ("tol",)}
+
+
+def validate_method_options(method, *, warmup=None, tol=None, return_info=False):
+    """Check the options of a parallel-in-time method (before any work); None means default."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    allowed = METHOD_OPTIONS[method]
+    for name, value in (("warmup", warmup), ("tol", tol)):
+        if value is not None and name not in allowed:
+            takes = ", ".join(allowed) if allowed else "no options"
+            raise ValueError(f"{name} is not an option of method={method!r} (it takes {takes})")
+    if warmup is not None:
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)):
+            raise TypeError(f"warmup must be an int (number of steps), got {type(warmup).__name__}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0 (number of steps), got {warmup}")
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+            raise TypeError(f"tol must be a real number, got {type(tol).__name__}")
+        if not (np.isfinite(tol) and tol > 0):
+            raise ValueError(f"tol must be finite and > 0, got {tol}")
+    if not isinstance(return_info, (bool, np.bool_)):
+        raise TypeError(f"return_info must be a bool, got {type(return_info).__name__}")
 
 
 class GRUCall(NamedTuple):
@@ -163,27 +191,84 @@ def gru_numpy(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     L, D, H = pp.num_layers, pp.num_directions, pp.hidden_size
     lengths = np.full(B, T, np.int64) if lengths is None else check_lengths(lengths, T)
     h0 = np.zeros((L * D, B, H), dt) if h0 is None else np.asarray(h0, dtype=dt)
+    x = np.ascontiguousarray(x, dtype=dt)
     weights = prepare_weights(pp)
-    h_n = np.empty((L * D, B, H), dt)
-    layer_in = np.ascontiguousarray(x, dtype=dt)
-    starts = list(range(0, T, EAGER_BLOCK))
-    for l in range(L):
-        outs = []
-        for d in range(D):
-            w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
-            out = np.empty((T, B, H), dt)
-            h = h0[l * D + d]
-            for t0 in (reversed(starts) if d else starts):
-                t1 = min(t0 + EAGER_BLOCK, T)
-                gi = kernels.project(layer_in[t0:t1], w_ih_t, b_ih)
-                out[t0:t1], h = kernels.scan(gi, w_hh_t, b_hh, h, lengths, t0, d == 1,
-                                             pp.reset_after)
-            h_n[l * D + d] = h
-            outs.append(out)
-        layer_in = layer_input(outs)
-    out = layer_in
+    parts = batch_parts(B, T * H * (H + pp.input_size) * L * D)
+    if len(parts) == 1:
+        out, h_n = _layers(x, weights, pp.reset_after, h0, lengths)
+    else:
+        # Batch rows are independent: each thread runs the whole stack on its rows with
+        # single-threaded BLAS (the kernels release the GIL). Row-invariant kernels make
+        # this bit-identical to one thread.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(len(parts)) as ex:
+            res = list(ex.map(lambda s: _layers(x[:, s], weights, pp.reset_after, h0[:, s],
+                                                lengths[s]), parts))
+        out = np.concatenate([r[0] for r in res], axis=1)
+        h_n = np.concatenate([r[1] for r in res], axis=1)
     if call.unbatched:
         return out[:, 0], h_n[:, 0]
     if batch_first:
         out = out.transpose(1, 0, 2)
     return out, h_n
+
+
+def get_num_threads() -> int:
+    """Threads of the eager path: ``DASKGRU_NUM_THREADS``, else the CPUs this process may use."""
+    env = os.environ.get("DASKGRU_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Below this much work (multiply-adds) a call is not worth splitting over threads.
+MIN_SPLIT_WORK = 2_000_000
+
+
+def batch_parts(B, work):
+    """Contiguous batch slices, one per thread, each of at least 4 rows."""
+    n = min(get_num_threads(), B // 4)
+    if n <= 1 or work * B < MIN_SPLIT_WORK:
+        return [slice(0, B)]
+    edges = np.linspace(0, B, n + 1).round().astype(int)
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+# Projected inputs of one time block take at most this many bytes, so they stay in cache
+# and the buffer is reused (fresh pages cost more than the arithmetic on some machines).
+BLOCK_BYTES = 4 << 20
+
+
+def _layers(x, weights, reset_after, h0, lengths):
+    """The layer stack on x (T, B, I) contiguous; returns (output, h_n)."""
+    T, B, _ = x.shape
+    L, D = len(weights.layers), len(weights[0])
+    H = weights[0][0][2].shape[0]
+    dt = x.dtype
+    step = max(1, min(EAGER_BLOCK, T, BLOCK_BYTES // max(1, B * 3 * H * dt.itemsize)))
+    starts = list(range(0, T, step))
+    gi_buf = np.empty((step, B, 3 * H), dt)
+    h_n = np.empty((L * D, B, H), dt)
+    layer_in = x
+    for l in range(L):
+        out = np.empty((T, B, D * H), dt) if D > 1 else None
+        outs = []
+        for d in range(D):
+            w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
+            o = np.empty((T, B, H), dt)
+            h = h0[l * D + d]
+            for t0 in (reversed(starts) if d else starts):
+                t1 = min(t0 + step, T)
+                gi = kernels.project(layer_in[t0:t1], w_ih_t, b_ih, out=gi_buf[:t1 - t0])
+                _, h = kernels.scan(gi, w_hh_t, b_hh, h, lengths, t0, d == 1, reset_after,
+                                    out=o[t0:t1])
+            h_n[l * D + d] = h
+            outs.append(o)
+        layer_in = layer_input(outs) if out is None else np.concatenate(outs, axis=-1, out=out)
+    return layer_in, h_n

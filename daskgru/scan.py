@@ -21,7 +21,8 @@ from operator import getitem
 import numpy as np
 
 from . import kernels
-from .core import check_lengths, gru_numpy, layer_input, prepare_weights, validate
+from .core import (check_lengths, gru_numpy, layer_input, prepare_weights, validate,
+                   validate_method_options)
 
 __all__ = ["gru", "gru_dask", "is_dask"]
 
@@ -30,7 +31,8 @@ def is_dask(a) -> bool:
     return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
 
 
-def gru(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
+def gru(x, p, *, h0=None, lengths=None, batch_first=False, method="scan", warmup=None,
+        tol=None, return_info=False):
     """Run a GRU exactly as ``torch.nn.GRU`` does, eagerly on NumPy or lazily on Dask.
 
     Parameters
@@ -47,8 +49,24 @@ def gru(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
         reverse direction starts there.
     batch_first : bool
         Take x as (B, T, I) and return output as (B, T, D*H).
-    method : {"scan"}
-        How time is traversed; "scan" is the exact sequential chain of chunks.
+    method : {"scan", "speculative", "newton"}
+        How time is traversed. "scan" is the exact sequential chain of chunks. The two
+        parallel-in-time methods (see :mod:`daskgru.parallel_time`) run all time chunks at
+        once and agree with "scan" to ``tol``: "speculative" starts each chunk from a state
+        warmed up over ``warmup`` steps and recomputes chunks whose start was off by more
+        than ``tol``; "newton" solves for the chunk boundary states by multiple shooting.
+        With NumPy input they build the same dask graph (time chunks of
+        ``parallel_time.NUMPY_CHUNK`` steps) and compute it with the synchronous scheduler;
+        give a dask array chunked along time to run chunks in parallel.
+    warmup : int >= 0, optional
+        method="speculative" only: warm-up steps per chunk (default
+        ``parallel_time.DEFAULT_WARMUP``).
+    tol : float > 0, optional
+        Parallel methods only: largest accepted mismatch of a chunk's start state (default
+        1e-5 for float32, 1e-8 for float64).
+    return_info : bool
+        Also return a dict (lazy for dask input: a ``Delayed``) with keys ``method``,
+        ``sweeps``, ``chunks``, ``chunks_recomputed`` and ``max_mismatch``.
 
     Returns
     -------
@@ -70,9 +88,22 @@ def gru(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     >>> bool(np.array_equal(lazy_out.compute(), out))
     True
     """
-    if is_dask(x) or is_dask(h0) or is_dask(lengths):
-        return gru_dask(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
-    return gru_numpy(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    validate_method_options(method, warmup=warmup, tol=tol, return_info=return_info)
+    if method != "scan":
+        from .parallel_time import gru_parallel
+
+        return gru_parallel(x, p, h0=h0, lengths=lengths, batch_first=batch_first,
+                            method=method, warmup=warmup, tol=tol, return_info=return_info)
+    lazy = is_dask(x) or is_dask(h0) or is_dask(lengths)
+    if lazy:
+        res = gru_dask(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    else:
+        res = gru_numpy(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    if not return_info:
+        return res
+    from .parallel_time import scan_info
+
+    return (*res, scan_info(lazy))
 
 
 # ----------------------------------------------------------------------------- tasks

@@ -58,7 +58,7 @@ def _over_batch(value, name, lead_dims, lead_shape, batch_dims, batch_shape, tai
 
 
 def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hidden",
-              h0=None, lengths=None, method="scan", features=None):
+              h0=None, lengths=None, method="scan", features=None, **method_options):
     """Run a GRU along ``time_dim`` of a labelled array; every other dim is batch.
 
     Parameters
@@ -77,6 +77,11 @@ def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         Valid steps per sequence (packed-sequence semantics, see :func:`daskgru.gru`).
     method : str
         Passed to :func:`daskgru.gru`.
+    **method_options
+        ``warmup``, ``tol`` and ``return_info``, passed to :func:`daskgru.gru`. With
+        ``return_info=True`` the result is ``(ds, info)``: ``info`` is the dict of
+        :func:`daskgru.gru` (a ``Delayed`` for dask-backed input); for NumPy-backed input it
+        is also put into ``ds.attrs["gru_info"]`` as a string.
     features : list of str, optional
         With a Dataset: the data variables to use as features, in this order.
 
@@ -148,7 +153,13 @@ def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         h0 = h0.reshape(L * D, B, H)
     if lengths is not None:
         lengths = _over_batch(lengths, "lengths", (), (), batch_dims, batch_shape, (), ())
-    out, h_n = gru(x, p, h0=h0, lengths=lengths, method=method)
+    unknown = set(method_options) - {"warmup", "tol", "return_info"}
+    if unknown:
+        raise TypeError(f"apply_gru got unknown options {sorted(unknown)} "
+                        "(method options are warmup, tol, return_info)")
+    return_info = method_options.get("return_info", False)
+    res = gru(x, p, h0=h0, lengths=lengths, method=method, **method_options)
+    out, h_n = res[0], res[1]
 
     # A bidirectional output gets a direction dim: one Dataset cannot hold a hidden dim of
     # size 2H (output) beside one of size H (final_state). [forward, backward] is D-major.
@@ -174,4 +185,7 @@ def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         "gru_method": method,
         "gru_time_dim": time_dim,
     })
-    return xr.Dataset({"output": output, "final_state": final}, attrs=attrs)
+    if return_info and isinstance(res[2], dict):
+        attrs["gru_info"] = repr(res[2])
+    ds = xr.Dataset({"output": output, "final_state": final}, attrs=attrs)
+    return (ds, res[2]) if return_info else ds

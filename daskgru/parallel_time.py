@@ -1,0 +1,517 @@
+"""Parallel in time: one long sequence over many workers, exact to a tolerance.
+
+Two methods, both built as one lazy dask graph per call, layer by layer (layer l+1's chunk k
+takes layer l's *corrected* outputs of chunk k). Per layer l, direction d and batch chunk j
+the time chunks are visited in traversal order q = 0..K-1 (chunk k = q forward, K-1-q
+reversed); "predecessor" means the previous chunk in that order.
+
+``method="speculative"``
+
+* ``gru-spec-…`` (q): for q >= 1, warm a state up over the last ``warmup`` steps of the
+  predecessor's input (``gru-tail-…``, at most the predecessor's length), starting from h0
+  (zeros by default); then scan chunk q from it. Returns (outputs, assumed start, end).
+  Chunk 0 starts from h0 itself, which is exact. All spec tasks run in parallel.
+* ``gru-fix-…`` (q): takes the *corrected* end state of chunk q-1 (the true start of chunk
+  q) and the assumed start. Rows (batch elements) whose max abs mismatch exceeds ``tol`` (or
+  is not finite) are recomputed from the true start; the rest keep the speculative result.
+  It returns the corrected end state, which the next fix task checks against. The fix tasks
+  form a chain, but a fix that keeps its chunk costs O(B·H), so the chain is cheap when the
+  guesses were good; when every chunk is recomputed it *is* the sequential scan (worst case).
+  A recomputed chunk changes its end state, and the next fix task compares against that, so
+  one pass of the chain leaves every chunk consistent.
+* ``gru-select-…`` (q): the chunk's outputs, with recomputed rows replaced.
+
+Bound on the error: every kept chunk started within ``tol`` of the state its predecessor
+really ended in (the corrected one); the outputs differ from the sequential scan by that
+start mismatch as propagated through the chunk, which a contracting GRU shrinks. In
+``info["max_mismatch"]`` the largest accepted start mismatch is reported.
+
+``method="newton"`` (multiple shooting; the operator of DEER, Lim et al. 2023)
+
+* Boundary states s_0..s_{K-1} (s_0 = h0, exact; guesses 0 for the rest).
+* A sweep: ``gru-newton-eval-…`` (q) scans chunk q from s_q and propagates the tangent
+  (``kernels_tangent.tangent_scan``) giving f_q(s_q) and J_q = df_q/ds; the affine maps
+  s_{q+1} = J_q s_q + (f_q(s_q) - J_q s_q) are composed with a Hillis–Steele prefix scan
+  (``gru-newton-compose-…``, log2 K levels of compose tasks), which gives the new boundary
+  states; ``gru-newton-collect-…`` measures the update and decides. In exact arithmetic
+  after i sweeps s_0..s_i are exact, so K-1 sweeps make all K start states exact.
+* The graph holds ``K - 1`` sweeps (static graphs cannot loop); once the update is below
+  ``tol`` the later sweeps' tasks return at once. Damping: states are clipped to
+  [-R, R], R = max(1, max|h0|) (a GRU state never leaves that box). Divergence: if the states
+  turn non-finite, or the update grows in two sweeps in a row, sweeping stops.
+* Final pass: every chunk is scanned from its Newton start state (``gru-spec-…``) and the
+  same fix-up chain as above checks each start against the corrected end of its
+  predecessor. So Newton is never silently wrong either: where it diverged or did not reach
+  ``tol``, the fix chain recomputes (the sequential fallback).
+
+NumPy input builds the same graph, with time chunks of ``NUMPY_CHUNK`` steps, and computes
+it with the synchronous scheduler (deterministic, no parallelism); pass a dask array chunked
+along time to run chunks in parallel.
+"""
+from __future__ import annotations
+
+import math
+from operator import getitem
+
+import numpy as np
+
+from . import kernels
+from .core import check_lengths, layer_input, prepare_weights, validate
+
+__all__ = ["gru_parallel", "scan_info", "DEFAULT_WARMUP", "DEFAULT_TOL", "NUMPY_CHUNK"]
+
+DEFAULT_WARMUP = 512
+DEFAULT_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-8}
+NUMPY_CHUNK = 65536
+# A row's tangent is dropped once all its entries are below tol * this (it has forgotten
+# its start state); the Jacobian error that leaves is far below what the check accepts.
+TANGENT_CUTOFF = 1e-3
+# Newton stops (and leaves the rest to the fix-up chain) after the update grew this often
+# in a row.
+GROWTH_PATIENCE = 2
+
+
+def _is_dask(a) -> bool:
+    return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
+
+
+def scan_info(lazy):
+    """The info of method="scan" (nothing speculative happened)."""
+    info = dict(method="scan", sweeps=0, chunks=None, chunks_recomputed=0, max_mismatch=0.0)
+    if lazy:
+        import dask
+
+        return dask.delayed(info, traverse=False)
+    return info
+
+
+# ----------------------------------------------------------------------------- helpers
+def _lengths(lengths, T, B):
+    return np.full(B, T, np.int64) if lengths is None else check_lengths(lengths, T)
+
+
+def _start(h0, B, H, dtype):
+    return np.zeros((B, H), dtype) if h0 is None else np.array(h0, dtype=dtype).reshape(B, H)
+
+
+def _row_mismatch(a, b):
+    """Per row, max abs difference; equal values (also both NaN or same inf) count as 0,
+    any other non-finite difference as inf."""
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    diff[same] = 0.0
+    diff[~np.isfinite(diff)] = np.inf
+    return diff.max(axis=1) if diff.shape[1] else np.zeros(diff.shape[0])
+
+
+# ----------------------------------------------------------------------------- tasks
+def _tail_task(reverse, w, *parts):
+    """The last ``w`` steps of a chunk's input in traversal order (first w when reversed)."""
+    x = layer_input(parts)
+    return np.ascontiguousarray(x[:w] if reverse else x[x.shape[0] - w:])
+
+
+def _spec_task(weights, l, d, reset_after, start, tail, tail_t0, h0, lengths, t0, T, *parts):
+    """Scan a chunk from a guessed start: ``start`` (a (state, done) pair from Newton), or a
+    state warmed up over ``tail`` from h0, or h0 itself. Returns (out, assumed start, end)."""
+    w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
+    x = layer_input(parts)
+    B, H = x.shape[1], w_hh_t.shape[0]
+    lengths = _lengths(lengths, T, B)
+    if start is not None:
+        h = np.array(start[0], dtype=w_hh_t.dtype)
+    else:
+        h = _start(h0, B, H, w_hh_t.dtype)
+        if tail is not None and tail.shape[0]:
+            gw = kernels.project(tail, w_ih_t, b_ih)
+            _, h = kernels.scan(gw, w_hh_t, b_hh, h, lengths, tail_t0, d == 1, reset_after)
+    gi = kernels.project(x, w_ih_t, b_ih)
+    out, end = kernels.scan(gi, w_hh_t, b_hh, h, lengths, t0, d == 1, reset_after)
+    return out, h, end
+
+
+def _scan_rows(weights, l, d, reset_after, x, rows, h, lengths, t0, a, b):
+    """Scan local steps a..b-1 (in traversal order) of a chunk for some rows."""
+    w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
+    gi = kernels.project(np.ascontiguousarray(x[a:b][:, rows]), w_ih_t, b_ih)
+    return kernels.scan(gi, w_hh_t, b_hh, h, lengths[rows], t0 + a, d == 1, reset_after)
+
+
+def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
+    """Re-scan ``rows`` from their true start ``h`` block by block, until each row's state
+    equals the speculative output at some step bit for bit: from there on the speculative
+    result is what the sequential scan gives (the kernels are deterministic). Writes the
+    re-scanned steps into ``out``; returns the rows that never met (fully recomputed) and
+    the number of steps scanned."""
+    n = x.shape[0]
+    reverse = d == 1
+    pos, blk, steps = 0, 32, 0
+    pending = np.asarray(rows)
+    while pending.size and pos < n:
+        m = min(blk, n - pos)
+        a, b = (n - pos - m, n - pos) if reverse else (pos, pos + m)
+        o, h = _scan_rows(weights, l, d, reset_after, x, pending, h, lengths, t0, a, b)
+        steps += m
+        met = np.all(o == spec_out[a:b][:, pending], axis=2)  # (m, rows)
+        if reverse:
+            met = met[::-1]
+            o = o[::-1]
+        first = np.where(met.any(axis=0), met.argmax(axis=0), m)
+        for i, r in enumerate(pending):
+            f = first[i]  # steps before f in traversal order differ; copy them
+            if reverse:
+                out[b - f:b, r] = o[:f, i][::-1]
+            else:
+                out[a:a + f, r] = o[:f, i]
+        left = first == m
+        pending, h = pending[left], h[left]
+        pos += m
+        blk = min(blk * 2, 8192)
+    return pending, steps
+
+
+def _fix_task(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T, *parts):
+    """Check a chunk's assumed start against the true one (the corrected end of its
+    predecessor) and repair its speculative result.
+
+    Rows (batch elements) off by more than ``tol`` (or by anything non-finite) are
+    recomputed from the true start. Rows off by less are verified: re-scanned from the true
+    start until the trajectories meet bit for bit (usually within tens of steps), falling back
+    to a full recompute where they never meet (chaotic dynamics). ``true_start`` None: the
+    assumed start was exact (chunk 0). Returns (end state, outputs, largest accepted
+    mismatch, rows recomputed, steps re-scanned to verify).
+    """
+    spec_out, assumed, spec_end = spec
+    if true_start is None:
+        return spec_end, spec_out, 0.0, 0, 0
+    B = assumed.shape[0]
+    lengths = _lengths(lengths, T, B)
+    # Rows whose valid steps all lie before this chunk: state passes through, outputs are 0
+    # already (both directions skip steps >= length).
+    past = lengths <= t0
+    delta = _row_mismatch(assumed, true_start)
+    exact = (delta == 0) & ~past
+    bad = ~(delta <= tol) & ~past
+    check = ~bad & ~exact & ~past
+    end = np.array(spec_end, copy=True)
+    end[past] = true_start[past]
+    accepted = float(delta[check | exact].max()) if (check | exact).any() else 0.0
+    if not (bad.any() or check.any()):
+        return end, spec_out, accepted, 0, 0
+    x = layer_input(parts)
+    n = x.shape[0]
+    out = np.array(spec_out, copy=True)
+    steps = 0
+    failed = np.zeros(0, np.int64)
+    if check.any():
+        rows = np.flatnonzero(check)
+        failed, steps = _splice(weights, l, d, reset_after, x, rows, true_start[rows], lengths,
+                                t0, spec_out, out)
+        if failed.size:  # they were re-scanned to the chunk's end: take their end state
+            _, h = _scan_rows(weights, l, d, reset_after, x, failed, true_start[failed],
+                              lengths, t0, 0, n)
+            end[failed] = h
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        o, h = _scan_rows(weights, l, d, reset_after, x, rows, true_start[rows], lengths, t0,
+                          0, n)
+        out[:, rows] = o
+        end[rows] = h
+    return end, out, accepted, int(bad.sum() + failed.size), steps
+
+
+def _fix_summary(fix):
+    return (fix[3] > 0, fix[3], fix[2], fix[4])
+
+
+def _hn_block(state):
+    return state[None]
+
+
+# Newton ---------------------------------------------------------------------------------
+def _newton_init(h0, K, B, H, dtype):
+    s0 = _start(h0, B, H, dtype)
+    bound = max(1.0, float(np.abs(s0).max())) if s0.size else 1.0
+    states = [s0] + [np.zeros((B, H), dtype) for _ in range(K - 1)]
+    return dict(states=states, done=K <= 1, converged=K <= 1, diverged=False,
+                update=math.inf, growth=0, sweeps=0, bound=bound, updates=[])
+
+
+def _newton_pick(collect, q):
+    return collect["states"][q], collect["done"]
+
+
+def _newton_const(collect):
+    """Element 0 of the prefix scan: the constant map onto s_0 (J None marks constant)."""
+    return None if collect["done"] else (None, collect["states"][0])
+
+
+def _newton_eval(weights, l, d, reset_after, cutoff, bstate, lengths, t0, T, *parts):
+    """f_q(s_q) and J_q for one chunk, as the affine map s -> J s + (f - J s_q)."""
+    s, done = bstate
+    if done:
+        return None
+    from .kernels_tangent import tangent_scan
+
+    w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
+    x = layer_input(parts)
+    lengths = _lengths(lengths, T, x.shape[1])
+    gi = kernels.project(x, w_ih_t, b_ih)
+    f, J = tangent_scan(gi, w_hh_t, b_hh, s, lengths, t0, d == 1, reset_after, cutoff)
+    c = f - np.einsum("bij,bj->bi", J, s)
+    return J, c
+
+
+def _compose(later, earlier):
+    """later ∘ earlier for affine maps (J, c): s -> J s + c; J None is a constant map."""
+    if later is None or earlier is None:
+        return None
+    Jl, cl = later
+    Je, ce = earlier
+    if Jl is None:
+        return later
+    c = np.einsum("bij,bj->bi", Jl, ce) + cl
+    return (None, c) if Je is None else (np.matmul(Jl, Je), c)
+
+
+def _newton_collect(tol, prev, *prefix):
+    """New boundary states from the prefix scan: clip, measure the update, decide."""
+    if prev["done"] or any(p is None for p in prefix):
+        return prev
+    R = prev["bound"]
+    states = [prev["states"][0]] + [np.clip(p[1], -R, R) for p in prefix[1:]]
+    new = dict(prev, sweeps=prev["sweeps"] + 1)
+    if not all(np.isfinite(s).all() for s in states):
+        new.update(done=True, diverged=True)  # keep the last finite states
+        return new
+    update = max((float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0)
+                 for a, b in zip(states, prev["states"]))
+    growth = prev["growth"] + 1 if update > prev["update"] else 0
+    new.update(states=states, update=update, growth=growth, updates=prev["updates"] + [update])
+    if update <= tol:
+        new.update(done=True, converged=True)
+    elif growth >= GROWTH_PATIENCE:
+        new.update(done=True, diverged=True)
+    return new
+
+
+def _newton_summary(collect):
+    return dict(sweeps=collect["sweeps"], converged=collect["converged"],
+                diverged=collect["diverged"], updates=collect["updates"])
+
+
+def _info_task(meta, nchains, K, *parts):
+    """Sum up: parts are K fix summaries per chain, then one Newton summary per chain."""
+    fixes = parts[:nchains * K]
+    newton = parts[nchains * K:]
+    chunks_recomputed = sum(int(f[0]) for f in fixes)
+    info = dict(meta)
+    info.update(
+        chunks=K,
+        chains=nchains,
+        chunks_recomputed=chunks_recomputed,
+        rows_recomputed=sum(int(f[1]) for f in fixes),
+        steps_verified=sum(int(f[3]) for f in fixes),
+        max_mismatch=max([float(f[2]) for f in fixes] + [0.0]),
+    )
+    if meta["method"] == "speculative":
+        info["sweeps"] = 1
+    else:
+        info["sweeps"] = max([n["sweeps"] for n in newton] + [0])
+        info["converged"] = all(n["converged"] for n in newton)
+        info["diverged"] = any(n["diverged"] for n in newton)
+        info["fallback"] = chunks_recomputed > 0
+        info["updates"] = [n["updates"] for n in newton]
+    return info
+
+
+# ----------------------------------------------------------------------------- graph
+def gru_parallel(x, p, *, h0=None, lengths=None, batch_first=False, method="speculative",
+                 warmup=None, tol=None, return_info=False):
+    """``daskgru.gru`` with method="speculative" or "newton"; see the module docstring."""
+    lazy = _is_dask(x) or _is_dask(h0) or _is_dask(lengths)
+    if lazy:
+        res = _gru_graph(x, p, h0=h0, lengths=lengths, batch_first=batch_first,
+                         method=method, warmup=warmup, tol=tol)
+        return res if return_info else res[:2]
+    import dask
+    import dask.array as da
+
+    call = validate(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    x = np.asarray(x)
+    taxis = 1 if (batch_first and not call.unbatched) else 0
+    xd = da.from_array(x, chunks={taxis: NUMPY_CHUNK}, name=False)
+    res = _gru_graph(xd, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method,
+                     warmup=warmup, tol=tol)
+    res = dask.compute(*res, scheduler="synchronous")
+    return res if return_info else res[:2]
+
+
+def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    call = validate(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
+    pp, dt, T = call.params, call.dtype, call.T
+    L, D, H = pp.num_layers, pp.num_directions, pp.hidden_size
+    tol = float(DEFAULT_TOL[dt] if tol is None else tol)
+    warmup = int(DEFAULT_WARMUP if warmup is None else warmup)
+    cutoff = tol * TANGENT_CUTOFF
+
+    x = da.asarray(x)
+    if call.unbatched:
+        x = x[:, None, :]
+    elif batch_first:
+        x = x.transpose(1, 0, 2)
+    x = x.astype(dt).rechunk({2: -1})
+    tchunks, bchunks = x.chunks[0], x.chunks[1]
+    K, nb = len(tchunks), len(bchunks)
+    t_starts = np.concatenate([[0], np.cumsum(tchunks)[:-1]]).astype(int).tolist()
+    b_edges = np.cumsum((0,) + bchunks)
+
+    collections = [x]
+    h0_key = lambda ld, j: None  # noqa: E731
+    if h0 is not None:
+        if call.unbatched:
+            h0 = h0[:, None, :]
+        if _is_dask(h0):
+            h0 = da.asarray(h0).astype(dt).rechunk(((1,) * (L * D), bchunks, (H,)))
+            collections.append(h0)
+            h0_key = lambda ld, j, n=h0.name: (getitem, (n, ld, j, 0), 0)  # noqa: E731
+        else:
+            h0np = np.asarray(h0, dtype=dt)
+            h0_key = lambda ld, j: h0np[ld, b_edges[j]:b_edges[j + 1]]  # noqa: E731
+    len_key = lambda j: None  # noqa: E731
+    if lengths is not None:
+        if _is_dask(lengths):
+            lengths = da.asarray(lengths).reshape(-1).rechunk((bchunks,))
+            collections.append(lengths)
+            len_key = lambda j, n=lengths.name: (n, j)  # noqa: E731
+        else:
+            lnp = check_lengths(lengths, T)
+            len_key = lambda j: lnp[b_edges[j]:b_edges[j + 1]]  # noqa: E731
+
+    tok = tokenize(x.name, pp, [getattr(c, "name", None) for c in collections],
+                   None if h0 is None or _is_dask(h0) else h0,
+                   None if lengths is None or _is_dask(lengths) else lengths, method, warmup, tol)
+    wname = f"gru-weights-{tok}"
+    outname, hnname, infoname = f"gru-output-{tok}", f"gru-hn-{tok}", f"gru-info-{tok}"
+    layers = {wname: {wname: prepare_weights(pp)}}
+    deps = {wname: set()}
+    base = [c.name for c in collections]
+    fix_summaries, newton_summaries = [], []
+
+    def lname(l):
+        return f"gru-{method}-l{l}-{tok}"
+
+    def key(stage, l, *idx):
+        return (f"gru-{stage}-l{l}-{tok}",) + idx
+
+    for l in range(L):
+        g = {}
+        for j in range(nb):
+            if l == 0:
+                parts = lambda k: [(x.name, k, j, 0)]  # noqa: E731
+            else:
+                parts = lambda k: [key("select", l - 1, dd, j, k) for dd in range(D)]  # noqa: E731
+            lens = len_key(j)
+            for d in range(D):
+                order = list(range(K - 1, -1, -1)) if d else list(range(K))
+                h0k = h0_key(l * D + d, j)
+                B = int(bchunks[j])
+                if method == "newton":
+                    # sweep 0: the initial guesses
+                    g[key("newton-collect", l, d, j, 0)] = (_newton_init, h0k, K, B, H, dt)
+                    for i in range(1, K):
+                        prevc = key("newton-collect", l, d, j, i - 1)
+                        for q in range(K):
+                            g[key("newton-state", l, d, j, i - 1, q)] = (_newton_pick, prevc, q)
+                        elems = [key("newton-const", l, d, j, i)]
+                        g[elems[0]] = (_newton_const, prevc)
+                        for q in range(K - 1):
+                            k = order[q]
+                            ek = key("newton-eval", l, d, j, i, q)
+                            g[ek] = (_newton_eval, wname, l, d, pp.reset_after, cutoff,
+                                     key("newton-state", l, d, j, i - 1, q), lens,
+                                     t_starts[k], T, *parts(k))
+                            elems.append(ek)
+                        # Hillis–Steele inclusive prefix scan of compositions
+                        off, lev = 1, 0
+                        while off < K:
+                            nxt = []
+                            for q in range(K):
+                                if q >= off:
+                                    ck = key("newton-compose", l, d, j, i, lev, q)
+                                    g[ck] = (_compose, elems[q], elems[q - off])
+                                    nxt.append(ck)
+                                else:
+                                    nxt.append(elems[q])
+                            elems, off, lev = nxt, off * 2, lev + 1
+                        g[key("newton-collect", l, d, j, i)] = (_newton_collect, tol, prevc,
+                                                                *elems)
+                    last = key("newton-collect", l, d, j, K - 1)
+                    for q in range(K):
+                        g[key("newton-state", l, d, j, K - 1, q)] = (_newton_pick, last, q)
+                    sk = key("newton-summary", l, d, j)
+                    g[sk] = (_newton_summary, last)
+                    newton_summaries.append(sk)
+                prev_state = None
+                for q, k in enumerate(order):
+                    tail, tail_t0, start = None, 0, None
+                    if method == "newton":
+                        start = key("newton-state", l, d, j, K - 1, q)
+                    elif q and warmup:
+                        pk = order[q - 1]
+                        w = min(warmup, int(tchunks[pk]))
+                        tail = key("tail", l, d, j, q)
+                        g[tail] = (_tail_task, d == 1, w, *parts(pk))
+                        tail_t0 = t_starts[pk] if d else t_starts[pk] + int(tchunks[pk]) - w
+                    spec = key("spec", l, d, j, q)
+                    g[spec] = (_spec_task, wname, l, d, pp.reset_after, start, tail, tail_t0,
+                               h0k, lens, t_starts[k], T, *parts(k))
+                    fix = key("fix", l, d, j, q)
+                    g[fix] = (_fix_task, wname, l, d, pp.reset_after, tol, prev_state, spec,
+                              lens, t_starts[k], T, *parts(k))
+                    prev_state = key("state", l, d, j, q)
+                    g[prev_state] = (getitem, fix, 0)
+                    g[key("select", l, d, j, k)] = (getitem, fix, 1)
+                    sk = key("fixsummary", l, d, j, q)
+                    g[sk] = (_fix_summary, fix)
+                    fix_summaries.append(sk)
+        layers[lname(l)] = g
+        deps[lname(l)] = {wname, *base} | ({lname(l - 1)} if l else set())
+
+    g_out = {}
+    for j in range(nb):
+        for k in range(K):
+            ps = [key("select", L - 1, d, j, k) for d in range(D)]
+            g_out[(outname, k, j, 0)] = (layer_input, ps) if D > 1 else ps[0]
+    g_hn = {}
+    for l in range(L):
+        for d in range(D):
+            for j in range(nb):
+                g_hn[(hnname, l * D + d, j, 0)] = (_hn_block, key("state", l, d, j, K - 1))
+    meta = dict(method=method, tol=tol)
+    if method == "speculative":
+        meta["warmup"] = warmup
+    nchains = L * D * nb
+    layers.update({outname: g_out, hnname: g_hn,
+                   infoname: {infoname: (_info_task, meta, nchains, K, *fix_summaries,
+                                         *newton_summaries)}})
+    all_l = {lname(l) for l in range(L)}
+    deps.update({outname: {lname(L - 1)}, hnname: all_l, infoname: all_l})
+    graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in collections])
+    all_layers, all_deps = dict(graph.layers), dict(graph.dependencies)
+    all_layers.update(layers)
+    all_deps.update(deps)
+    hlg = HighLevelGraph(all_layers, all_deps)
+    out = da.Array(hlg, outname, (tchunks, bchunks, (D * H,)), meta=np.empty((0, 0, 0), dt))
+    h_n = da.Array(hlg, hnname, ((1,) * (L * D), bchunks, (H,)), meta=np.empty((0, 0, 0), dt))
+    info = Delayed(infoname, hlg)
+    if call.unbatched:
+        out, h_n = out[:, 0], h_n[:, 0]
+    elif batch_first:
+        out = out.transpose(1, 0, 2)
+    return out, h_n, info

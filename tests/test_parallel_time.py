@@ -1,0 +1,209 @@
+"""method="speculative" and method="newton" against method="scan" (issue 5)."""
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import daskgru as dg
+from daskgru import kernels, parallel_time
+from daskgru.core import prepare_weights
+from daskgru.kernels_tangent import tangent_scan
+
+TOLS = {"float32": 1e-5, "float64": 1e-8}
+
+
+def run(x, p, method, chunks, **kw):
+    xd = da.from_array(x, chunks=chunks)
+    out, h_n, info = dg.gru(xd, p, method=method, return_info=True, **kw)
+    assert isinstance(out, da.Array)
+    return dask.compute(out, h_n, info, scheduler="sync")
+
+
+def check_close(got, ref, tol):
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        assert np.abs(g - r).max() <= tol
+
+
+@pytest.mark.parametrize("method", ["speculative", "newton"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("layers,bi", [(1, False), (2, True)])
+def test_random_gru_within_tol_of_scan(method, dtype, layers, bi, rng):
+    p = dg.GRUParams.random(3, 6, num_layers=layers, bidirectional=bi, seed=3, dtype=dtype,
+                            reset_after=layers == 1)
+    x = rng.normal(size=(230, 5, 3)).astype(dtype)
+    lengths = np.array([230, 117, 0, 1, 200])
+    h0 = (0.5 * rng.normal(size=(layers * (1 + bi), 5, 6))).astype(dtype)
+    ref = dg.gru(x, p, lengths=lengths, h0=h0)
+    kw = dict(warmup=40) if method == "speculative" else {}
+    out, h_n, info = run(x, p, method, ((30, 50, 50, 50, 50), (2, 3), 3), lengths=lengths,
+                         h0=h0, **kw)
+    check_close((out, h_n), ref, TOLS[dtype])
+    assert info["method"] == method and info["chunks"] == 5
+    assert info["chains"] == layers * (1 + bi) * 2
+    assert info["max_mismatch"] <= TOLS[dtype]
+    if method == "newton":
+        assert 1 <= info["sweeps"] <= 4 and info["converged"]
+
+
+@pytest.mark.parametrize("method", ["speculative", "newton"])
+def test_numpy_input_runs_the_graph_synchronously(method, rng, monkeypatch):
+    monkeypatch.setattr(parallel_time, "NUMPY_CHUNK", 40)
+    p = dg.GRUParams.random(2, 4, seed=0, dtype="float64")
+    x = rng.normal(size=(7, 150, 2))  # batch_first
+    ref = dg.gru(x, p, batch_first=True)
+    out, h_n, info = dg.gru(x, p, batch_first=True, method=method, return_info=True)
+    assert isinstance(out, np.ndarray) and isinstance(info, dict)
+    check_close((out, h_n), ref, 1e-8)
+    assert info["chunks"] == 4
+    # unbatched, and without info
+    out1, h1 = dg.gru(x[0], p, method=method)
+    check_close((out1, h1), dg.gru(x[0], p), 1e-8)
+
+
+def slow_gru(dtype):
+    p = dg.GRUParams.random(2, 5, seed=1, dtype=dtype)
+    p.weights[0][0].b_ih[5:10] += 5.0  # z block: the state is kept, forgotten slowly
+    return p
+
+
+def chaotic_gru(dtype):
+    p = dg.GRUParams.random(2, 5, seed=1, dtype=dtype)
+    w = p.weights[0][0]
+    w.w_hh[...] = w.w_hh * 8
+    return p
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("make", [slow_gru, chaotic_gru])
+def test_hard_grus_speculative_falls_back(make, dtype, rng):
+    p = make(dtype)
+    x = rng.normal(size=(400, 2, 2)).astype(dtype)
+    ref = dg.gru(x, p)
+    out, h_n, info = run(x, p, "speculative", (50, 2, 2), warmup=10)
+    check_close((out, h_n), ref, TOLS[dtype])
+    assert info["chunks_recomputed"] > 0  # the warm-up was too short: it says so
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("make", [slow_gru, chaotic_gru])
+def test_hard_grus_newton(make, dtype, rng):
+    p = make(dtype)
+    x = rng.normal(size=(400, 2, 2)).astype(dtype)
+    ref = dg.gru(x, p)
+    out, h_n, info = run(x, p, "newton", (50, 2, 2))
+    check_close((out, h_n), ref, TOLS[dtype])
+    if make is chaotic_gru:
+        # Newton cannot get chaotic boundaries to tol cheaply: it either swept to the end,
+        # or stopped on divergence and the fix-up chain recomputed chunks.
+        assert info["sweeps"] == info["chunks"] - 1 or info["chunks_recomputed"] > 0
+        assert info["diverged"] or not info["converged"] or info["chunks_recomputed"] > 0 \
+            or info["sweeps"] == info["chunks"] - 1
+
+
+def test_speculative_kept_chunks_are_verified_bitwise(rng):
+    """A kept chunk (start mismatch <= tol) is re-scanned from its true start until it meets
+    the speculative trajectory bit for bit, so the result equals the scan exactly."""
+    p = dg.GRUParams.random(3, 8, seed=0, dtype="float64")
+    x = rng.normal(size=(600, 1, 3))
+    ref = dg.gru(x, p)
+    out, h_n, info = run(x, p, "speculative", (100, 1, 3), warmup=60, tol=1e-3)
+    assert np.array_equal(out, ref[0]) and np.array_equal(h_n, ref[1])
+    assert 0 < info["max_mismatch"] <= 1e-3 and info["steps_verified"] > 0
+
+
+def test_info_for_scan_and_laziness(rng):
+    p = dg.GRUParams.random(2, 3, seed=0)
+    x = rng.normal(size=(20, 2, 2)).astype("float32")
+    out, h_n, info = dg.gru(x, p, return_info=True)
+    assert info == dict(method="scan", sweeps=0, chunks=None, chunks_recomputed=0,
+                        max_mismatch=0.0)
+    xd = da.from_array(x, chunks=(5, 2, 2))
+    assert dg.gru(xd, p, return_info=True)[2].compute()["sweeps"] == 0
+
+    def boom(*a, **k):
+        raise AssertionError("computed while building the graph")
+
+    with dask.config.set(scheduler=boom):
+        for m in ("speculative", "newton"):
+            o, h, i = dg.gru(xd, p, method=m, return_info=True)
+    for m in ("speculative", "newton"):
+        o, h, i = dg.gru(xd, p, method=m, return_info=True)
+        assert o.name != dg.gru(xd, p, method=m, tol=1e-3)[0].name  # options are in the key
+
+
+def test_dask_h0_and_lengths(rng):
+    p = dg.GRUParams.random(2, 4, seed=0, bidirectional=True, dtype="float64")
+    x = rng.normal(size=(60, 3, 2))
+    h0 = 0.3 * rng.normal(size=(2, 3, 4))
+    lengths = np.array([60, 33, 5])
+    ref = dg.gru(x, p, h0=h0, lengths=lengths)
+    for m in ("speculative", "newton"):
+        out, h_n = dg.gru(da.from_array(x, chunks=(20, 2, 2)), p, method=m,
+                          h0=da.from_array(h0, chunks=(1, 2, 4)),
+                          lengths=da.from_array(lengths, chunks=2))
+        check_close(dask.compute(out, h_n), ref, 1e-8)
+
+
+def test_apply_gru_passes_method_options(rng):
+    p = dg.GRUParams.random(2, 4, seed=0, dtype="float64")
+    arr = xr.DataArray(rng.normal(size=(80, 3, 2)), dims=("time", "station", "feature"))
+    ref = dg.apply_gru(arr, p)
+    ds, info = dg.apply_gru(arr.chunk(time=20), p, method="speculative", warmup=5, tol=1e-9,
+                            return_info=True)
+    xr.testing.assert_allclose(ds.output.compute(), ref.output, atol=1e-9, rtol=0)
+    assert ds.attrs["gru_method"] == "speculative" and info.compute()["chunks"] == 4
+    ds2, info2 = dg.apply_gru(arr, p, method="newton", return_info=True)
+    assert isinstance(info2, dict) and "gru_info" in ds2.attrs
+    with pytest.raises(TypeError, match="unknown options"):
+        dg.apply_gru(arr, p, method="newton", sweeps=3)
+
+
+@pytest.mark.parametrize("kw,err,msg", [
+    (dict(method="speculative", warmup=-1), ValueError, "warmup must be >= 0"),
+    (dict(method="speculative", warmup=2.5), TypeError, "warmup must be an int"),
+    (dict(method="speculative", tol=0), ValueError, "tol must be finite and > 0"),
+    (dict(method="newton", tol=-1e-3), ValueError, "tol must be finite and > 0"),
+    (dict(method="newton", tol=float("nan")), ValueError, "tol must be finite and > 0"),
+    (dict(method="newton", warmup=10), ValueError,
+     r"warmup is not an option of method='newton' \(it takes tol\)"),
+    (dict(method="scan", tol=1e-3), ValueError,
+     r"tol is not an option of method='scan' \(it takes no options\)"),
+    (dict(method="speculative", return_info=1), TypeError, "return_info must be a bool"),
+    (dict(method="nope"), ValueError, "method must be one of"),
+])
+def test_bad_method_options(kw, err, msg):
+    p = dg.GRUParams.random(2, 3, seed=0)
+    x = np.zeros((4, 1, 2), "float32")
+    with pytest.raises(err, match=msg):
+        dg.gru(x, p, **kw)
+    with pytest.raises(err, match=msg):
+        dg.gru(da.from_array(x), p, **kw)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_tangent_kernel_against_finite_differences(dtype, reset_after, rng):
+    p = dg.GRUParams.random(3, 5, seed=1, dtype="float64", reset_after=reset_after)
+    w = prepare_weights(p)[0][0]
+    gi = kernels.project(rng.normal(size=(9, 2, 3)), w[0], w[1])
+    h0 = 0.5 * rng.normal(size=(2, 5))
+    lengths = np.array([9, 4])
+    for rev in (False, True):
+        h, M = tangent_scan(gi, w[2], w[3], h0, lengths, 0, rev, reset_after)
+        fd = np.empty_like(M)
+        for k in range(5):
+            e = np.zeros(5)
+            e[k] = 1e-6
+            hp = kernels.scan(gi, w[2], w[3], h0 + e, lengths, 0, rev, reset_after)[1]
+            hm = kernels.scan(gi, w[2], w[3], h0 - e, lengths, 0, rev, reset_after)[1]
+            fd[:, :, k] = (hp - hm) / 2e-6
+        np.testing.assert_allclose(M, fd, atol=1e-8)
+        if dtype == "float32":  # the float32 kernel agrees with float64 to float32 precision
+            p32 = p.astype("float32")
+            w32 = prepare_weights(p32)[0][0]
+            h32, M32 = tangent_scan(gi.astype("float32"), w32[2], w32[3], h0.astype("float32"),
+                                    lengths, 0, rev, reset_after)
+            np.testing.assert_allclose(M32, M, atol=1e-5)
+            np.testing.assert_allclose(h32, h, atol=1e-5)
