@@ -299,12 +299,13 @@ def gate_kernels(dtype):
     return _KERNELS[np.dtype(dtype)]
 
 
-def project(x, w_ih_t, b_ih):
-    """Input projection of a chunk: x (T, B, I) -> (T, B, 3H) = x @ w_ih_t + b_ih."""
+def project(x, w_ih_t, b_ih, out=None):
+    """Input projection of a chunk: x (T, B, I) -> (T, B, 3H) = x @ w_ih_t + b_ih.
+    ``out``, if given, is a C-contiguous (T, B, 3H) buffer to write into."""
     T, B, I = x.shape
     G = w_ih_t.shape[1]
     dt = w_ih_t.dtype
-    out = np.empty((T, B, G), dtype=dt)
+    out = np.empty((T, B, G), dtype=dt) if out is None else out
     x2 = np.ascontiguousarray(x, dtype=dt).reshape(T * B, I)
     rows = blas_plan(G // 3, I, dt)[0]
     if rows is not None:
@@ -314,13 +315,14 @@ def project(x, w_ih_t, b_ih):
     return out
 
 
-def scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after):
-    """Recurrent scan of one chunk from ``h_start`` (B, H); returns (out (T, B, H), h_end)."""
+def scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after, out=None):
+    """Recurrent scan of one chunk from ``h_start`` (B, H); returns (out (T, B, H), h_end).
+    ``out``, if given, is a C-contiguous (T, B, H) buffer to write into."""
     T, B, _ = gi.shape
     H = w_hh_t.shape[0]
     dt = w_hh_t.dtype
     h = np.array(h_start, dtype=dt, order="C", copy=True).reshape(B, H)
-    out = np.empty((T, B, H), dtype=dt)
+    out = np.empty((T, B, H), dtype=dt) if out is None else out
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     gi = np.ascontiguousarray(gi)
     rows = blas_plan(H, 1, dt)[1]

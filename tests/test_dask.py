@@ -157,3 +157,25 @@ def test_dtype_kept_and_inputs_cast():
     assert out.compute().dtype == np.float32
     eager, _ = dg.gru(x.astype("float32"), p)
     np.testing.assert_array_equal(out.compute(), eager)
+
+
+@pytest.mark.parametrize("H, I", [(64, 16), (512, 32)])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_blas_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dtype, monkeypatch):
+    """Hidden sizes that take the BLAS kernels: 1-row and small batch chunks are padded so
+    each row gets the same bits as in one big call, with or without eager threads."""
+    p = dg.GRUParams.random(I, H, bidirectional=True, reset_after=reset_after, dtype=dtype, seed=3)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 13, I)).astype(dtype)
+    lengths = rng.integers(0, 7, size=13)
+    monkeypatch.setenv("DASKGRU_NUM_THREADS", "1")
+    out, h_n = dg.gru(x, p, lengths=lengths)
+    monkeypatch.setenv("DASKGRU_NUM_THREADS", "3")
+    monkeypatch.setattr("daskgru.core.MIN_SPLIT_WORK", 0)
+    np.testing.assert_array_equal(dg.gru(x, p, lengths=lengths)[0], out)
+    for bchunks in [(1,) * 13, (2, 3, 1, 7), (13,)]:
+        lo, lh = dg.gru(da.from_array(x, chunks=((1, 5), bchunks, I)), p, lengths=lengths)
+        lo, lh = dask.compute(lo, lh, scheduler="threads")
+        np.testing.assert_array_equal(lo, out)
+        np.testing.assert_array_equal(lh, h_n)
