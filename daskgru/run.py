@@ -22,6 +22,7 @@ resume.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -421,6 +422,10 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=4000
 
     Returns a dict of paths and timings.
     """
+    missing = [m for m in ("zarr", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RunError(f"the demo needs {' and '.join(missing)}: "
+                       f"pip install 'daskgru[complete]' (or pip install -e '.[complete]')")
     import matplotlib
 
     matplotlib.use("Agg")
