@@ -107,7 +107,9 @@ def gru(x, p, *, h0=None, lengths=None, batch_first=False, method="scan", warmup
 
 
 # ----------------------------------------------------------------------------- tasks
-def _inproj_task(weights, l, d, *parts):
+def _inproj_task(weights, l, d, after, *parts):
+    # ``after`` (a boundary state two chunks back, unused) keeps the projections from
+    # running far ahead of the chain and piling up in memory.
     w_ih_t, b_ih, _, _ = weights[l][d]
     return kernels.project(layer_input(parts), w_ih_t, b_ih)
 
@@ -176,7 +178,7 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     wname = f"gru-weights-{tok}"
     outname, hnname = f"gru-output-{tok}", f"gru-hn-{tok}"
 
-    def names(l):  # one graph layer per GRU layer and stage keeps the layer graph acyclic
+    def names(l):  # key prefixes; each GRU layer is one graph layer (keeps it acyclic)
         return (f"gru-inproj-l{l}-{tok}", f"gru-scan-l{l}-{tok}", f"gru-state-l{l}-{tok}",
                 f"gru-chunkout-l{l}-{tok}")
 
@@ -194,8 +196,10 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
                 parts = lambda k: [(below, dd, j, k) for dd in range(D)]  # noqa: E731
             for d in range(D):
                 prev = h0_key(l * D + d, j)
-                for k in (range(nt - 1, -1, -1) if d else range(nt)):
-                    g_proj[(inproj, d, j, k)] = (_inproj_task, wname, l, d, *parts(k))
+                order = list(range(nt - 1, -1, -1) if d else range(nt))
+                for i, k in enumerate(order):
+                    after = (state, d, j, order[i - 2]) if i >= 2 else None
+                    g_proj[(inproj, d, j, k)] = (_inproj_task, wname, l, d, after, *parts(k))
                     g_scan[(scan_, d, j, k)] = (
                         _scan_task, wname, l, d, pp.reset_after, (inproj, d, j, k),
                         prev, len_key(j), t_starts[k], T,
@@ -203,11 +207,12 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
                     g_state[(state, d, j, k)] = (getitem, (scan_, d, j, k), 1)
                     g_cout[(chunkout, d, j, k)] = (getitem, (scan_, d, j, k), 0)
                     prev = (state, d, j, k)
-        # The boundary states live in the scan layer: the chain runs through them.
+        # Projections, scans and boundary states of a GRU layer form one graph layer:
+        # the chain runs through all three.
         g_scan.update(g_state)
-        layers.update({inproj: g_proj, scan_: g_scan, chunkout: g_cout})
-        deps.update({inproj: {wname, below}, scan_: {wname, inproj, *base[1:]},
-                     chunkout: {scan_}})
+        g_scan.update(g_proj)
+        layers.update({scan_: g_scan, chunkout: g_cout})
+        deps.update({scan_: {wname, below, *base[1:]}, chunkout: {scan_}})
     top = names(L - 1)
     g_out = {}
     for j in range(nb):

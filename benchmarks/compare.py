@@ -1,0 +1,202 @@
+"""daskgru against torch.nn.GRU (and a plain NumPy loop) on the same CPU, side by side.
+
+    python benchmarks/compare.py                      # the grid, float32 and float64, 1 and 2 threads
+    python benchmarks/compare.py --quick              # smaller T, fewer repeats
+    python benchmarks/compare.py --dask --cluster     # also dask chunks and LocalCluster scaling
+
+Every contender is warmed up on the identical shape first (oneDNN compiles per shape, Numba
+per dtype), then the contenders are run alternately (A, B, A, B, ...) and the medians of the
+repeats are reported, so that drifts of a shared machine hit both alike. The thread count is
+set the same for both: torch.set_num_threads, BLAS via threadpoolctl, DASKGRU_NUM_THREADS.
+GF/s counts 2 FLOPs per multiply-add of the input and recurrent products, 6*H*(I+H) a step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+GRID = [(4096, 1, 8, 32), (4096, 32, 16, 64), (1024, 64, 64, 256), (512, 256, 128, 512)]
+
+
+def flops(T, B, I, H):
+    return 2.0 * T * B * 3 * H * (I + H)
+
+
+def sgemm_peak(threads, dtype="float32", n=2048, repeats=5):
+    """Measured GEMM rate of this machine's BLAS (GF/s) at the given thread count."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    out = np.empty_like(a)
+    with threadpool_limits(threads, user_api="blas"):
+        np.matmul(a, a, out=out)
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            np.matmul(a, a, out=out)
+            ts.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / min(ts) / 1e9
+
+
+def numpy_loop(x, w_ih, w_hh, b_ih, b_hh):
+    """The plain sequential NumPy GRU a user would write (one matmul pair per step)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    h = np.zeros((B, H), x.dtype)
+    out = np.empty((T, B, H), x.dtype)
+    gi_all = x @ w_ih.T + b_ih
+    for t in range(T):
+        gh = h @ w_hh.T + b_hh
+        gi = gi_all[t]
+        r = 1 / (1 + np.exp(-(gi[:, :H] + gh[:, :H])))
+        z = 1 / (1 + np.exp(-(gi[:, H:2 * H] + gh[:, H:2 * H])))
+        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        h = (1 - z) * n + z * h
+        out[t] = h
+    return out
+
+
+def alternate(fns, repeats):
+    """Run each function once to warm up, then alternately; return median seconds each."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def eager_rows(threads, dtypes, repeats, quick, with_numpy):
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import daskgru as dg
+
+    rows = []
+    torch.set_num_threads(threads)
+    os.environ["DASKGRU_NUM_THREADS"] = str(threads)
+    for dtype in dtypes:
+        peak = sgemm_peak(threads, dtype)
+        for T, B, I, H in GRID:
+            T = max(64, T // 8) if quick else T
+            p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
+            x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
+            m = torch.nn.GRU(I, H).to(getattr(torch, dtype))
+            m.load_state_dict({k: torch.from_numpy(v) for k, v in p.to_torch_state_dict().items()})
+            xt = torch.from_numpy(x)
+
+            def run_torch():
+                with torch.no_grad():
+                    m(xt)
+
+            fns = {"daskgru": lambda: dg.gru(x, p), "torch": run_torch}
+            w = p.weights[0][0]
+            if with_numpy and T * B * H <= 4096 * 64 * 64:
+                fns["numpy"] = lambda: numpy_loop(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+            with threadpool_limits(threads, user_api="blas"):
+                med = alternate(fns, repeats)
+            fl = flops(T, B, I, H)
+            row = dict(dtype=dtype, threads=threads, T=T, B=B, I=I, H=H,
+                       ms=med["daskgru"] * 1e3, torch_ms=med["torch"] * 1e3,
+                       gflops=fl / med["daskgru"] / 1e9, torch_gflops=fl / med["torch"] / 1e9,
+                       ratio=med["torch"] / med["daskgru"], peak=peak,
+                       pct_peak=100 * fl / med["daskgru"] / 1e9 / peak,
+                       numpy_ms=med.get("numpy", float("nan")) * 1e3)
+            rows.append(row)
+            print(fmt(row), flush=True)
+    return rows
+
+
+HEADER = (f"{'dtype':8} {'thr':>3} {'T':>5} {'B':>4} {'I':>4} {'H':>4} | {'daskgru ms':>10} "
+          f"{'GF/s':>6} {'%peak':>6} | {'torch ms':>9} {'GF/s':>6} | {'speedup':>7} | {'numpy ms':>9}")
+
+
+def fmt(r):
+    return (f"{r['dtype']:8} {r['threads']:>3} {r['T']:>5} {r['B']:>4} {r['I']:>4} {r['H']:>4} | "
+            f"{r['ms']:>10.1f} {r['gflops']:>6.1f} {r['pct_peak']:>5.1f}% | {r['torch_ms']:>9.1f} "
+            f"{r['torch_gflops']:>6.1f} | {r['ratio']:>6.2f}x | {r['numpy_ms']:>9.1f}")
+
+
+def dask_rows(repeats, quick):
+    """dask (chunks of 512 steps, threads scheduler) against eager on the same input."""
+    import dask
+    import dask.array as da
+
+    import daskgru as dg
+
+    print("\ndask, time chunks of 512 steps, threads scheduler, against eager (2 threads):")
+    os.environ["DASKGRU_NUM_THREADS"] = "2"
+    for T, B, I, H in GRID:
+        T = max(1024, T // 4) if quick else T
+        p = dg.GRUParams.random(I, H, seed=0)
+        x = np.random.default_rng(0).standard_normal((T, B, I)).astype("float32")
+        bch = max(1, B // 2)
+        xd = da.from_array(x, chunks=(512, bch, I))
+        med = alternate({"eager": lambda: dg.gru(x, p),
+                         "dask": lambda: dask.compute(*dg.gru(xd, p), scheduler="threads")},
+                        repeats)
+        print(f"  T={T:5} B={B:4} I={I:4} H={H:4} batch chunks of {bch}: eager {med['eager']*1e3:8.1f} ms"
+              f"  dask {med['dask']*1e3:8.1f} ms  dask/eager {med['dask']/med['eager']:.2f}")
+
+
+def cluster_rows(repeats, quick):
+    """LocalCluster, 2 batch chunks: 2 workers x 1 thread against 1 worker x 1 thread."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    import daskgru as dg
+
+    print("\nLocalCluster (processes), 2 batch chunks: 1 worker vs 2 workers, 1 thread each:")
+    T, B, I, H = (2048, 64, 16, 64) if quick else (8192, 64, 16, 64)
+    p = dg.GRUParams.random(I, H, seed=0)
+    x = da.random.default_rng(0).standard_normal((T, B, I), chunks=(512, B // 2, I)).astype("float32")
+    res = {}
+    for n in (1, 2):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            out, h = dg.gru(x, p)
+            res[n] = alternate({"run": lambda: client.compute(h.sum(), sync=True)}, repeats)["run"]
+    print(f"  T={T} B={B} I={I} H={H}: 1 worker {res[1]*1e3:.0f} ms, 2 workers {res[2]*1e3:.0f} ms,"
+          f" speedup {res[1]/res[2]:.2f}x")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="T/8 and fewer repeats")
+    ap.add_argument("--numpy", action="store_true", help="also time the plain NumPy loop")
+    ap.add_argument("--dask", action="store_true", help="also dask chunks against eager")
+    ap.add_argument("--cluster", action="store_true", help="also LocalCluster 1 vs 2 workers")
+    ap.add_argument("--no-eager", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats = min(args.repeats, 3)
+    import numba
+    import torch
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}, "
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    if not args.no_eager:
+        print(HEADER)
+        for threads in args.threads:
+            eager_rows(threads, args.dtypes, args.repeats, args.quick, args.numpy)
+    if args.dask:
+        dask_rows(args.repeats, args.quick)
+    if args.cluster:
+        cluster_rows(args.repeats, args.quick)
+
+
+if __name__ == "__main__":
+    main()
