@@ -1,0 +1,188 @@
+"""How far parallel-in-time scales: list-scheduling simulation of the real task graphs.
+
+    python benchmarks/simulate_scaling.py [--T 1000000] [--H 32] [--overhead 1e-3]
+
+Builds the actual dask graphs of ``daskgru.gru`` (method="scan", "speculative", "newton")
+for one sequence (B = 1, I = 8, float32) without computing them, gives each task a duration
+from per-chunk costs measured here in this process (single thread, min of 3), and list-
+schedules the graph on P workers (ready task with the longest path to the end first; each
+task also pays ``--overhead`` seconds of scheduler/worker overhead, a typical figure for
+dask.distributed; transfers are not modelled). Chunks: K = max(16, P). Newton's number of
+sweeps that do work is measured on a shorter sequence with the same chunk count and GRU;
+later sweeps' tasks cost only the overhead. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import re
+import time
+
+import numpy as np
+
+
+def measure(H, I, n, warmup, dtype="float32"):
+    """Seconds for one chunk of n steps: projection+scan, speculative task, Newton eval, fix."""
+    import daskgru as dg
+    from daskgru import kernels, parallel_time as pt
+    from daskgru.core import prepare_weights
+
+    p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
+    W = prepare_weights(p)
+    x = np.random.default_rng(0).normal(size=(n, 1, I)).astype(dtype)
+    tail = x[-warmup:]
+    h = np.zeros((1, H), dtype)
+
+    def best(f):
+        f()
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    w_ih_t, b_ih, w_hh_t, b_hh = W[0][0]
+    gi = kernels.project(x, w_ih_t, b_ih)
+    L = np.full(1, n, np.int64)
+    spec = pt._spec_task(W, 0, 0, True, None, tail, 0, None, None, 0, n, x)
+    return dict(
+        proj=best(lambda: kernels.project(x, w_ih_t, b_ih)),
+        scan=best(lambda: kernels.scan(gi, w_hh_t, b_hh, h, L, 0, False, True)),
+        spec=best(lambda: pt._spec_task(W, 0, 0, True, None, tail, 0, None, None, 0, n, x)),
+        eval=best(lambda: pt._newton_eval(W, 0, 0, True, 1e-8, (h, False), None, 0, n, x)),
+        fix=best(lambda: pt._fix_task(W, 0, 0, True, 1e-5, spec[1], spec, None, 0, n, x)),
+    )
+
+
+def graph(method, T, K, H, I=8):
+    import dask
+    import dask.array as da
+    from dask.core import get_dependencies
+
+    import daskgru as dg
+
+    p = dg.GRUParams.random(I, H, seed=0)
+    x = da.zeros((T, 1, I), chunks=(-(-T // K), 1, I), dtype="float32")
+    out, h_n = dg.gru(x, p, method=method)[:2]
+    from dask.highlevelgraph import HighLevelGraph
+
+    dsk = dict(HighLevelGraph.merge(out.__dask_graph__(), h_n.__dask_graph__()))
+    return {k: get_dependencies(dsk, k) for k in dsk}
+
+
+def kind(key):
+    name = key[0] if isinstance(key, tuple) else key
+    m = re.match(r"(gru-[a-z-]+?)(-l\d+)?-[0-9a-f]{32}$", str(name))
+    return m.group(1) if m else str(name).split("-")[0]
+
+
+def simulate(deps, dur, P, overhead):
+    dependents = {k: [] for k in deps}
+    for k, ds in deps.items():
+        for d in ds:
+            dependents[d].append(k)
+    # bottom levels (longest path to a sink) as priorities
+    order, indeg = [], {k: len(v) for k, v in deps.items()}
+    stack = [k for k, v in indeg.items() if v == 0]
+    while stack:
+        k = stack.pop()
+        order.append(k)
+        for c in dependents[k]:
+            indeg[c] -= 1
+            if indeg[c] == 0:
+                stack.append(c)
+    cost = {k: dur(k) + overhead for k in deps}
+    bl = {}
+    for k in reversed(order):
+        bl[k] = cost[k] + max((bl[c] for c in dependents[k]), default=0.0)
+    critical = max(bl.values())
+    remaining = {k: len(v) for k, v in deps.items()}
+    ready = [(-bl[k], i, k) for i, k in enumerate(order) if remaining[k] == 0]
+    heapq.heapify(ready)
+    free, running, now, n = P, [], 0.0, 0
+    while ready or running:
+        while free and ready:
+            _, _, k = heapq.heappop(ready)
+            heapq.heappush(running, (now + cost[k], id(k), k))
+            free -= 1
+        now, _, k = heapq.heappop(running)
+        free += 1
+        n += 1
+        for c in dependents[k]:
+            remaining[c] -= 1
+            if remaining[c] == 0:
+                heapq.heappush(ready, (-bl[c], n, c))
+    return now, critical, sum(cost.values())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", type=int, default=1_000_000)
+    ap.add_argument("--H", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=512)
+    ap.add_argument("--overhead", type=float, default=1e-3)
+    ap.add_argument("--P", default="1,2,4,8,16,32,64,128,256")
+    ap.add_argument("--newton-max-chunks", type=int, default=64)
+    a = ap.parse_args()
+    import dask
+    import dask.array as da
+
+    import daskgru as dg
+
+    T, H = a.T, a.H
+    print(f"T = {T}, H = {H}, B = 1, I = 8, float32, warmup {a.warmup}, task overhead "
+          f"{a.overhead * 1e3:g} ms; per-chunk costs measured here, scaled linearly in steps\n")
+    print("| P | chunks K | scan s | speculative s | speedup | spec. critical path s "
+          "| newton s (sweeps) | speedup | newton critical path s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    n_meas = 20000
+    c = measure(H, 8, n_meas, a.warmup)
+    per = {k: v / n_meas for k, v in c.items() if k not in ("fix",)}
+    for P in [int(v) for v in a.P.split(",")]:
+        K = max(16, P)
+        n = T / K
+        w = min(a.warmup, n)
+        # sweeps that do work, measured on a shorter sequence with the same K
+        Tm = min(T, K * 2000)
+        p = dg.GRUParams.random(8, H, seed=0)
+        if K > a.newton_max_chunks:
+            Tm = min(T, 16 * 2000)
+        xm = da.from_array(np.random.default_rng(0).normal(size=(Tm, 1, 8)).astype("float32"),
+                           chunks=(-(-Tm // K), 1, 8))
+        info = dask.compute(dg.gru(xm, p, method="newton", return_info=True)[2],
+                            scheduler="sync")[0]
+        sweeps = info["sweeps"]
+
+        def dur(key, K=K, n=n, w=w, sweeps=sweeps):
+            k = kind(key)
+            if k == "gru-inproj":
+                return per["proj"] * n
+            if k == "gru-scan":
+                return per["scan"] * n
+            if k == "gru-spec":
+                return (per["proj"] + per["scan"]) * (n + w)
+            if k == "gru-fix":
+                return c["fix"]
+            if k == "gru-newton-eval":
+                return per["eval"] * n if key[3] <= sweeps else 0.0
+            return 0.0
+
+        def dur_newton(key, **kw):
+            if kind(key) == "gru-spec":  # Newton's final pass: no warm-up
+                return (per["proj"] + per["scan"]) * n
+            return dur(key)
+
+        ts, _, _ = simulate(graph("scan", T, K, H), dur, P, a.overhead)
+        tp, cp, _ = simulate(graph("speculative", T, K, H), dur, P, a.overhead)
+        if K <= a.newton_max_chunks:
+            tn, cn, _ = simulate(graph("newton", T, K, H), dur_newton, P, a.overhead)
+            newton = f"{tn:.3f} ({sweeps}) | {ts / tn:.2f} | {cn:.3f}"
+        else:  # the graph holds K-1 sweeps of K log K tasks: too big to be worth building
+            newton = f"n/a ({sweeps}) | n/a | n/a"
+        print(f"| {P} | {K} | {ts:.3f} | {tp:.3f} | {ts / tp:.2f} | {cp:.3f} | {newton} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
