@@ -16,9 +16,9 @@ import math
 import numba
 import numpy as np
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-__all__ = ["project", "scan", "gate_kernels"]
+__all__ = ["project", "scan", "gate_kernels", "sigmoid", "tanh", "vexp", "typed"]
 
 # Rows of a block share each weight row while it is in L1 cache.
 _BLOCK = 8
@@ -40,210 +40,253 @@ def _bits_to_float64(typingctx, i):
     return types.float64(types.int64), codegen
 
 
-def _make_exp(dtype):
-    """A branch-free exp that LLVM vectorizes (libm's does not): exp(x) = 2**n * e**r,
-    n = round(x / ln 2), r = x - n ln 2 (Cody-Waite split), e**r by its Taylor series
-    (error below 1 ulp on |r| <= ln 2 / 2). The argument is clamped to the normal range,
-    so exp(-1e30) is tiny rather than 0 and exp(1e30) large rather than inf; NaN stays NaN."""
-    import math as m
+def typed(arr, value):
+    """``value`` as a scalar of ``arr``'s dtype (in kernels: typed constants, so that
+    float32 arithmetic is never promoted to float64)."""
+    return arr.dtype.type(value)
 
-    c = dtype
-    if dtype is np.float32:
-        lo, hi, ln2hi, ln2lo, bias, shift, deg = -87.0, 88.0, 0.693359375, -2.12194440e-4, 127, 23, 7
-        as_int, to_float = np.int32, _bits_to_float32
+
+@overload(typed, inline="always")
+def _typed_impl(arr, value):
+    t = arr.dtype
+    return lambda arr, value: t(value)
+
+
+def _exp_constants(dtype):
+    """Cody-Waite split of ln 2, clamp range and Taylor degree for a float type."""
+    if dtype == np.float32:
+        return dict(lo=-87.0, hi=88.0, ln2hi=0.693359375, ln2lo=-2.12194440e-4, bias=127,
+                    shift=23, deg=7, as_int=np.int32, to_float=_bits_to_float32)
+    return dict(lo=-708.0, hi=709.0, ln2hi=6.93147180369123816490e-01,
+                ln2lo=1.90821492927058770002e-10, bias=1023, shift=52, deg=13,
+                as_int=np.int64, to_float=_bits_to_float64)
+
+
+def vexp(x):
+    """exp that LLVM vectorizes (libm's does not); see the Numba implementation below."""
+    return math.exp(x)
+
+
+@overload(vexp, inline="always")
+def _vexp_impl(x):
+    """exp(x) = 2**n * e**r with n = round(x / ln 2) and r = x - n ln 2 (Cody-Waite split),
+    e**r by its Taylor series (below 1 ulp on |r| <= ln 2 / 2), 2**n built from its bits.
+    Branch-free, so it vectorizes. The argument is clamped to the normal range: exp(-1e30)
+    is tiny rather than 0 and exp(1e30) large rather than inf; NaN stays NaN."""
+    if not isinstance(x, types.Float):
+        return None
+    dt = np.float32 if x == types.float32 else np.float64
+    k = _exp_constants(dt)
+    lo, hi, ln2hi, ln2lo = dt(k["lo"]), dt(k["hi"]), dt(k["ln2hi"]), dt(k["ln2lo"])
+    log2e, half = dt(1 / math.log(2)), dt(0.5)
+    c = [dt(1 / math.factorial(i)) for i in range(14)]
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13 = c
+    as_int, to_float = k["as_int"], k["to_float"]
+    bias, shift = as_int(k["bias"]), as_int(k["shift"])
+
+    # Horner written out (a loop here trips Numba's inliner); min(max(x, lo), hi) keeps NaN.
+    if dt == np.float32:
+        def poly(r):
+            return ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
     else:
-        lo, hi, ln2hi, ln2lo, bias, shift, deg = (-708.0, 709.0, 6.93147180369123816490e-01,
-                                                  1.90821492927058770002e-10, 1023, 52, 13)
-        as_int, to_float = np.int64, _bits_to_float64
-    lo, hi, ln2hi, ln2lo, log2e, half = c(lo), c(hi), c(ln2hi), c(ln2lo), c(1 / m.log(2)), c(0.5)
-    coef = tuple(c(1 / m.factorial(k)) for k in range(deg, -1, -1))
-    ibias, ishift = as_int(bias), as_int(shift)
+        def poly(r):
+            p = ((((((c13 * r + c12) * r + c11) * r + c10) * r + c9) * r + c8) * r + c7)
+            return ((((((p * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+    poly = numba.njit(inline="always")(poly)
 
-    @numba.njit(inline="always")
-    def poly(r):
-        p = coef[0]
-        for k in numba.literal_unroll(coef[1:]):
-            p = p * r + k
-        return p
-
-    @numba.njit(inline="always")
-    def exp(x):
-        x = min(max(x, lo), hi) if x == x else x
-        n = m.floor(x * log2e + half)
+    def impl(x):
+        x = min(max(x, lo), hi)
+        n = math.floor(x * log2e + half)
         r = (x - n * ln2hi) - n * ln2lo
-        return poly(r) * to_float((as_int(n) + ibias) << ishift)
+        return poly(r) * to_float((as_int(n) + bias) << shift)
 
-    return exp
+    return impl
 
 
-def _make(dtype):
-    one = dtype(1)
-    two = dtype(2)
-    zero = dtype(0)
-    f = numba.from_dtype(np.dtype(dtype))
-    opts = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
-    exp = _make_exp(dtype)
+def _one(v):
+    return type(v)(1)
 
-    @numba.njit(inline="always")
-    def sigmoid(v):
-        return one / (one + exp(-v))
 
-    @numba.njit(inline="always")
-    def tanh(v):
-        e = exp(-two * abs(v))
-        return math.copysign((one - e) / (one + e), v)
+@overload(_one, inline="always")
+def _one_impl(v):
+    t = v
+    return lambda v: t(1)
 
-    @numba.njit(numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1]), **opts)
-    def project(x, w_t, b, out):
-        """out[n, :] = b + sum_k x[n, k] * w_t[k, :] for every row n of x (N, I)."""
-        N, K = x.shape
-        G = w_t.shape[1]
-        for n0 in range(0, N, _BLOCK):
-            n1 = min(n0 + _BLOCK, N)
+
+@numba.njit(inline="always")
+def sigmoid(v):
+    """Stable and branch-free: exp(-v) is huge for v << 0 and the quotient tiny, never NaN."""
+    one = _one(v)
+    return one / (one + vexp(-v))
+
+
+@numba.njit(inline="always")
+def tanh(v):
+    """tanh from vexp, with the sign restored (absolute error of a few ulp)."""
+    one = _one(v)
+    e = vexp(-(one + one) * abs(v))
+    return math.copysign((one - e) / (one + e), v)
+
+
+# Numba signatures for both float types; kernels compile once and are cached on disk.
+_OPTS = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+def _sigs(make):
+    return [make(numba.float32), make(numba.float64)]
+
+
+@numba.njit(_sigs(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1])), **_OPTS)
+def project_loops(x, w_t, b, out):
+    """out[n, :] = b + sum_k x[n, k] * w_t[k, :] for every row n of x (N, I)."""
+    N, K = x.shape
+    G = w_t.shape[1]
+    for n0 in range(0, N, _BLOCK):
+        n1 = min(n0 + _BLOCK, N)
+        for n in range(n0, n1):
+            for g in range(G):
+                out[n, g] = b[g]
+        for k in range(K):
             for n in range(n0, n1):
+                xk = x[n, k]
                 for g in range(G):
-                    out[n, g] = b[g]
-            for k in range(K):
-                for n in range(n0, n1):
-                    xk = x[n, k]
-                    for g in range(G):
-                        out[n, g] += xk * w_t[k, g]
+                    out[n, g] += xk * w_t[k, g]
 
-    @numba.njit(
-        numba.void(f[:, :, ::1], f[:, ::1], f[::1], numba.int64[::1], numba.int64,
-                   numba.boolean, numba.boolean, f[:, ::1], f[:, :, ::1]),
-        **opts,
-    )
-    def scan(gi, w_t, b, lengths, t0, reverse, reset_after, h, out):
-        """Run the recurrence over one chunk.
 
-        gi (T, B, 3H): projected inputs (b_ih included) of global steps t0 .. t0+T-1.
-        h (B, H): start state on entry, end state on exit.
-        Steps with global index >= lengths[b] are skipped: output 0, state unchanged
-        (so a reversed scan starts at each sequence's last valid step).
-        """
-        T, B, G = gi.shape
-        H = h.shape[1]
-        acc = np.empty((B, G), dtype=h.dtype)
-        rh = np.empty((B, H), dtype=h.dtype)
-        for s in range(T):
-            tl = T - 1 - s if reverse else s
-            t = t0 + tl
-            for b0 in range(0, B, _BLOCK):
-                b1 = min(b0 + _BLOCK, B)
-                for bb in range(b0, b1):
-                    for g in range(G):
-                        acc[bb, g] = b[g]
-                if reset_after:
-                    for k in range(H):
-                        for bb in range(b0, b1):
-                            hk = h[bb, k]
-                            for g in range(G):
-                                acc[bb, g] += hk * w_t[k, g]
-                else:
-                    # r and z see h; the candidate sees r * h, so it needs r first.
-                    for k in range(H):
-                        for bb in range(b0, b1):
-                            hk = h[bb, k]
-                            for g in range(2 * H):
-                                acc[bb, g] += hk * w_t[k, g]
-                    for bb in range(b0, b1):
-                        for j in range(H):
-                            rh[bb, j] = sigmoid(gi[tl, bb, j] + acc[bb, j]) * h[bb, j]
-                    for k in range(H):
-                        for bb in range(b0, b1):
-                            rk = rh[bb, k]
-                            for g in range(2 * H, G):
-                                acc[bb, g] += rk * w_t[k, g]
-                for bb in range(b0, b1):
-                    if t >= lengths[bb]:
-                        for j in range(H):
-                            out[tl, bb, j] = zero
-                        continue
-                    for j in range(H):
-                        r = sigmoid(gi[tl, bb, j] + acc[bb, j])
-                        z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
-                        if reset_after:
-                            n = tanh(gi[tl, bb, 2 * H + j] + r * acc[bb, 2 * H + j])
-                        else:
-                            n = tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
-                        hn = (one - z) * n + z * h[bb, j]
-                        out[tl, bb, j] = hn
-                        h[bb, j] = hn
+@numba.njit(_sigs(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], numba.int64[::1],
+                                       numba.int64, numba.boolean, numba.boolean, f[:, ::1],
+                                       f[:, :, ::1])), **_OPTS)
+def scan_loops(gi, w_t, b, lengths, t0, reverse, reset_after, h, out):
+    """Run the recurrence over one chunk with fused loops (small hidden sizes).
 
-    @numba.njit(
-        numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1], f[:, ::1]), **opts)
-    def project_blas(x, w_t, b, xpad, out):
-        """out = x @ w_t + b through BLAS; calls with fewer rows than xpad has (see
-        ``blas_min_rows``) go through the zero-padded xpad instead."""
-        N = x.shape[0]
-        if N < xpad.shape[0]:
-            xpad[:N] = x
-            tmp = np.empty((xpad.shape[0], out.shape[1]), out.dtype)
-            np.dot(xpad, w_t, tmp)
-            out[:, :] = tmp[:N]
-        else:
-            np.dot(x, w_t, out)
-        for n in range(N):
-            for g in range(out.shape[1]):
-                out[n, g] += b[g]
-
-    @numba.njit(
-        numba.void(f[:, :, ::1], f[:, ::1], f[:, ::1], f[:, ::1], f[::1], numba.int64[::1],
-                   numba.int64, numba.boolean, numba.boolean, numba.int64, f[:, ::1],
-                   f[:, :, ::1]),
-        **opts,
-    )
-    def scan_blas(gi, w_t, w_rz, w_n, b, lengths, t0, reverse, reset_after, min_rows, h, out):
-        """As ``scan``, with the recurrent product of each step as one BLAS call over the
-        batch, padded to ``min_rows`` rows (BLAS routes small products to other kernels)."""
-        T, B, G = gi.shape
-        H = h.shape[1]
-        Bp = max(B, min_rows)
-        hb = np.zeros((Bp, H), h.dtype)
-        hb[:B] = h
-        acc = np.empty((Bp, G), h.dtype)
-        acc_rz = np.empty((Bp, 2 * H), h.dtype)
-        acc_n = np.empty((Bp, H), h.dtype)
-        rh = np.zeros((Bp, H), h.dtype)
-        for s in range(T):
-            tl = T - 1 - s if reverse else s
-            t = t0 + tl
+    gi (T, B, 3H): projected inputs (b_ih included) of global steps t0 .. t0+T-1.
+    h (B, H): start state on entry, end state on exit.
+    Steps with global index >= lengths[b] are skipped: output 0, state unchanged
+    (so a reversed scan starts at each sequence's last valid step).
+    """
+    T, B, G = gi.shape
+    H = h.shape[1]
+    one, zero = typed(h, 1), typed(h, 0)
+    acc = np.empty((B, G), dtype=h.dtype)
+    rh = np.empty((B, H), dtype=h.dtype)
+    for s in range(T):
+        tl = T - 1 - s if reverse else s
+        t = t0 + tl
+        for b0 in range(0, B, _BLOCK):
+            b1 = min(b0 + _BLOCK, B)
+            for bb in range(b0, b1):
+                for g in range(G):
+                    acc[bb, g] = b[g]
             if reset_after:
-                np.dot(hb, w_t, acc)
-                for bb in range(B):
-                    if t >= lengths[bb]:
-                        out[tl, bb, :] = zero
-                        continue
-                    for j in range(H):
-                        r = sigmoid(gi[tl, bb, j] + (acc[bb, j] + b[j]))
-                        z = sigmoid(gi[tl, bb, H + j] + (acc[bb, H + j] + b[H + j]))
-                        n = tanh(gi[tl, bb, 2 * H + j] + r * (acc[bb, 2 * H + j] + b[2 * H + j]))
-                        hn = (one - z) * n + z * hb[bb, j]
-                        out[tl, bb, j] = hn
-                        hb[bb, j] = hn
+                for k in range(H):
+                    for bb in range(b0, b1):
+                        hk = h[bb, k]
+                        for g in range(G):
+                            acc[bb, g] += hk * w_t[k, g]
             else:
-                np.dot(hb, w_rz, acc_rz)
-                for bb in range(B):
+                # r and z see h; the candidate sees r * h, so it needs r first.
+                for k in range(H):
+                    for bb in range(b0, b1):
+                        hk = h[bb, k]
+                        for g in range(2 * H):
+                            acc[bb, g] += hk * w_t[k, g]
+                for bb in range(b0, b1):
                     for j in range(H):
-                        rh[bb, j] = sigmoid(gi[tl, bb, j] + (acc_rz[bb, j] + b[j])) * hb[bb, j]
-                np.dot(rh, w_n, acc_n)
-                for bb in range(B):
-                    if t >= lengths[bb]:
-                        out[tl, bb, :] = zero
-                        continue
+                        rh[bb, j] = sigmoid(gi[tl, bb, j] + acc[bb, j]) * h[bb, j]
+                for k in range(H):
+                    for bb in range(b0, b1):
+                        rk = rh[bb, k]
+                        for g in range(2 * H, G):
+                            acc[bb, g] += rk * w_t[k, g]
+            for bb in range(b0, b1):
+                if t >= lengths[bb]:
                     for j in range(H):
-                        z = sigmoid(gi[tl, bb, H + j] + (acc_rz[bb, H + j] + b[H + j]))
-                        n = tanh(gi[tl, bb, 2 * H + j] + (acc_n[bb, j] + b[2 * H + j]))
-                        hn = (one - z) * n + z * hb[bb, j]
-                        out[tl, bb, j] = hn
-                        hb[bb, j] = hn
-        h[:, :] = hb[:B]
+                        out[tl, bb, j] = zero
+                    continue
+                for j in range(H):
+                    r = sigmoid(gi[tl, bb, j] + acc[bb, j])
+                    z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
+                    if reset_after:
+                        n = tanh(gi[tl, bb, 2 * H + j] + r * acc[bb, 2 * H + j])
+                    else:
+                        n = tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
+                    hn = (one - z) * n + z * h[bb, j]
+                    out[tl, bb, j] = hn
+                    h[bb, j] = hn
 
-    return project, scan, project_blas, scan_blas
+
+@numba.njit(_sigs(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1], f[:, ::1])),
+            **_OPTS)
+def project_blas(x, w_t, b, xpad, out):
+    """out = x @ w_t + b through BLAS; calls with fewer rows than xpad has (see
+    ``blas_min_rows``) go through the zero-padded xpad instead."""
+    N = x.shape[0]
+    if N < xpad.shape[0]:
+        xpad[:N] = x
+        tmp = np.empty((xpad.shape[0], out.shape[1]), out.dtype)
+        np.dot(xpad, w_t, tmp)
+        out[:, :] = tmp[:N]
+    else:
+        np.dot(x, w_t, out)
+    for n in range(N):
+        for g in range(out.shape[1]):
+            out[n, g] += b[g]
 
 
-_KERNELS = {np.dtype(np.float32): _make(np.float32), np.dtype(np.float64): _make(np.float64)}
+@numba.njit(_sigs(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[:, ::1], f[:, ::1], f[::1],
+                                       numba.int64[::1], numba.int64, numba.boolean,
+                                       numba.boolean, numba.int64, f[:, ::1], f[:, :, ::1])),
+            **_OPTS)
+def scan_blas(gi, w_t, w_rz, w_n, b, lengths, t0, reverse, reset_after, min_rows, h, out):
+    """As ``scan_loops``, with the recurrent product of each step as one BLAS call over the
+    batch, padded to ``min_rows`` rows (BLAS routes small products to other kernels)."""
+    T, B, G = gi.shape
+    H = h.shape[1]
+    one, zero = typed(h, 1), typed(h, 0)
+    Bp = max(B, min_rows)
+    hb = np.zeros((Bp, H), h.dtype)
+    hb[:B] = h
+    acc = np.empty((Bp, G), h.dtype)
+    acc_rz = np.empty((Bp, 2 * H), h.dtype)
+    acc_n = np.empty((Bp, H), h.dtype)
+    rh = np.zeros((Bp, H), h.dtype)
+    for s in range(T):
+        tl = T - 1 - s if reverse else s
+        t = t0 + tl
+        if reset_after:
+            np.dot(hb, w_t, acc)
+            for bb in range(B):
+                if t >= lengths[bb]:
+                    out[tl, bb, :] = zero
+                    continue
+                for j in range(H):
+                    r = sigmoid(gi[tl, bb, j] + (acc[bb, j] + b[j]))
+                    z = sigmoid(gi[tl, bb, H + j] + (acc[bb, H + j] + b[H + j]))
+                    n = tanh(gi[tl, bb, 2 * H + j] + r * (acc[bb, 2 * H + j] + b[2 * H + j]))
+                    hn = (one - z) * n + z * hb[bb, j]
+                    out[tl, bb, j] = hn
+                    hb[bb, j] = hn
+        else:
+            np.dot(hb, w_rz, acc_rz)
+            for bb in range(B):
+                for j in range(H):
+                    rh[bb, j] = sigmoid(gi[tl, bb, j] + (acc_rz[bb, j] + b[j])) * hb[bb, j]
+            np.dot(rh, w_n, acc_n)
+            for bb in range(B):
+                if t >= lengths[bb]:
+                    out[tl, bb, :] = zero
+                    continue
+                for j in range(H):
+                    z = sigmoid(gi[tl, bb, H + j] + (acc_rz[bb, H + j] + b[H + j]))
+                    n = tanh(gi[tl, bb, 2 * H + j] + (acc_n[bb, j] + b[2 * H + j]))
+                    hn = (one - z) * n + z * hb[bb, j]
+                    out[tl, bb, j] = hn
+                    hb[bb, j] = hn
+    h[:, :] = hb[:B]
+
+
+_KERNELS = {np.dtype(t): (project_loops, scan_loops, project_blas, scan_blas)
+            for t in (np.float32, np.float64)}
 
 # Below these sizes the fused loops beat BLAS calls (measured, see docs/performance.md);
 # the choice depends on the model only, never on the chunking.

@@ -35,127 +35,118 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .kernels import _OPTS, _sigs, typed
+
 __all__ = ["backward_scan", "chunk_backward", "backward_kernel"]
 
-def _make(dtype):
-    one = dtype(1)
-    zero = dtype(0)
-    f = numba.from_dtype(np.dtype(dtype))
-    opts = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 
-    @numba.njit(
-        numba.void(f[:, :, ::1], f[:, ::1], numba.int64[::1], numba.int64, numba.boolean,
-                   f[:, :, ::1]),
-        **opts,
-    )
-    def prev_states(out, h_start, lengths, t0, reverse, hk):
-        """hk[t] = the state each step starts from, given the forward's outputs out (T, B, H)
-        (a masked step keeps the state: its output 0 is not a state)."""
-        T, B, H = out.shape
-        for bb in range(B):
-            src_t = -1  # the step whose output is the current state (-1: h_start)
-            for s in range(T):
-                tl = T - 1 - s if reverse else s
-                if src_t >= 0:
-                    for j in range(H):
-                        hk[tl, bb, j] = out[src_t, bb, j]
-                else:
-                    for j in range(H):
-                        hk[tl, bb, j] = h_start[bb, j]
-                if t0 + tl < lengths[bb]:
-                    src_t = tl
-
-    @numba.njit(
-        numba.void(
-            f[:, :, ::1],      # gates (T, B, 4H): r, z, n, a_n of the recomputed forward
-            f[:, ::1],         # w_hh (G, H), torch layout
-            numba.int64[::1],  # lengths (B,)
-            numba.int64,       # t0
-            numba.boolean,     # reverse
-            numba.boolean,     # reset_after
-            f[:, :, ::1],      # hk (T, B, H): the state each step starts from
-            f[:, :, ::1],      # d_out (T, B, H)
-            f[:, ::1],         # dh (B, H): adjoint of the end state in, of the start state out
-            f[:, :, ::1],      # d_gi (T, B, G) out
-            f[:, :, ::1],      # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
-        ),
-        **opts,
-    )
-    def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh, d_gi,
-                      d_a):
-        T, B, G = d_gi.shape
-        H = dh.shape[1]
-        g_ = np.empty((B, H), dtype=dh.dtype)
-        dn_ = np.empty((B, H), dtype=dh.dtype)
-        drz = np.empty((B, 2 * H), dtype=dh.dtype)
-        w_n = np.ascontiguousarray(w_hh[2 * H:])
-        w_rz = np.ascontiguousarray(w_hh[:2 * H])
-        back = np.empty((B, H), dtype=dh.dtype)
-        back_rz = np.empty((B, H), dtype=dh.dtype)
-        drh = np.empty((B, H), dtype=dh.dtype)
-        for s in range(T - 1, -1, -1):
+@numba.njit(_sigs(lambda f: numba.void(f[:, :, ::1], f[:, ::1], numba.int64[::1], numba.int64,
+                                       numba.boolean, f[:, :, ::1])), **_OPTS)
+def prev_states(out, h_start, lengths, t0, reverse, hk):
+    """hk[t] = the state each step starts from, given the forward's outputs out (T, B, H)
+    (a masked step keeps the state: its output 0 is not a state)."""
+    T, B, H = out.shape
+    for bb in range(B):
+        src_t = -1  # the step whose output is the current state (-1: h_start)
+        for s in range(T):
             tl = T - 1 - s if reverse else s
-            t = t0 + tl
+            if src_t >= 0:
+                for j in range(H):
+                    hk[tl, bb, j] = out[src_t, bb, j]
+            else:
+                for j in range(H):
+                    hk[tl, bb, j] = h_start[bb, j]
+            if t0 + tl < lengths[bb]:
+                src_t = tl
+
+
+@numba.njit(_sigs(lambda f: numba.void(
+        f[:, :, ::1],      # gates (T, B, 4H): r, z, n, a_n of the recomputed forward
+        f[:, ::1],         # w_hh (G, H), torch layout
+        numba.int64[::1],  # lengths (B,)
+        numba.int64,       # t0
+        numba.boolean,     # reverse
+        numba.boolean,     # reset_after
+        f[:, :, ::1],      # hk (T, B, H): the state each step starts from
+        f[:, :, ::1],      # d_out (T, B, H)
+        f[:, ::1],         # dh (B, H): adjoint of the end state in, of the start state out
+        f[:, :, ::1],      # d_gi (T, B, G) out
+        f[:, :, ::1],      # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
+)), **_OPTS)
+def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh, d_gi,
+                  d_a):
+    T, B, G = d_gi.shape
+    H = dh.shape[1]
+    one, zero = typed(dh, 1), typed(dh, 0)
+    g_ = np.empty((B, H), dtype=dh.dtype)
+    dn_ = np.empty((B, H), dtype=dh.dtype)
+    drz = np.empty((B, 2 * H), dtype=dh.dtype)
+    w_n = np.ascontiguousarray(w_hh[2 * H:])
+    w_rz = np.ascontiguousarray(w_hh[:2 * H])
+    back = np.empty((B, H), dtype=dh.dtype)
+    back_rz = np.empty((B, H), dtype=dh.dtype)
+    drh = np.empty((B, H), dtype=dh.dtype)
+    for s in range(T - 1, -1, -1):
+        tl = T - 1 - s if reverse else s
+        t = t0 + tl
+        for bb in range(B):
+            if t >= lengths[bb]:
+                for g in range(G):
+                    d_gi[tl, bb, g] = zero
+                    d_a[tl, bb, g] = zero
+                for j in range(H):
+                    dn_[bb, j] = zero
+                for g in range(2 * H):
+                    drz[bb, g] = zero
+                continue
+            for j in range(H):
+                gv = dh[bb, j] + d_out[tl, bb, j]
+                g_[bb, j] = gv
+                z = gates[tl, bb, H + j]
+                n = gates[tl, bb, 2 * H + j]
+                dn = gv * (one - z) * (one - n * n)
+                dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
+                d_gi[tl, bb, H + j] = dz
+                d_gi[tl, bb, 2 * H + j] = dn
+                d_a[tl, bb, H + j] = dz
+                drz[bb, H + j] = dz
+                if reset_after:
+                    r = gates[tl, bb, j]
+                    dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
+                    d_gi[tl, bb, j] = dr
+                    d_a[tl, bb, j] = dr
+                    d_a[tl, bb, 2 * H + j] = dn * r
+                    drz[bb, j] = dr
+                    dn_[bb, j] = dn * r
+                else:
+                    d_a[tl, bb, 2 * H + j] = dn
+                    dn_[bb, j] = dn
+        # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
+        np.dot(dn_, w_n, back)
+        if not reset_after:
             for bb in range(B):
                 if t >= lengths[bb]:
-                    for g in range(G):
-                        d_gi[tl, bb, g] = zero
-                        d_a[tl, bb, g] = zero
-                    for j in range(H):
-                        dn_[bb, j] = zero
-                    for g in range(2 * H):
-                        drz[bb, g] = zero
                     continue
                 for j in range(H):
-                    gv = dh[bb, j] + d_out[tl, bb, j]
-                    g_[bb, j] = gv
-                    z = gates[tl, bb, H + j]
-                    n = gates[tl, bb, 2 * H + j]
-                    dn = gv * (one - z) * (one - n * n)
-                    dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
-                    d_gi[tl, bb, H + j] = dz
-                    d_gi[tl, bb, 2 * H + j] = dn
-                    d_a[tl, bb, H + j] = dz
-                    drz[bb, H + j] = dz
-                    if reset_after:
-                        r = gates[tl, bb, j]
-                        dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
-                        d_gi[tl, bb, j] = dr
-                        d_a[tl, bb, j] = dr
-                        d_a[tl, bb, 2 * H + j] = dn * r
-                        drz[bb, j] = dr
-                        dn_[bb, j] = dn * r
-                    else:
-                        d_a[tl, bb, 2 * H + j] = dn
-                        dn_[bb, j] = dn
-            # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
-            np.dot(dn_, w_n, back)
-            if not reset_after:
-                for bb in range(B):
-                    if t >= lengths[bb]:
-                        continue
-                    for j in range(H):
-                        r = gates[tl, bb, j]
-                        drh[bb, j] = back[bb, j]
-                        dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
-                        d_gi[tl, bb, j] = dr
-                        d_a[tl, bb, j] = dr
-                        drz[bb, j] = dr
-            np.dot(drz, w_rz, back_rz)
-            for bb in range(B):
-                if t >= lengths[bb]:
-                    continue  # masked step: the adjoint passes through unchanged
-                for j in range(H):
-                    if reset_after:
-                        v = back[bb, j]
-                    else:
-                        v = drh[bb, j] * gates[tl, bb, j]
-                    dh[bb, j] = g_[bb, j] * gates[tl, bb, H + j] + v + back_rz[bb, j]
-
-    return prev_states, backward_walk
+                    r = gates[tl, bb, j]
+                    drh[bb, j] = back[bb, j]
+                    dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
+                    d_gi[tl, bb, j] = dr
+                    d_a[tl, bb, j] = dr
+                    drz[bb, j] = dr
+        np.dot(drz, w_rz, back_rz)
+        for bb in range(B):
+            if t >= lengths[bb]:
+                continue  # masked step: the adjoint passes through unchanged
+            for j in range(H):
+                if reset_after:
+                    v = back[bb, j]
+                else:
+                    v = drh[bb, j] * gates[tl, bb, j]
+                dh[bb, j] = g_[bb, j] * gates[tl, bb, H + j] + v + back_rz[bb, j]
 
 
-_KERNELS = {np.dtype(np.float32): _make(np.float32), np.dtype(np.float64): _make(np.float64)}
+_KERNELS = {np.dtype(t): (prev_states, backward_walk) for t in (np.float32, np.float64)}
 
 
 def backward_kernel(dtype):

@@ -24,156 +24,141 @@ Gate algebra (gate order r, z, n; ``w_t`` is W_hh transposed, (H, 3H)):
 """
 from __future__ import annotations
 
-import math
 
 import numba
 import numpy as np
 
+from .kernels import _OPTS, _sigs, sigmoid, tanh, typed
+
 __all__ = ["tangent_scan", "tangent_kernel"]
 
 
-def _make(dtype):
-    one = dtype(1)
-    zero = dtype(0)
-    f = numba.from_dtype(np.dtype(dtype))
-    opts = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+@numba.njit(_sigs(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], numba.int64[::1],
+                                       numba.int64, numba.boolean, numba.boolean, f, f[:, ::1],
+                                       f[:, :, ::1])), **_OPTS)
+def tangent_scan_kernel(gi, w_t, b, lengths, t0, reverse, reset_after, cutoff, h, M):
+    """Scan one chunk and propagate the tangent.
 
-    @numba.njit(inline="always")
-    def sigmoid(v):
-        if v >= zero:
-            return one / (one + math.exp(-v))
-        e = math.exp(v)
-        return e / (one + e)
-
-    @numba.njit(
-        numba.void(f[:, :, ::1], f[:, ::1], f[::1], numba.int64[::1], numba.int64,
-                   numba.boolean, numba.boolean, f, f[:, ::1], f[:, :, ::1]),
-        **opts,
-    )
-    def tangent_scan(gi, w_t, b, lengths, t0, reverse, reset_after, cutoff, h, M):
-        """Scan one chunk and propagate the tangent.
-
-        gi (T, B, 3H): projected inputs of global steps t0 .. t0+T-1; h (B, H): start state
-        in, end state out; M (B, H, H): tangent in (identity for d h_end / d h_start), out.
-        Steps with global index >= lengths[b] are skipped (state and tangent unchanged).
-        """
-        T, B, G = gi.shape
-        H = h.shape[1]
-        acc = np.empty(G, dtype=h.dtype)
-        rh = np.empty(H, dtype=h.dtype)
-        r = np.empty(H, dtype=h.dtype)
-        z = np.empty(H, dtype=h.dtype)
-        n = np.empty(H, dtype=h.dtype)
-        cz = np.empty(H, dtype=h.dtype)
-        cr = np.empty(H, dtype=h.dtype)
-        cn = np.empty(H, dtype=h.dtype)
-        pr = np.empty(H, dtype=h.dtype)
-        J = np.empty((H, H), dtype=h.dtype)
-        Q = np.empty((H, H), dtype=h.dtype)
-        Mn = np.empty((H, H), dtype=h.dtype)
-        live = np.empty(B, dtype=np.bool_)
+    gi (T, B, 3H): projected inputs of global steps t0 .. t0+T-1; h (B, H): start state
+    in, end state out; M (B, H, H): tangent in (identity for d h_end / d h_start), out.
+    Steps with global index >= lengths[b] are skipped (state and tangent unchanged).
+    """
+    T, B, G = gi.shape
+    H = h.shape[1]
+    one, zero = typed(h, 1), typed(h, 0)
+    acc = np.empty(G, dtype=h.dtype)
+    rh = np.empty(H, dtype=h.dtype)
+    r = np.empty(H, dtype=h.dtype)
+    z = np.empty(H, dtype=h.dtype)
+    n = np.empty(H, dtype=h.dtype)
+    cz = np.empty(H, dtype=h.dtype)
+    cr = np.empty(H, dtype=h.dtype)
+    cn = np.empty(H, dtype=h.dtype)
+    pr = np.empty(H, dtype=h.dtype)
+    J = np.empty((H, H), dtype=h.dtype)
+    Q = np.empty((H, H), dtype=h.dtype)
+    Mn = np.empty((H, H), dtype=h.dtype)
+    live = np.empty(B, dtype=np.bool_)
+    for bb in range(B):
+        live[bb] = False
+        for i in range(H):
+            for j in range(H):
+                if M[bb, i, j] != zero:
+                    live[bb] = True
+    for s in range(T):
+        tl = T - 1 - s if reverse else s
+        t = t0 + tl
         for bb in range(B):
-            live[bb] = False
-            for i in range(H):
+            if t >= lengths[bb]:
+                continue
+            # gates, in the op order of kernels.scan
+            for g in range(G):
+                acc[g] = b[g]
+            if reset_after:
+                for k in range(H):
+                    hk = h[bb, k]
+                    for g in range(G):
+                        acc[g] += hk * w_t[k, g]
+            else:
+                for k in range(H):
+                    hk = h[bb, k]
+                    for g in range(2 * H):
+                        acc[g] += hk * w_t[k, g]
                 for j in range(H):
-                    if M[bb, i, j] != zero:
-                        live[bb] = True
-        for s in range(T):
-            tl = T - 1 - s if reverse else s
-            t = t0 + tl
-            for bb in range(B):
-                if t >= lengths[bb]:
-                    continue
-                # gates, in the op order of kernels.scan
-                for g in range(G):
-                    acc[g] = b[g]
+                    rh[j] = sigmoid(gi[tl, bb, j] + acc[j]) * h[bb, j]
+                for k in range(H):
+                    rk = rh[k]
+                    for g in range(2 * H, G):
+                        acc[g] += rk * w_t[k, g]
+            for j in range(H):
+                r[j] = sigmoid(gi[tl, bb, j] + acc[j])
+                z[j] = sigmoid(gi[tl, bb, H + j] + acc[H + j])
                 if reset_after:
-                    for k in range(H):
-                        hk = h[bb, k]
-                        for g in range(G):
-                            acc[g] += hk * w_t[k, g]
+                    n[j] = tanh(gi[tl, bb, 2 * H + j] + r[j] * acc[2 * H + j])
                 else:
-                    for k in range(H):
-                        hk = h[bb, k]
-                        for g in range(2 * H):
-                            acc[g] += hk * w_t[k, g]
-                    for j in range(H):
-                        rh[j] = sigmoid(gi[tl, bb, j] + acc[j]) * h[bb, j]
-                    for k in range(H):
-                        rk = rh[k]
-                        for g in range(2 * H, G):
-                            acc[g] += rk * w_t[k, g]
+                    n[j] = tanh(gi[tl, bb, 2 * H + j] + acc[2 * H + j])
+            if live[bb]:
+                # step Jacobian at the old state h (before the update below)
                 for j in range(H):
-                    r[j] = sigmoid(gi[tl, bb, j] + acc[j])
-                    z[j] = sigmoid(gi[tl, bb, H + j] + acc[H + j])
+                    dn = (one - z[j]) * (one - n[j] * n[j])
+                    cz[j] = z[j] * (one - z[j]) * (h[bb, j] - n[j])
                     if reset_after:
-                        n[j] = math.tanh(gi[tl, bb, 2 * H + j] + r[j] * acc[2 * H + j])
+                        cr[j] = dn * acc[2 * H + j] * r[j] * (one - r[j])
+                        cn[j] = dn * r[j]
                     else:
-                        n[j] = math.tanh(gi[tl, bb, 2 * H + j] + acc[2 * H + j])
-                if live[bb]:
-                    # step Jacobian at the old state h (before the update below)
+                        cn[j] = dn
+                        pr[j] = h[bb, j] * r[j] * (one - r[j])
+                if reset_after:
                     for j in range(H):
-                        dn = (one - z[j]) * (one - n[j] * n[j])
-                        cz[j] = z[j] * (one - z[j]) * (h[bb, j] - n[j])
-                        if reset_after:
-                            cr[j] = dn * acc[2 * H + j] * r[j] * (one - r[j])
-                            cn[j] = dn * r[j]
-                        else:
-                            cn[j] = dn
-                            pr[j] = h[bb, j] * r[j] * (one - r[j])
-                    if reset_after:
-                        for j in range(H):
-                            for k in range(H):
-                                J[j, k] = (cr[j] * w_t[k, j] + cz[j] * w_t[k, H + j]
-                                           + cn[j] * w_t[k, 2 * H + j])
-                            J[j, j] += z[j]
-                    else:
-                        # Q = W_hn diag(h r (1-r)) W_hr, then J = ... + diag(cn) (W_hn diag(r) + Q)
-                        for j in range(H):
-                            for k in range(H):
-                                Q[j, k] = zero
-                            for m in range(H):
-                                c = w_t[m, 2 * H + j] * pr[m]
-                                for k in range(H):
-                                    Q[j, k] += c * w_t[k, m]
-                        for j in range(H):
-                            for k in range(H):
-                                J[j, k] = (cz[j] * w_t[k, H + j]
-                                           + cn[j] * (w_t[k, 2 * H + j] * r[k] + Q[j, k]))
-                            J[j, j] += z[j]
-                    # M <- J M, and drop the tangent once the start state is forgotten
-                    big = zero
-                    for j in range(H):
-                        for m in range(H):
-                            Mn[j, m] = zero
                         for k in range(H):
-                            c = J[j, k]
-                            for m in range(H):
-                                Mn[j, m] += c * M[bb, k, m]
+                            J[j, k] = (cr[j] * w_t[k, j] + cz[j] * w_t[k, H + j]
+                                       + cn[j] * w_t[k, 2 * H + j])
+                        J[j, j] += z[j]
+                else:
+                    # Q = W_hn diag(h r (1-r)) W_hr, then J = ... + diag(cn) (W_hn diag(r) + Q)
+                    for j in range(H):
+                        for k in range(H):
+                            Q[j, k] = zero
                         for m in range(H):
-                            a = abs(Mn[j, m])
-                            if not (a <= big):  # NaN counts as big
-                                big = a
-                    if big < cutoff:
-                        live[bb] = False
-                        for j in range(H):
-                            for m in range(H):
-                                M[bb, j, m] = zero
-                    else:
-                        for j in range(H):
-                            for m in range(H):
-                                M[bb, j, m] = Mn[j, m]
+                            c = w_t[m, 2 * H + j] * pr[m]
+                            for k in range(H):
+                                Q[j, k] += c * w_t[k, m]
+                    for j in range(H):
+                        for k in range(H):
+                            J[j, k] = (cz[j] * w_t[k, H + j]
+                                       + cn[j] * (w_t[k, 2 * H + j] * r[k] + Q[j, k]))
+                        J[j, j] += z[j]
+                # M <- J M, and drop the tangent once the start state is forgotten
+                big = zero
                 for j in range(H):
-                    h[bb, j] = (one - z[j]) * n[j] + z[j] * h[bb, j]
+                    for m in range(H):
+                        Mn[j, m] = zero
+                    for k in range(H):
+                        c = J[j, k]
+                        for m in range(H):
+                            Mn[j, m] += c * M[bb, k, m]
+                    for m in range(H):
+                        a = abs(Mn[j, m])
+                        if not (a <= big):  # NaN counts as big
+                            big = a
+                if big < cutoff:
+                    live[bb] = False
+                    for j in range(H):
+                        for m in range(H):
+                            M[bb, j, m] = zero
+                else:
+                    for j in range(H):
+                        for m in range(H):
+                            M[bb, j, m] = Mn[j, m]
+            for j in range(H):
+                h[bb, j] = (one - z[j]) * n[j] + z[j] * h[bb, j]
 
-    return tangent_scan
 
-
-_KERNELS = {np.dtype(np.float32): _make(np.float32), np.dtype(np.float64): _make(np.float64)}
+_KERNELS = {np.dtype(np.float32): tangent_scan_kernel, np.dtype(np.float64): tangent_scan_kernel}
 
 
 def tangent_kernel(dtype):
-    """The jitted ``tangent_scan`` for a float dtype."""
+    """The jitted ``tangent_scan_kernel`` for a float dtype."""
     return _KERNELS[np.dtype(dtype)]
 
 
