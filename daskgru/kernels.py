@@ -290,8 +290,8 @@ _KERNELS = {np.dtype(t): (project_loops, scan_loops, project_blas, scan_blas)
 
 # Below these sizes the fused loops beat BLAS calls (measured, see docs/performance.md);
 # the choice depends on the model only, never on the chunking.
-BLAS_MIN_HIDDEN = 48
-BLAS_MIN_INPUT = 16
+BLAS_MIN_HIDDEN = 16
+BLAS_MIN_INPUT = 4
 _MIN_ROWS = {}
 _PROBE_ROWS = tuple(range(1, 41)) + (48, 64, 80, 127, 200)
 
