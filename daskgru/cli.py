@@ -302,6 +302,7 @@ def main(argv=None) -> int:
 
     # zarr warns that string coords (the "direction" labels) have no Zarr v3 spec yet.
     warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -442,7 +442,7 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=4000
     png = os.path.join(output, "gru_output.png")
     feature = 3
     p = GRUParams.random(feature, hidden, seed=0, dtype="float32")
-    params_path = p.save(os.path.join(output, "demo_params.nc"))
+    params_path = p.save(os.path.join(output, "demo_params.zarr"))
     field = synthetic_field(time_steps, grid, grid, feature, time_chunk=time_chunk)
     steps = time_steps * grid * grid
     log(f"daskgru demo: GRU(input={feature}, hidden={hidden}) over a synthetic "

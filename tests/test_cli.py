@@ -286,7 +286,7 @@ def test_demo_small(tmp_path, capsys):
     assert (out / "gru_output.png").stat().st_size > 1000
     res = xr.open_zarr(out / "gru_output.zarr")
     field = synthetic_field(120, 4, 4, 3, time_chunk=40).compute()
-    p = dg.load_params(out / "demo_params.nc")
+    p = dg.load_params(out / "demo_params.zarr")
     ref = dg.apply_gru(field, p)
     assert np.array_equal(res.output.values, ref.output.values)
 
