@@ -70,7 +70,7 @@ def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
     p : GRUParams
     time_dim, feature_dim, hidden_dim : str
         Names of the time and feature dims of the input and of the hidden dim of the output.
-    h0 : DataArray (layer, direction, *batch dims, hidden_dim) or array, optional
+    h0 : DataArray (layer, direction, ...batch dims, hidden_dim) or array, optional
         Start states, e.g. the ``final_state`` of a previous call on the preceding stretch
         of time. A plain array has shape (num_layers * num_directions, *batch shape, H).
     lengths : DataArray over the batch dims, or integer array of the batch shape, optional
@@ -88,9 +88,10 @@ def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
     Returns
     -------
     xr.Dataset
-        ``output`` (time_dim, *batch dims, hidden_dim) — (time_dim, *batch dims,
-        direction, hidden_dim) for a bidirectional GRU — and ``final_state`` (layer, direction, *batch dims, hidden_dim). Coords along time
-        and batch dims and the input's attrs are kept; the model is described in attrs.
+        ``output`` with dims (time_dim, ...batch dims, hidden_dim) — (time_dim, ...batch
+        dims, direction, hidden_dim) for a bidirectional GRU — and ``final_state`` with dims
+        (layer, direction, ...batch dims, hidden_dim). Coords along time and batch dims and
+        the input's attrs are kept; the model is described in attrs.
         Dask-backed input gives a lazy Dataset, NumPy-backed input a computed one.
 
     Examples
