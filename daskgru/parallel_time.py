@@ -141,8 +141,9 @@ def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
     """Re-scan ``rows`` from their true start ``h`` block by block, until each row's state
     equals the speculative output at some step bit for bit: from there on the speculative
     result is what the sequential scan gives (the kernels are deterministic). Writes the
-    re-scanned steps into ``out``; returns the rows that never met (fully recomputed) and
-    the number of steps scanned."""
+    re-scanned steps into ``out``; returns the rows that never met (fully recomputed), their
+    end states and the number of steps scanned. Only valid steps (t < length) can meet:
+    past a sequence's end both trajectories output 0 whatever their states."""
     n = x.shape[0]
     reverse = d == 1
     pos, blk, steps = 0, 32, 0
@@ -152,7 +153,8 @@ def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
         a, b = (n - pos - m, n - pos) if reverse else (pos, pos + m)
         o, h = _scan_rows(weights, l, d, reset_after, x, pending, h, lengths, t0, a, b)
         steps += m
-        met = np.all(o == spec_out[a:b][:, pending], axis=2)  # (m, rows)
+        valid = (t0 + np.arange(a, b))[:, None] < lengths[pending][None, :]
+        met = np.all(o == spec_out[a:b][:, pending], axis=2) & valid  # (m, rows)
         if reverse:
             met = met[::-1]
             o = o[::-1]
@@ -167,7 +169,7 @@ def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
         pending, h = pending[left], h[left]
         pos += m
         blk = min(blk * 2, 8192)
-    return pending, steps
+    return pending, h, steps
 
 
 def _fix_task(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T, *parts):
@@ -205,12 +207,9 @@ def _fix_task(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T,
     failed = np.zeros(0, np.int64)
     if check.any():
         rows = np.flatnonzero(check)
-        failed, steps = _splice(weights, l, d, reset_after, x, rows, true_start[rows], lengths,
-                                t0, spec_out, out)
-        if failed.size:  # they were re-scanned to the chunk's end: take their end state
-            _, h = _scan_rows(weights, l, d, reset_after, x, failed, true_start[failed],
-                              lengths, t0, 0, n)
-            end[failed] = h
+        failed, h_failed, steps = _splice(weights, l, d, reset_after, x, rows,
+                                          true_start[rows], lengths, t0, spec_out, out)
+        end[failed] = h_failed  # re-scanned to the chunk's end from the true start
     if bad.any():
         rows = np.flatnonzero(bad)
         o, h = _scan_rows(weights, l, d, reset_after, x, rows, true_start[rows], lengths, t0,
