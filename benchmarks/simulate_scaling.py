@@ -56,7 +56,6 @@ def measure(H, I, n, warmup, dtype="float32"):
 
 
 def graph(method, T, K, H, I=8):
-    import dask
     import dask.array as da
     from dask.core import get_dependencies
 

@@ -87,6 +87,9 @@ def validate(x, p, *, h0=None, lengths=None, batch_first=False, method="scan") -
     shape = getattr(x, "shape", None)
     if shape is None:
         raise TypeError(f"x must be an array, got {type(x).__name__}")
+    if any(s != s for s in shape):  # NaN: a dask array with unknown chunk sizes
+        raise ValueError(f"x has unknown size along some axis (shape {tuple(shape)}), e.g. after "
+                         "boolean indexing; call x.compute_chunk_sizes() first")
     dtype = compute_dtype(x.dtype)
     if len(shape) == 2:
         unbatched = True
@@ -172,6 +175,16 @@ def prepare_weights(p: GRUParams) -> PreparedWeights:
     ))
 
 
+def is_dask(a) -> bool:
+    """Whether ``a`` is a dask collection (without importing dask)."""
+    return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
+
+
+def state_block(state):
+    """A (B, H) boundary state as one (1, B, H) block of an h_n array."""
+    return state[None]
+
+
 def layer_input(parts):
     """The input of the next layer: the directions' outputs side by side [forward, backward]."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
@@ -253,7 +266,7 @@ def batch_parts(B, work):
 
 # Projected inputs of one time block take at most this many bytes, so they stay in cache
 # and the buffer is reused (fresh pages cost more than the arithmetic on some machines).
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 16 << 20
 
 
 def _layers(x, weights, reset_after, h0, lengths):

@@ -1,10 +1,16 @@
 """Numba kernels on NumPy arrays: the input projection of a chunk and the recurrent scan.
 
-Plain loops with explicit float32/float64 signatures, writing into ``out`` arguments; no
-dask, no xarray. Every output element is computed by one fixed sequence of IEEE operations
-(bias first, then the products in index order; no fastmath, so no reassociation or FMA
-contraction), whatever the number of rows in a call. That is what makes results independent
-of time and batch chunking, bit for bit.
+Explicit float32/float64 signatures, writing into ``out`` arguments; no dask, no xarray.
+Every output element is computed by one fixed sequence of operations whatever the number of
+rows (time steps x sequences) in a call, which is what makes results independent of time
+and batch chunking, bit for bit:
+
+* the fused loops (small sizes) add the bias first, then the products in index order, with
+  no fastmath (no reassociation, no FMA contraction);
+* the BLAS kernels (from ``BLAS_MIN_HIDDEN`` / ``BLAS_MIN_INPUT``) call the BLAS of NumPy's
+  Numba binding, whose per-row summation order is probed once per shape and process
+  (``blas_min_rows``): calls smaller than the row count from which every row gets the same
+  bits are zero-padded, and where no such count exists the fused loops are used instead.
 
 Layouts: ``G = 3H`` gate columns in order r, z, n; weights are passed transposed,
 ``w_ih_t (I, G)`` and ``w_hh_t (H, G)``, so the innermost loops run over contiguous gates.
@@ -370,8 +376,11 @@ def scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after, out=None)
     gi = np.ascontiguousarray(gi)
     rows = blas_plan(H, 1, dt)[1]
     if rows is not None:
-        w_rz = np.ascontiguousarray(w_hh_t[:, :2 * H])
-        w_n = np.ascontiguousarray(w_hh_t[:, 2 * H:])
+        if reset_after:  # only the reset-before form multiplies the two parts separately
+            w_rz = w_n = w_hh_t
+        else:
+            w_rz = np.ascontiguousarray(w_hh_t[:, :2 * H])
+            w_n = np.ascontiguousarray(w_hh_t[:, 2 * H:])
         _KERNELS[dt][3](gi, w_hh_t, w_rz, w_n, b_hh, lengths, int(t0), bool(reverse),
                         bool(reset_after), rows, h, out)
     else:

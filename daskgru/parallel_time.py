@@ -56,7 +56,8 @@ from operator import getitem
 import numpy as np
 
 from . import kernels
-from .core import check_lengths, layer_input, prepare_weights, validate
+from .core import (check_lengths, is_dask, layer_input, prepare_weights, state_block,
+                   validate)
 
 __all__ = ["gru_parallel", "scan_info", "DEFAULT_WARMUP", "DEFAULT_TOL", "NUMPY_CHUNK"]
 
@@ -69,10 +70,6 @@ TANGENT_CUTOFF = 1e-3
 # Newton stops (and leaves the rest to the fix-up chain) after the update grew this often
 # in a row.
 GROWTH_PATIENCE = 2
-
-
-def _is_dask(a) -> bool:
-    return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
 
 
 def scan_info(lazy):
@@ -223,10 +220,6 @@ def _fix_summary(fix):
     return (fix[3] > 0, fix[3], fix[2], fix[4])
 
 
-def _hn_block(state):
-    return state[None]
-
-
 # Newton ---------------------------------------------------------------------------------
 def _newton_init(h0, K, B, H, dtype):
     s0 = _start(h0, B, H, dtype)
@@ -328,7 +321,7 @@ def _info_task(meta, nchains, K, *parts):
 def gru_parallel(x, p, *, h0=None, lengths=None, batch_first=False, method="speculative",
                  warmup=None, tol=None, return_info=False):
     """``daskgru.gru`` with method="speculative" or "newton"; see the module docstring."""
-    lazy = _is_dask(x) or _is_dask(h0) or _is_dask(lengths)
+    lazy = is_dask(x) or is_dask(h0) or is_dask(lengths)
     if lazy:
         res = _gru_graph(x, p, h0=h0, lengths=lengths, batch_first=batch_first,
                          method=method, warmup=warmup, tol=tol)
@@ -375,7 +368,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     if h0 is not None:
         if call.unbatched:
             h0 = h0[:, None, :]
-        if _is_dask(h0):
+        if is_dask(h0):
             h0 = da.asarray(h0).astype(dt).rechunk(((1,) * (L * D), bchunks, (H,)))
             collections.append(h0)
             h0_key = lambda ld, j, n=h0.name: (getitem, (n, ld, j, 0), 0)  # noqa: E731
@@ -384,7 +377,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
             h0_key = lambda ld, j: h0np[ld, b_edges[j]:b_edges[j + 1]]  # noqa: E731
     len_key = lambda j: None  # noqa: E731
     if lengths is not None:
-        if _is_dask(lengths):
+        if is_dask(lengths):
             lengths = da.asarray(lengths).reshape(-1).rechunk((bchunks,))
             collections.append(lengths)
             len_key = lambda j, n=lengths.name: (n, j)  # noqa: E731
@@ -393,8 +386,8 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
             len_key = lambda j: lnp[b_edges[j]:b_edges[j + 1]]  # noqa: E731
 
     tok = tokenize(x.name, pp, [getattr(c, "name", None) for c in collections],
-                   None if h0 is None or _is_dask(h0) else h0,
-                   None if lengths is None or _is_dask(lengths) else lengths, method, warmup, tol)
+                   None if h0 is None or is_dask(h0) else h0,
+                   None if lengths is None or is_dask(lengths) else lengths, method, warmup, tol)
     wname = f"gru-weights-{tok}"
     outname, hnname, infoname = f"gru-output-{tok}", f"gru-hn-{tok}", f"gru-info-{tok}"
     layers = {wname: {wname: prepare_weights(pp)}}
@@ -491,7 +484,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     for l in range(L):
         for d in range(D):
             for j in range(nb):
-                g_hn[(hnname, l * D + d, j, 0)] = (_hn_block, key("state", l, d, j, K - 1))
+                g_hn[(hnname, l * D + d, j, 0)] = (state_block, key("state", l, d, j, K - 1))
     meta = dict(method=method, tol=tol)
     if method == "speculative":
         meta["warmup"] = warmup

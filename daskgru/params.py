@@ -238,7 +238,7 @@ class GRUParams:
         """
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
-            if int(v) != v or v < 1:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(hidden_size)
@@ -279,7 +279,6 @@ class GRUParams:
             )
         sd = {k: _to_numpy(v) for k, v in sd.items()}
         if "weight_ih" in sd:  # GRUCell
-            names = {"": ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
             layers = [[""]]
         else:
             layers, l = [], 0

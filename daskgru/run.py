@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import shutil
 import time
@@ -252,7 +251,6 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     RunResult
     """
     import dask
-    import xarray as xr
     import zarr
 
     from .params import GRUParams, load_params

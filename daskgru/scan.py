@@ -21,14 +21,10 @@ from operator import getitem
 import numpy as np
 
 from . import kernels
-from .core import (check_lengths, gru_numpy, layer_input, prepare_weights, validate,
-                   validate_method_options)
+from .core import (check_lengths, gru_numpy, is_dask, layer_input, prepare_weights,
+                   state_block, validate, validate_method_options)
 
 __all__ = ["gru", "gru_dask", "is_dask"]
-
-
-def is_dask(a) -> bool:
-    return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
 
 
 def gru(x, p, *, h0=None, lengths=None, batch_first=False, method="scan", warmup=None,
@@ -121,10 +117,6 @@ def _scan_task(weights, l, d, reset_after, gi, h_start, lengths, t0, T):
         h_start = np.zeros((B, w_hh_t.shape[0]), w_hh_t.dtype)
     lengths = np.full(B, T, np.int64) if lengths is None else check_lengths(lengths, T)
     return kernels.scan(gi, w_hh_t, b_hh, h_start, lengths, t0, d == 1, reset_after)
-
-
-def _hn_block(state):
-    return state[None]
 
 
 # ----------------------------------------------------------------------------- graph
@@ -224,7 +216,7 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
         state = names(l)[2]
         for d in range(D):
             for j in range(nb):
-                g_hn[(hnname, l * D + d, j, 0)] = (_hn_block, (state, d, j, 0 if d else nt - 1))
+                g_hn[(hnname, l * D + d, j, 0)] = (state_block, (state, d, j, 0 if d else nt - 1))
     layers.update({outname: g_out, hnname: g_hn})
     deps.update({outname: {top[3]}, hnname: {names(l)[1] for l in range(L)}})
     graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in collections])

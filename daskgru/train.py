@@ -15,15 +15,12 @@ from operator import getitem
 import numpy as np
 
 from . import kernels
-from .core import EAGER_BLOCK, PreparedWeights, check_lengths, layer_input, validate
+from .core import (EAGER_BLOCK, PreparedWeights, check_lengths, is_dask, layer_input,
+                   state_block, validate)
 from .kernels_backward import chunk_backward
 from .params import GRUParams, GRUWeights
 
 __all__ = ["gru_backward", "GRURegressor", "Adam"]
-
-
-def _is_dask(a) -> bool:
-    return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
 
 
 def _prepare(pp: GRUParams) -> PreparedWeights:
@@ -200,7 +197,7 @@ def gru_backward(x, p, d_output, *, d_h_n=None, h0=None, lengths=None, batch_fir
     """
     call = validate(x, p, h0=h0, lengths=lengths, batch_first=batch_first)
     _check_grad_args(call, d_output, d_h_n)
-    if any(_is_dask(a) for a in (x, d_output, d_h_n, h0, lengths)):
+    if any(is_dask(a) for a in (x, d_output, d_h_n, h0, lengths)):
         return _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths)
     pp, dt, T, B = call.params, call.dtype, call.T, call.B
     L, D, H = pp.num_layers, pp.num_directions, pp.hidden_size
@@ -270,10 +267,6 @@ def _sum_arrays(*parts):
     return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
 
 
-def _state_block(state):
-    return state[None]
-
-
 def _make_grads(roots, D, reset_after, bias, dtype):
     acc = [list(roots[i:i + D]) for i in range(0, len(roots), D)]
     weights = []
@@ -329,7 +322,7 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
             return lambda ld, j: None  # noqa: E731
         if call.unbatched:
             a = a[:, None, :]
-        if _is_dask(a):
+        if is_dask(a):
             a = da.asarray(a).astype(dt).rechunk(((1,) * LD, bchunks, (H,)))
             collections.append(a)
             return lambda ld, j, n=a.name: (getitem, (n, ld, j, 0), 0)  # noqa: E731
@@ -340,7 +333,7 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
     dhn_key = per_state(d_h_n, "d_h_n")
     len_key = lambda j: None  # noqa: E731
     if lengths is not None:
-        if _is_dask(lengths):
+        if is_dask(lengths):
             lengths = da.asarray(lengths).reshape(-1).rechunk((bchunks,))
             collections.append(lengths)
             len_key = lambda j, n=lengths.name: (n, j)  # noqa: E731
@@ -350,7 +343,7 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
 
     tok = tokenize(
         "gru-backward", pp, [c.name for c in collections],
-        *[None if a is None or _is_dask(a) else np.asarray(a) for a in (h0, d_h_n, lengths)],
+        *[None if a is None or is_dask(a) else np.asarray(a) for a in (h0, d_h_n, lengths)],
     )
     wname = f"gru-bwd-weights-{tok}"
     fscan, fstate, fout = f"gru-bwd-fwdscan-{tok}", f"gru-bwd-fwdstate-{tok}", f"gru-bwd-fwdout-{tok}"
@@ -402,7 +395,7 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
     for l in range(L):
         for d in range(D):
             for j in range(nb):
-                g_dh0[(dh0name, l * D + d, j, 0)] = (_state_block, (bdh, l, d, j, 0 if not d else nt - 1))
+                g_dh0[(dh0name, l * D + d, j, 0)] = (state_block, (bdh, l, d, j, 0 if not d else nt - 1))
     g_grads = {gname: (_make_grads, list(roots), D, pp.reset_after, pp.bias, str(dt))}
     bname = f"gru-bwd-{tok}"
     graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in collections])

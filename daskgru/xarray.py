@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from .core import validate_method_options
 from .params import DIRECTIONS, GRUParams
 from .scan import gru, is_dask
 
@@ -128,6 +129,15 @@ def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         raise TypeError(f"input data must be floating point, got dtype {da_in.dtype}")
 
     batch_dims = [d for d in da_in.dims if d not in (time_dim, feature_dim)]
+    clash = [d for d in batch_dims if d in ("layer", "direction")]
+    if clash:
+        raise ValueError(f"batch dims {clash} clash with the dims of the result "
+                         "(final_state has dims layer and direction); rename them first")
+    unknown = set(method_options) - {"warmup", "tol", "return_info"}
+    if unknown:
+        raise TypeError(f"apply_gru got unknown options {sorted(unknown)} "
+                        "(method options are warmup, tol, return_info)")
+    validate_method_options(method, **method_options)
     batch_shape = tuple(da_in.sizes[d] for d in batch_dims)
     B, T = math.prod(batch_shape), da_in.sizes[time_dim]
     L, D, H = p.num_layers, p.num_directions, p.hidden_size
@@ -154,10 +164,6 @@ def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         h0 = h0.reshape(L * D, B, H)
     if lengths is not None:
         lengths = _over_batch(lengths, "lengths", (), (), batch_dims, batch_shape, (), ())
-    unknown = set(method_options) - {"warmup", "tol", "return_info"}
-    if unknown:
-        raise TypeError(f"apply_gru got unknown options {sorted(unknown)} "
-                        "(method options are warmup, tol, return_info)")
     return_info = method_options.get("return_info", False)
     res = gru(x, p, h0=h0, lengths=lengths, method=method, **method_options)
     out, h_n = res[0], res[1]

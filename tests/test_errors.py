@@ -139,3 +139,12 @@ def test_from_keras_weights_refuse():
         dg.GRUParams.from_keras([k, rk, np.zeros((2, 3 * H))], reset_after=False)
     with pytest.raises(ValueError, match=r"recurrent_kernel \(H, 3H\) expected, got \(4, 18\) and \(6, 6\)"):
         dg.GRUParams.from_keras([k, rk[:, :H]])
+
+
+def test_dask_x_of_unknown_size_is_named():
+    import dask.array as da
+
+    x = da.ones((10, 3, 2), chunks=5)
+    x = x[x[:, 0, 0] > 0]
+    with pytest.raises(ValueError, match=r"x has unknown size.*compute_chunk_sizes"):
+        dg.gru(x, dg.GRUParams.random(2, 3))

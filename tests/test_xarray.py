@@ -109,6 +109,13 @@ def test_bad_input_is_refused_before_work(field, kwargs, exc, match):
         dg.apply_gru(field.chunk(time=10), p, **kwargs)
 
 
+def test_batch_dims_clashing_with_result_dims_are_refused(field):
+    p = dg.GRUParams.random(2, 4, bidirectional=True)
+    with dask.config.set(scheduler=raising_scheduler), \
+            pytest.raises(ValueError, match=r"batch dims \['direction'\] clash"):
+        dg.apply_gru(field.rename(lat="direction"), p)
+
+
 def test_wrong_feature_size_and_dtype(field):
     with pytest.raises(ValueError, match=r"dim 'feature' has size 2, but p.input_size is 3"):
         dg.apply_gru(field, dg.GRUParams.random(3, 4))
