@@ -130,10 +130,12 @@ def dask_rows(repeats, quick):
     """dask (chunks of 512 steps, threads scheduler) against eager on the same input."""
     import dask
     import dask.array as da
+    from threadpoolctl import threadpool_limits
 
     import daskgru as dg
 
-    print("\ndask, time chunks of 512 steps, threads scheduler, against eager (2 threads):")
+    print("\ndask, time chunks of 512 steps, threads scheduler (BLAS at 1 thread per dask "
+          "thread, as docs/performance.md advises), against eager (2 threads):")
     os.environ["DASKGRU_NUM_THREADS"] = "2"
     for T, B, I, H in GRID:
         T = max(1024, T // 4) if quick else T
@@ -141,9 +143,11 @@ def dask_rows(repeats, quick):
         x = np.random.default_rng(0).standard_normal((T, B, I)).astype("float32")
         bch = max(1, B // 2)
         xd = da.from_array(x, chunks=(512, bch, I))
-        med = alternate({"eager": lambda: dg.gru(x, p),
-                         "dask": lambda: dask.compute(*dg.gru(xd, p), scheduler="threads")},
-                        repeats)
+        def run_dask():
+            with threadpool_limits(1, user_api="blas"):
+                dask.compute(*dg.gru(xd, p), scheduler="threads", num_workers=2)
+
+        med = alternate({"eager": lambda: dg.gru(x, p), "dask": run_dask}, repeats)
         print(f"  T={T:5} B={B:4} I={I:4} H={H:4} batch chunks of {bch}: eager {med['eager']*1e3:8.1f} ms"
               f"  dask {med['dask']*1e3:8.1f} ms  dask/eager {med['dask']/med['eager']:.2f}")
 

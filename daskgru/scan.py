@@ -110,6 +110,13 @@ def _inproj_task(weights, l, d, after, *parts):
     return kernels.project(layer_input(parts), w_ih_t, b_ih)
 
 
+def _fused_task(weights, l, d, reset_after, h_start, lengths, t0, T, *parts):
+    # Projection and scan in one task: nothing as large as the projected inputs (3H
+    # numbers a step) ever travels between workers.
+    return _scan_task(weights, l, d, reset_after, _inproj_task(weights, l, d, None, *parts),
+                      h_start, lengths, t0, T)
+
+
 def _scan_task(weights, l, d, reset_after, gi, h_start, lengths, t0, T):
     _, _, w_hh_t, b_hh = weights[l][d]
     B = gi.shape[1]
@@ -177,6 +184,10 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     layers = {wname: {wname: prepare_weights(pp)}}
     deps = {wname: set()}
     base = [c.name for c in collections]
+    # With several batch chunks, their chains already keep the workers busy: each chunk's
+    # projection goes into its scan task. With one, the projections are separate tasks that
+    # run ahead of the chain in parallel (two chunks ahead at most, to bound memory).
+    fuse = nb > 1
     for l in range(L):
         inproj, scan_, state, chunkout = names(l)
         below = names(l - 1)[3] if l else x.name
@@ -190,12 +201,16 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
                 prev = h0_key(l * D + d, j)
                 order = list(range(nt - 1, -1, -1) if d else range(nt))
                 for i, k in enumerate(order):
-                    after = (state, d, j, order[i - 2]) if i >= 2 else None
-                    g_proj[(inproj, d, j, k)] = (_inproj_task, wname, l, d, after, *parts(k))
-                    g_scan[(scan_, d, j, k)] = (
-                        _scan_task, wname, l, d, pp.reset_after, (inproj, d, j, k),
-                        prev, len_key(j), t_starts[k], T,
-                    )
+                    if fuse:
+                        g_scan[(scan_, d, j, k)] = (_fused_task, wname, l, d, pp.reset_after,
+                                                    prev, len_key(j), t_starts[k], T, *parts(k))
+                    else:
+                        after = (state, d, j, order[i - 2]) if i >= 2 else None
+                        g_proj[(inproj, d, j, k)] = (_inproj_task, wname, l, d, after, *parts(k))
+                        g_scan[(scan_, d, j, k)] = (
+                            _scan_task, wname, l, d, pp.reset_after, (inproj, d, j, k),
+                            prev, len_key(j), t_starts[k], T,
+                        )
                     g_state[(state, d, j, k)] = (getitem, (scan_, d, j, k), 1)
                     g_cout[(chunkout, d, j, k)] = (getitem, (scan_, d, j, k), 0)
                     prev = (state, d, j, k)

@@ -103,16 +103,24 @@ def test_building_the_graph_computes_nothing():
             out.compute()
 
 
+def key_prefixes(arr):
+    return {(k[0] if isinstance(k, tuple) else k).rsplit("-", 1)[0] for k in dict(arr.dask)}
+
+
 def test_graph_layout_names_and_one_weights_key():
     p, x, _, _ = make(T=30, B=4, L=2, bidirectional=False)
-    xd = da.from_array(x, chunks=(10, 2, 3))
+    xd = da.from_array(x, chunks=(10, 4, 3))
     out, _ = dg.gru(xd, p)
     g = out.__dask_graph__()
     names = {name.rsplit("-", 1)[0] for name in g.layers}
     assert {"gru-weights", "gru-scan-l0", "gru-scan-l1", "gru-output"} <= names
     flat = dict(g)
-    prefixes = {(k[0] if isinstance(k, tuple) else k).rsplit("-", 1)[0] for k in flat}
-    assert {"gru-inproj-l0", "gru-scan-l0", "gru-state-l0", "gru-inproj-l1", "gru-scan-l1"} <= prefixes
+    # one batch chunk: projections are tasks of their own, running ahead of the chain
+    assert {"gru-inproj-l0", "gru-scan-l0", "gru-state-l0", "gru-inproj-l1",
+            "gru-scan-l1"} <= key_prefixes(out)
+    # several batch chunks: each projection is done inside its scan task
+    fused = key_prefixes(dg.gru(xd.rechunk((10, 2, 3)), p)[0])
+    assert "gru-scan-l0" in fused and "gru-inproj-l0" not in fused
     wkeys = [k for k in flat if isinstance(k, str) and k.startswith("gru-weights-")]
     assert len(wkeys) == 1
     # deterministic keys: the same call gives the same names, other weights other names
