@@ -2,10 +2,12 @@
 
 :func:`gru_backward` is the vector-Jacobian product of :func:`daskgru.gru`. Eager on NumPy;
 on dask arrays it builds the reverse chain of the design: per batch chunk, a forward pass over
-the time chunks stores only the boundary states (and each layer's chunk outputs, the next
-layer's inputs); then per layer (top to bottom), direction and time chunk a backward task
-recomputes its chunk's forward from the stored start state (memory O(chunk)), consumes the
-adjoint boundary state of chunk k+1 (k-1 for the reverse direction) and hands its own on.
+the time chunks keeps only the boundary states (a layer's chunk outputs feed only the next
+layer's forward task of the same chunk and are released); then per layer (top to bottom),
+direction and time chunk a backward task recomputes its chunk's layer input (layers below it
+on that chunk, from their stored start states) and its own forward from its stored start
+state (memory O(chunk), O(layer * chunk) extra compute), consumes the adjoint boundary state
+of chunk k+1 (k-1 for the reverse direction) and hands its own on.
 Weight gradients are summed over time and batch chunks with a tree reduction.
 """
 from __future__ import annotations
@@ -237,11 +239,26 @@ def _fwd_task(weights, l, d, reset_after, parts, h_start, lengths, t0, T):
     return kernels.scan(gi, w_hh_t, b_hh, h_start, lengths, t0, d == 1, reset_after)
 
 
-def _bwd_task(weights, l, d, reset_after, parts, h_start, lengths, t0, T, d_srcs, d_h_end):
-    """Backward of chunk (l, d, ·, k). ``d_srcs``: arrays whose sum holds this layer's output
-    gradient (the d_output block, or the d_x of both directions of the layer above)."""
+def _chunk_input(weights, l, reset_after, x0, starts, lengths, t0, T):
+    """Layer l's input on one time chunk, recomputed from the chunk's layer-0 input ``x0`` by
+    running layers 0..l-1 from their stored start states ``starts[m][d]`` (checkpointing:
+    the same kernels as the forward tasks, so the values are bit-identical to theirs)."""
+    parts = [x0]
+    for m in range(l):
+        parts = [_fwd_task(weights, m, dd, reset_after, parts, starts[m][dd], lengths, t0, T)[0]
+                 for dd in range(len(weights[m]))]
+    return layer_input(parts)
+
+
+def _bwd_task(weights, l, d, reset_after, x0, starts, h_start, lengths, t0, T, d_srcs,
+              d_h_end):
+    """Backward of chunk (l, d, ·, k). ``x0``: the chunk of x; ``starts[m][dd]``: the start
+    states of the lower layers on this chunk, from which the layer input is recomputed (no
+    lower layer's outputs are kept from the forward pass). ``d_srcs``: arrays whose sum holds
+    this layer's output gradient (the d_output block, or the d_x of both directions of the
+    layer above)."""
     w_ih, w_ih_t, b_ih, w_hh, w_hh_t, b_hh = weights[l][d]
-    x = layer_input(parts)
+    x = _chunk_input(weights, l, reset_after, x0, starts, lengths, t0, T)
     Tc, B = x.shape[:2]
     H, dt = w_hh.shape[1], w_hh.dtype
     if h_start is None:
@@ -353,34 +370,41 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
                                     f"gru-bwd-dh0-{tok}", f"gru-bwd-grads-{tok}")
     body = {wname: _prepare(pp)}
     wleaves = {(l, d): [] for l in range(L) for d in range(D)}
+
+    def start_key(l, d, j, k):
+        """The stored state layer l, direction d starts chunk k from (the boundary state of
+        chunk k-1, or of chunk k+1 for the reverse direction; h0 at the sequence's end)."""
+        kprev = k + 1 if d else k - 1
+        return (fstate, l, d, j, kprev) if 0 <= kprev < nt else h0_key(l * D + d, j)
+
     for j in range(nb):
-        # forward: boundary states and each layer's chunk outputs
+        # forward: boundary states; a layer's chunk outputs only feed the next layer's
+        # forward task of the same chunk (the backward recomputes them), so the scheduler
+        # can release them at once
         for l in range(L):
             for d in range(D):
-                prev = h0_key(l * D + d, j)
                 for k in (range(nt - 1, -1, -1) if d else range(nt)):
                     parts = ([(x.name, k, j, 0)] if l == 0
                              else [(fout, l - 1, dd, j, k) for dd in range(D)])
                     body[(fscan, l, d, j, k)] = (_fwd_task, wname, l, d, pp.reset_after, parts,
-                                                 prev, len_key(j), t_starts[k], T)
+                                                 start_key(l, d, j, k), len_key(j),
+                                                 t_starts[k], T)
                     body[(fstate, l, d, j, k)] = (getitem, (fscan, l, d, j, k), 1)
-                    body[(fout, l, d, j, k)] = (getitem, (fscan, l, d, j, k), 0)
-                    prev = (fstate, l, d, j, k)
-        # backward: top layer down, each direction's chain in reverse
+                    if l < L - 1:
+                        body[(fout, l, d, j, k)] = (getitem, (fscan, l, d, j, k), 0)
+        # backward: top layer down, each direction's chain in reverse; each task recomputes
+        # its layer input from x and the lower layers' stored start states on its chunk
         for l in range(L - 1, -1, -1):
             for d in range(D):
                 adj = dhn_key(l * D + d, j)
                 for k in (range(nt) if d else range(nt - 1, -1, -1)):
-                    parts = ([(x.name, k, j, 0)] if l == 0
-                             else [(fout, l - 1, dd, j, k) for dd in range(D)])
-                    kprev = (k + 1 if d else k - 1)
-                    h_start = ((fstate, l, d, j, kprev) if 0 <= kprev < nt
-                               else h0_key(l * D + d, j))
+                    starts = [[start_key(m, dd, j, k) for dd in range(D)] for m in range(l)]
                     d_srcs = ([(dout.name, k, j, 0)] if l == L - 1
                               else [(bdx, l + 1, dd, j, k) for dd in range(D)])
-                    body[(bscan, l, d, j, k)] = (_bwd_task, wname, l, d, pp.reset_after, parts,
-                                                 h_start, len_key(j), t_starts[k], T, d_srcs,
-                                                 adj)
+                    body[(bscan, l, d, j, k)] = (_bwd_task, wname, l, d, pp.reset_after,
+                                                 (x.name, k, j, 0), starts,
+                                                 start_key(l, d, j, k), len_key(j),
+                                                 t_starts[k], T, d_srcs, adj)
                     body[(bdx, l, d, j, k)] = (getitem, (bscan, l, d, j, k), 0)
                     body[(bdh, l, d, j, k)] = (getitem, (bscan, l, d, j, k), 1)
                     body[(bgw, l, d, j, k)] = (getitem, (bscan, l, d, j, k), 2)

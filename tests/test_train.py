@@ -181,6 +181,63 @@ def test_dask_gradients_equal_eager_for_any_chunking(rng, chunks, reset_after):
     assert _rel(dxd, d_x) <= 1e-12 and _rel(dh0d, d_h0) <= 1e-12
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_dask_gradients_three_bidirectional_layers_uneven_chunks(rng, reset_after):
+    # layers 1 and 2 recompute their input from x and the lower layers' start states
+    # (the reverse direction's from chunk k+1); dask h0 and d_h_n
+    T, B, I, H, L = 13, 3, 2, 4, 3
+    p = dg.GRUParams.random(I, H, num_layers=L, bidirectional=True, reset_after=reset_after,
+                            dtype="float64", seed=7)
+    x = rng.normal(size=(T, B, I))
+    h0, d_h_n = rng.normal(size=(2 * L, B, H)), rng.normal(size=(2 * L, B, H))
+    lengths = np.array([T, 5, 12])
+    d_out = rng.normal(size=(T, B, 2 * H))
+    g, d_x, d_h0 = dg.gru_backward(x, p, d_out, d_h_n=d_h_n, h0=h0, lengths=lengths)
+    for chunks in [((4, 1, 6, 2), (2, 1)), ((1, 5, 7), (3,))]:
+        xd = da.from_array(x, chunks=chunks + (I,))
+        gl, dxl, dh0l = dg.gru_backward(xd, p, d_out, d_h_n=da.from_array(d_h_n, chunks=(2, 1, H)),
+                                        h0=da.from_array(h0, chunks=(3, 2, H)), lengths=lengths)
+        gd, dxd, dh0d = dask.compute(gl, dxl, dh0l, scheduler="sync")
+        assert _params_rel(gd, g) <= 1e-12, chunks
+        assert _rel(dxd, d_x) <= 1e-12 and _rel(dh0d, d_h0) <= 1e-12, chunks
+
+
+def test_dask_backward_keeps_no_lower_layer_outputs(rng):
+    # checkpointing: only boundary states of the forward pass reach the backward tasks, so
+    # every lower layer's chunk output is needed by the next layer's forward task alone
+    from dask.core import get_dependencies
+
+    T, B, I, H, L = 9, 2, 3, 4, 3
+    p = dg.GRUParams.random(I, H, num_layers=L, bidirectional=True, dtype="float64", seed=2)
+    xd = da.from_array(rng.normal(size=(T, B, I)), chunks=((2, 4, 3), (1, 1), I))
+    d_out = rng.normal(size=(T, B, 2 * H))
+    gl, dxl, dh0l = dg.gru_backward(xd, p, d_out)
+    graph = {}
+    for c in (gl, dxl, dh0l):
+        graph.update(dict(c.__dask_graph__()))
+
+    def kind(key):
+        name = key[0] if isinstance(key, tuple) else key
+        return name.rsplit("-", 1)[0] if isinstance(name, str) else None
+
+    fouts = {k for k in graph if kind(k) == "gru-bwd-fwdout"}
+    assert fouts and {k[1] for k in fouts} == set(range(L - 1))  # none for the top layer
+    n_bwd = 0
+    for key in graph:
+        deps = get_dependencies(graph, key)
+        if kind(key) == "gru-bwd-scan":
+            n_bwd += 1
+            assert not {kind(d) for d in deps} & {"gru-bwd-fwdout", "gru-bwd-fwdscan"}, key
+        if kind(key) != "gru-bwd-fwdscan":
+            assert not deps & fouts, key  # only forward tasks consume chunk outputs
+    assert n_bwd == L * 2 * 2 * 3
+    # the backward of layer 2 at chunk k reads the start states of layers 0 and 1
+    deps = get_dependencies(graph, next(k for k in graph if kind(k) == "gru-bwd-scan"
+                                        and k[1:] == (2, 0, 0, 1)))
+    states = {d[1:] for d in deps if kind(d) == "gru-bwd-fwdstate"}
+    assert states == {(0, 0, 0, 0), (0, 1, 0, 2), (1, 0, 0, 0), (1, 1, 0, 2), (2, 0, 0, 0)}
+
+
 def test_dask_backward_is_lazy_and_handles_layouts(rng):
     T, B, I, H = 8, 2, 3, 4
     p = dg.GRUParams.random(I, H, num_layers=2, dtype="float64", seed=1)
