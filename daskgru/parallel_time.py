@@ -56,6 +56,7 @@ from operator import getitem
 import numpy as np
 
 from . import kernels
+from .scan import ChunkedInputs
 from .core import (check_lengths, is_dask, layer_input, prepare_weights, state_block,
                    validate)
 
@@ -352,42 +353,14 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     warmup = int(DEFAULT_WARMUP if warmup is None else warmup)
     cutoff = tol * TANGENT_CUTOFF
 
-    x = da.asarray(x)
-    if call.unbatched:
-        x = x[:, None, :]
-    elif batch_first:
-        x = x.transpose(1, 0, 2)
-    x = x.astype(dt).rechunk({2: -1})
-    tchunks, bchunks = x.chunks[0], x.chunks[1]
+    inp = ChunkedInputs(x, call)
+    x, tchunks, bchunks, t_starts = inp.x, inp.tchunks, inp.bchunks, inp.t_starts
     K, nb = len(tchunks), len(bchunks)
-    t_starts = np.concatenate([[0], np.cumsum(tchunks)[:-1]]).astype(int).tolist()
-    b_edges = np.cumsum((0,) + bchunks)
+    h0_key = inp.per_state(h0, H)
+    len_key = inp.per_batch(lengths)
+    collections = inp.collections
 
-    collections = [x]
-    h0_key = lambda ld, j: None  # noqa: E731
-    if h0 is not None:
-        if call.unbatched:
-            h0 = h0[:, None, :]
-        if is_dask(h0):
-            h0 = da.asarray(h0).astype(dt).rechunk(((1,) * (L * D), bchunks, (H,)))
-            collections.append(h0)
-            h0_key = lambda ld, j, n=h0.name: (getitem, (n, ld, j, 0), 0)  # noqa: E731
-        else:
-            h0np = np.asarray(h0, dtype=dt)
-            h0_key = lambda ld, j: h0np[ld, b_edges[j]:b_edges[j + 1]]  # noqa: E731
-    len_key = lambda j: None  # noqa: E731
-    if lengths is not None:
-        if is_dask(lengths):
-            lengths = da.asarray(lengths).reshape(-1).rechunk((bchunks,))
-            collections.append(lengths)
-            len_key = lambda j, n=lengths.name: (n, j)  # noqa: E731
-        else:
-            lnp = check_lengths(lengths, T)
-            len_key = lambda j: lnp[b_edges[j]:b_edges[j + 1]]  # noqa: E731
-
-    tok = tokenize(x.name, pp, [getattr(c, "name", None) for c in collections],
-                   None if h0 is None or is_dask(h0) else h0,
-                   None if lengths is None or is_dask(lengths) else lengths, method, warmup, tol)
+    tok = tokenize(x.name, pp, *inp.token_parts(h0, lengths), method, warmup, tol)
     wname = f"gru-weights-{tok}"
     outname, hnname, infoname = f"gru-output-{tok}", f"gru-hn-{tok}", f"gru-info-{tok}"
     layers = {wname: {wname: prepare_weights(pp)}}

@@ -127,6 +127,63 @@ def _scan_task(weights, l, d, reset_after, gi, h_start, lengths, t0, T):
 
 
 # ----------------------------------------------------------------------------- graph
+class ChunkedInputs:
+    """The arguments of a graph builder in task form: ``x`` as a dask array (T, B, I) with
+    one feature chunk, its time and batch chunks, and getters that give each task its piece
+    of a per-state argument (h0, d_h_n) or of ``lengths``: a key when the argument is a dask
+    array, else the NumPy slice itself. ``collections`` lists the dask inputs."""
+
+    def __init__(self, x, call):
+        import dask.array as da
+
+        self.call = call
+        self.x = self.canon(da.asarray(x)).astype(call.dtype).rechunk({2: -1})
+        self.tchunks, self.bchunks = self.x.chunks[0], self.x.chunks[1]
+        self.t_starts = np.concatenate([[0], np.cumsum(self.tchunks)[:-1]]).astype(int).tolist()
+        self.b_edges = np.cumsum((0,) + self.bchunks)
+        self.collections = [self.x]
+
+    def canon(self, a):
+        """(T, B, ...) layout of an x-like dask array."""
+        if self.call.unbatched:
+            return a[:, None]
+        return a.transpose(1, 0, 2) if self.call.batch_first else a
+
+    def per_state(self, a, H):
+        """Getter ``(layer*direction, batch chunk) -> (B_j, H)`` piece of an (L*D, B, H) arg."""
+        import dask.array as da
+
+        if a is None:
+            return lambda ld, j: None
+        if self.call.unbatched:
+            a = a[:, None, :]
+        if is_dask(a):
+            a = da.asarray(a).astype(self.call.dtype).rechunk(
+                ((1,) * a.shape[0], self.bchunks, (H,)))
+            self.collections.append(a)
+            return lambda ld, j, n=a.name: (getitem, (n, ld, j, 0), 0)
+        anp, e = np.asarray(a, dtype=self.call.dtype), self.b_edges
+        return lambda ld, j: anp[ld, e[j]:e[j + 1]]
+
+    def per_batch(self, lengths):
+        """Getter ``batch chunk -> lengths piece`` (checked: in-task for dask lengths)."""
+        import dask.array as da
+
+        if lengths is None:
+            return lambda j: None
+        if is_dask(lengths):
+            lengths = da.asarray(lengths).reshape(-1).rechunk((self.bchunks,))
+            self.collections.append(lengths)
+            return lambda j, n=lengths.name: (n, j)
+        lnp, e = check_lengths(lengths, self.call.T), self.b_edges
+        return lambda j: lnp[e[j]:e[j + 1]]
+
+    def token_parts(self, h0=None, lengths=None, *more):
+        """What identifies these inputs for ``tokenize``."""
+        return ([c.name for c in self.collections],
+                *[None if a is None or is_dask(a) else np.asarray(a) for a in (h0, lengths, *more)])
+
+
 def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     """Lazy GRU over dask arrays (NumPy h0/lengths are accepted too); see :func:`gru`."""
     import dask.array as da
@@ -137,43 +194,14 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     pp, dt, T = call.params, call.dtype, call.T
     L, D, H = pp.num_layers, pp.num_directions, pp.hidden_size
 
-    x = da.asarray(x)
-    if call.unbatched:
-        x = x[:, None, :]
-    elif batch_first:
-        x = x.transpose(1, 0, 2)
-    x = x.astype(dt).rechunk({2: -1})
-    tchunks, bchunks = x.chunks[0], x.chunks[1]
+    inp = ChunkedInputs(x, call)
+    x, tchunks, bchunks, t_starts = inp.x, inp.tchunks, inp.bchunks, inp.t_starts
     nt, nb = len(tchunks), len(bchunks)
-    t_starts = np.concatenate([[0], np.cumsum(tchunks)[:-1]]).astype(int).tolist()
+    h0_key = inp.per_state(h0, H)
+    len_key = inp.per_batch(lengths)
+    collections = inp.collections
 
-    collections = [x]
-    h0_key = lambda ld, j: None  # noqa: E731
-    if h0 is not None:
-        if call.unbatched:
-            h0 = h0[:, None, :]
-        if is_dask(h0):
-            h0 = da.asarray(h0).astype(dt).rechunk(((1,) * (L * D), bchunks, (H,)))
-            collections.append(h0)
-            h0_key = lambda ld, j, n=h0.name: (n, ld, j, 0)  # noqa: E731
-        else:
-            h0np = np.asarray(h0, dtype=dt)
-            b_edges = np.cumsum((0,) + bchunks)
-            h0_key = lambda ld, j: h0np[ld, b_edges[j]:b_edges[j + 1]]  # noqa: E731
-    len_key = lambda j: None  # noqa: E731
-    if lengths is not None:
-        if is_dask(lengths):
-            lengths = da.asarray(lengths).reshape(-1).rechunk((bchunks,))
-            collections.append(lengths)
-            len_key = lambda j, n=lengths.name: (n, j)  # noqa: E731
-        else:
-            lnp = check_lengths(lengths, T)
-            b_edges = np.cumsum((0,) + bchunks)
-            len_key = lambda j: lnp[b_edges[j]:b_edges[j + 1]]  # noqa: E731
-
-    tok = tokenize(x.name, pp, [getattr(c, "name", None) for c in collections],
-                   None if h0 is None or is_dask(h0) else h0,
-                   None if lengths is None or is_dask(lengths) else lengths, method)
+    tok = tokenize(x.name, pp, *inp.token_parts(h0, lengths), method)
     wname = f"gru-weights-{tok}"
     outname, hnname = f"gru-output-{tok}", f"gru-hn-{tok}"
 

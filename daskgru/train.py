@@ -21,6 +21,7 @@ from .core import (EAGER_BLOCK, PreparedWeights, check_lengths, is_dask, layer_i
                    state_block, validate)
 from .kernels_backward import chunk_backward
 from .params import GRUParams, GRUWeights
+from .scan import ChunkedInputs
 
 __all__ = ["gru_backward", "GRURegressor", "Adam"]
 
@@ -319,49 +320,17 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
     pp, dt, T = call.params, call.dtype, call.T
     L, D, H, LD = pp.num_layers, pp.num_directions, pp.hidden_size, pp.num_layers * pp.num_directions
 
-    def canon(a):
-        a = da.asarray(a)
-        if call.unbatched:
-            return a[:, None, :]
-        return a.transpose(1, 0, 2) if call.batch_first else a
-
-    x = canon(x).astype(dt).rechunk({2: -1})
-    tchunks, bchunks = x.chunks[0], x.chunks[1]
+    inp = ChunkedInputs(x, call)
+    x, tchunks, bchunks, t_starts = inp.x, inp.tchunks, inp.bchunks, inp.t_starts
     nt, nb = len(tchunks), len(bchunks)
-    t_starts = np.concatenate([[0], np.cumsum(tchunks)[:-1]]).astype(int).tolist()
-    b_edges = np.cumsum((0,) + bchunks)
-    dout = canon(d_output).astype(dt).rechunk((tchunks, bchunks, (D * H,)))
-    collections = [x, dout]
+    dout = inp.canon(da.asarray(d_output)).astype(dt).rechunk((tchunks, bchunks, (D * H,)))
+    inp.collections.append(dout)
+    collections = inp.collections
+    h0_key = inp.per_state(h0, H)
+    dhn_key = inp.per_state(d_h_n, H)
+    len_key = inp.per_batch(lengths)
 
-    def per_state(a, name):
-        """A (L*D, B, H) argument as a key/array getter per (ld, j)."""
-        if a is None:
-            return lambda ld, j: None  # noqa: E731
-        if call.unbatched:
-            a = a[:, None, :]
-        if is_dask(a):
-            a = da.asarray(a).astype(dt).rechunk(((1,) * LD, bchunks, (H,)))
-            collections.append(a)
-            return lambda ld, j, n=a.name: (getitem, (n, ld, j, 0), 0)  # noqa: E731
-        anp = np.asarray(a, dtype=dt)
-        return lambda ld, j: anp[ld, b_edges[j]:b_edges[j + 1]]  # noqa: E731
-
-    h0_key = per_state(h0, "h0")
-    dhn_key = per_state(d_h_n, "d_h_n")
-    len_key = lambda j: None  # noqa: E731
-    if lengths is not None:
-        if is_dask(lengths):
-            lengths = da.asarray(lengths).reshape(-1).rechunk((bchunks,))
-            collections.append(lengths)
-            len_key = lambda j, n=lengths.name: (n, j)  # noqa: E731
-        else:
-            lnp = check_lengths(lengths, T)
-            len_key = lambda j: lnp[b_edges[j]:b_edges[j + 1]]  # noqa: E731
-
-    tok = tokenize(
-        "gru-backward", pp, [c.name for c in collections],
-        *[None if a is None or is_dask(a) else np.asarray(a) for a in (h0, d_h_n, lengths)],
-    )
+    tok = tokenize("gru-backward", pp, *inp.token_parts(h0, lengths, d_h_n))
     wname = f"gru-bwd-weights-{tok}"
     fscan, fstate, fout = f"gru-bwd-fwdscan-{tok}", f"gru-bwd-fwdstate-{tok}", f"gru-bwd-fwdout-{tok}"
     bscan, bdx, bdh, bgw = (f"gru-bwd-scan-{tok}", f"gru-bwd-dx-{tok}", f"gru-bwd-dh-{tok}",
