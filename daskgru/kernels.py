@@ -102,7 +102,7 @@ def _vexp_impl(x):
 
     def impl(x):
         x = min(max(x, lo), hi)
-        n = math.floor(x * log2e + half)
+        n = np.floor(x * log2e + half)  # np.floor keeps the float type (math.floor: int)
         r = (x - n * ln2hi) - n * ln2lo
         return poly(r) * to_float((as_int(n) + bias) << shift)
 
