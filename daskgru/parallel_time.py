@@ -341,10 +341,8 @@ def gru_parallel(x, p, *, h0=None, lengths=None, batch_first=False, method="spec
 
 
 def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
-    import dask.array as da
     from dask.base import tokenize
     from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
 
     call = validate(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
     pp, dt, T = call.params, call.dtype, call.T
@@ -467,16 +465,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
                                          *newton_summaries)}})
     all_l = {lname(l) for l in range(L)}
     deps.update({outname: {lname(L - 1)}, hnname: all_l, infoname: all_l})
-    graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in collections])
-    all_layers, all_deps = dict(graph.layers), dict(graph.dependencies)
-    all_layers.update(layers)
-    all_deps.update(deps)
-    hlg = HighLevelGraph(all_layers, all_deps)
-    out = da.Array(hlg, outname, (tchunks, bchunks, (D * H,)), meta=np.empty((0, 0, 0), dt))
-    h_n = da.Array(hlg, hnname, ((1,) * (L * D), bchunks, (H,)), meta=np.empty((0, 0, 0), dt))
+    hlg = inp.graph(layers, deps)
+    out, h_n = inp.arrays(hlg, (outname, D * H), (hnname, L * D, H))
     info = Delayed(infoname, hlg)
-    if call.unbatched:
-        out, h_n = out[:, 0], h_n[:, 0]
-    elif batch_first:
-        out = out.transpose(1, 0, 2)
     return out, h_n, info

@@ -178,6 +178,30 @@ class ChunkedInputs:
         lnp, e = check_lengths(lengths, self.call.T), self.b_edges
         return lambda j: lnp[e[j]:e[j + 1]]
 
+    def graph(self, layers, deps):
+        """A HighLevelGraph of the inputs' graphs plus ``layers`` (with their ``deps``)."""
+        from dask.highlevelgraph import HighLevelGraph
+
+        graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in self.collections])
+        all_layers, all_deps = dict(graph.layers), dict(graph.dependencies)
+        all_layers.update(layers)
+        all_deps.update(deps)
+        return HighLevelGraph(all_layers, all_deps)
+
+    def arrays(self, hlg, x_like, state_like):
+        """Dask arrays for an x-like layer (T, B, F) and a state-like layer (L*D, B, H),
+        ``(name, F)`` and ``(name, L*D, H)``, back in the caller's layout (unbatched,
+        batch_first)."""
+        import dask.array as da
+
+        meta = np.empty((0, 0, 0), self.call.dtype)
+        (xn, F), (sn, LD, H) = x_like, state_like
+        a = da.Array(hlg, xn, (self.tchunks, self.bchunks, (F,)), meta=meta)
+        s = da.Array(hlg, sn, ((1,) * LD, self.bchunks, (H,)), meta=meta)
+        if self.call.unbatched:
+            return a[:, 0], s[:, 0]
+        return (a.transpose(1, 0, 2) if self.call.batch_first else a), s
+
     def token_parts(self, h0=None, lengths=None, *more):
         """What identifies these inputs for ``tokenize``."""
         return ([c.name for c in self.collections],
@@ -186,12 +210,10 @@ class ChunkedInputs:
 
 def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     """Lazy GRU over dask arrays (NumPy h0/lengths are accepted too); see :func:`gru`."""
-    import dask.array as da
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
 
     call = validate(x, p, h0=h0, lengths=lengths, batch_first=batch_first, method=method)
-    pp, dt, T = call.params, call.dtype, call.T
+    pp, T = call.params, call.T
     L, D, H = pp.num_layers, pp.num_directions, pp.hidden_size
 
     inp = ChunkedInputs(x, call)
@@ -262,15 +284,4 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
                 g_hn[(hnname, l * D + d, j, 0)] = (state_block, (state, d, j, 0 if d else nt - 1))
     layers.update({outname: g_out, hnname: g_hn})
     deps.update({outname: {top[3]}, hnname: {names(l)[1] for l in range(L)}})
-    graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in collections])
-    all_layers, all_deps = dict(graph.layers), dict(graph.dependencies)
-    all_layers.update(layers)
-    all_deps.update(deps)
-    hlg = HighLevelGraph(all_layers, all_deps)
-    out = da.Array(hlg, outname, (tchunks, bchunks, (D * H,)), meta=np.empty((0, 0, 0), dt))
-    h_n = da.Array(hlg, hnname, ((1,) * (L * D), bchunks, (H,)), meta=np.empty((0, 0, 0), dt))
-    if call.unbatched:
-        return out[:, 0], h_n[:, 0]
-    if batch_first:
-        out = out.transpose(1, 0, 2)
-    return out, h_n
+    return inp.arrays(inp.graph(layers, deps), (outname, D * H), (hnname, L * D, H))

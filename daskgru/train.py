@@ -315,7 +315,6 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
     import dask.array as da
     from dask.base import tokenize
     from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
 
     pp, dt, T = call.params, call.dtype, call.T
     L, D, H, LD = pp.num_layers, pp.num_directions, pp.hidden_size, pp.num_layers * pp.num_directions
@@ -391,20 +390,11 @@ def _gru_backward_dask(call, x, d_output, d_h_n, h0, lengths):
                 g_dh0[(dh0name, l * D + d, j, 0)] = (state_block, (bdh, l, d, j, 0 if not d else nt - 1))
     g_grads = {gname: (_make_grads, list(roots), D, pp.reset_after, pp.bias, str(dt))}
     bname = f"gru-bwd-{tok}"
-    graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in collections])
-    layers, deps = dict(graph.layers), dict(graph.dependencies)
-    layers.update({bname: body, dxname: g_dx, dh0name: g_dh0, gname: g_grads})
-    deps.update({bname: {c.name for c in collections}, dxname: {bname}, dh0name: {bname},
-                 gname: {bname}})
-    hlg = HighLevelGraph(layers, deps)
-    d_x = da.Array(hlg, dxname, (tchunks, bchunks, (x.shape[2],)), meta=np.empty((0, 0, 0), dt))
-    d_h0 = da.Array(hlg, dh0name, ((1,) * LD, bchunks, (H,)), meta=np.empty((0, 0, 0), dt))
-    grads = Delayed(gname, hlg, layer=gname)
-    if call.unbatched:
-        return grads, d_x[:, 0], d_h0[:, 0]
-    if call.batch_first:
-        d_x = d_x.transpose(1, 0, 2)
-    return grads, d_x, d_h0
+    hlg = inp.graph({bname: body, dxname: g_dx, dh0name: g_dh0, gname: g_grads},
+                    {bname: {c.name for c in collections}, dxname: {bname}, dh0name: {bname},
+                     gname: {bname}})
+    d_x, d_h0 = inp.arrays(hlg, (dxname, x.shape[2]), (dh0name, LD, H))
+    return Delayed(gname, hlg, layer=gname), d_x, d_h0
 
 
 # ----------------------------------------------------------------------------- optimiser
