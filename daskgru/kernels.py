@@ -210,11 +210,11 @@ def scan_loops(gi, w_t, b, lengths, t0, reverse, reset_after, h, out):
                         out[tl, bb, j] = zero
                     continue
                 for j in range(H):
-                    r = sigmoid(gi[tl, bb, j] + acc[bb, j])
                     z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
                     if reset_after:
+                        r = sigmoid(gi[tl, bb, j] + acc[bb, j])
                         n = tanh(gi[tl, bb, 2 * H + j] + r * acc[bb, 2 * H + j])
-                    else:
+                    else:  # r was applied to h before the product (rh above)
                         n = tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
                     hn = (one - z) * n + z * h[bb, j]
                     out[tl, bb, j] = hn
