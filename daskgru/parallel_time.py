@@ -51,14 +51,13 @@ along time to run chunks in parallel.
 from __future__ import annotations
 
 import math
-from operator import getitem
 
 import numpy as np
 
 from . import kernels
 from .scan import ChunkedInputs
-from .core import (check_lengths, is_dask, layer_input, prepare_weights, state_block,
-                   validate)
+from .core import (check_lengths, is_dask, layer_input, prepare_weights, run_direction,
+                   state_block, validate)
 
 __all__ = ["gru_parallel", "scan_info", "DEFAULT_WARMUP", "DEFAULT_TOL", "NUMPY_CHUNK"]
 
@@ -112,7 +111,8 @@ def _tail_task(reverse, w, *parts):
 def _spec_task(weights, l, d, reset_after, start, tail, tail_t0, h0, lengths, t0, T, *parts):
     """Scan a chunk from a guessed start: ``start`` (a (state, done) pair from Newton), or a
     state warmed up over ``tail`` from h0, or h0 itself. Returns (out, assumed start, end)."""
-    w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
+    w = weights[l][d]
+    w_hh_t = w[2]
     x = layer_input(parts)
     B, H = x.shape[1], w_hh_t.shape[0]
     lengths = _lengths(lengths, T, B)
@@ -121,18 +121,15 @@ def _spec_task(weights, l, d, reset_after, start, tail, tail_t0, h0, lengths, t0
     else:
         h = _start(h0, B, H, w_hh_t.dtype)
         if tail is not None and tail.shape[0]:
-            gw = kernels.project(tail, w_ih_t, b_ih)
-            _, h = kernels.scan(gw, w_hh_t, b_hh, h, lengths, tail_t0, d == 1, reset_after)
-    gi = kernels.project(x, w_ih_t, b_ih)
-    out, end = kernels.scan(gi, w_hh_t, b_hh, h, lengths, t0, d == 1, reset_after)
+            _, h = run_direction(tail, *w, h, lengths, tail_t0, d == 1, reset_after)
+    out, end = run_direction(x, *w, h, lengths, t0, d == 1, reset_after)
     return out, h, end
 
 
 def _scan_rows(weights, l, d, reset_after, x, rows, h, lengths, t0, a, b):
     """Scan local steps a..b-1 (in traversal order) of a chunk for some rows."""
-    w_ih_t, b_ih, w_hh_t, b_hh = weights[l][d]
-    gi = kernels.project(np.ascontiguousarray(x[a:b][:, rows]), w_ih_t, b_ih)
-    return kernels.scan(gi, w_hh_t, b_hh, h, lengths[rows], t0 + a, d == 1, reset_after)
+    return run_direction(np.ascontiguousarray(x[a:b][:, rows]), *weights[l][d], h,
+                         lengths[rows], t0 + a, d == 1, reset_after)
 
 
 def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
@@ -170,20 +167,24 @@ def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
     return pending, h, steps
 
 
-def _fix_task(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T, *parts):
+def _fix_task(weights, l, d, reset_after, tol, prev, spec, lengths, t0, T, *parts):
     """Check a chunk's assumed start against the true one (the corrected end of its
-    predecessor) and repair its speculative result.
+    predecessor, from the predecessor's fix result ``prev``) and repair its speculative
+    result.
 
     Rows (batch elements) off by more than ``tol`` (or by anything non-finite) are
     recomputed from the true start. Rows off by less are verified: re-scanned from the true
     start until the trajectories meet bit for bit (usually within tens of steps), falling back
     to a full recompute where they never meet (chaotic dynamics). ``true_start`` None: the
     assumed start was exact (chunk 0). Returns (end state, outputs, largest accepted
-    mismatch, rows recomputed, steps re-scanned to verify).
+    mismatch, rows recomputed, steps re-scanned to verify); the outputs are None where the
+    speculative ones stand unchanged, so that the next fix task in the chain receives only
+    small things (one scheduler round trip per hop, nothing large to move).
     """
     spec_out, assumed, spec_end = spec
-    if true_start is None:
-        return spec_end, spec_out, 0.0, 0, 0
+    if prev is None:
+        return spec_end, None, 0.0, 0, 0
+    true_start = prev[0]
     B = assumed.shape[0]
     lengths = _lengths(lengths, T, B)
     # Rows whose valid steps all lie before this chunk: state passes through, outputs are 0
@@ -197,7 +198,7 @@ def _fix_task(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T,
     end[past] = true_start[past]
     accepted = float(delta[check | exact].max()) if (check | exact).any() else 0.0
     if not (bad.any() or check.any()):
-        return end, spec_out, accepted, 0, 0
+        return end, None, accepted, 0, 0
     x = layer_input(parts)
     n = x.shape[0]
     out = np.array(spec_out, copy=True)
@@ -214,11 +215,17 @@ def _fix_task(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T,
                           0, n)
         out[:, rows] = o
         end[rows] = h
-    return end, out, accepted, int(bad.sum() + failed.size), steps
+    changed = steps > 0 or bad.any()
+    return end, (out if changed else None), accepted, int(bad.sum() + failed.size), steps
 
 
-def _fix_summary(fix):
-    return (fix[3] > 0, fix[3], fix[2], fix[4])
+def _select(spec, fix):
+    """A chunk's final outputs: the repaired ones, else the speculative ones."""
+    return spec[0] if fix[1] is None else fix[1]
+
+
+def _fix_end_block(fix):
+    return state_block(fix[0])
 
 
 # Newton ---------------------------------------------------------------------------------
@@ -294,8 +301,8 @@ def _newton_summary(collect):
 
 
 def _info_task(meta, nchains, K, *parts):
-    """Sum up: parts are K fix summaries per chain, then one Newton summary per chain."""
-    fixes = parts[:nchains * K]
+    """Sum up: parts are K fix results per chain, then one Newton summary per chain."""
+    fixes = [(f[3] > 0, f[3], f[2], f[4]) for f in parts[:nchains * K]]
     newton = parts[nchains * K:]
     chunks_recomputed = sum(int(f[0]) for f in fixes)
     info = dict(meta)
@@ -364,7 +371,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     layers = {wname: {wname: prepare_weights(pp)}}
     deps = {wname: set()}
     base = [c.name for c in collections]
-    fix_summaries, newton_summaries = [], []
+    fixes, newton_summaries = [], []
 
     def lname(l):
         return f"gru-{method}-l{l}-{tok}"
@@ -372,6 +379,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     def key(stage, l, *idx):
         return (f"gru-{stage}-l{l}-{tok}",) + idx
 
+    g_out = {}
     for l in range(L):
         g = {}
         for j in range(nb):
@@ -420,7 +428,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
                     sk = key("newton-summary", l, d, j)
                     g[sk] = (_newton_summary, last)
                     newton_summaries.append(sk)
-                prev_state = None
+                prev_fix = None
                 for q, k in enumerate(order):
                     tail, tail_t0, start = None, 0, None
                     if method == "newton":
@@ -435,33 +443,33 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
                     g[spec] = (_spec_task, wname, l, d, pp.reset_after, start, tail, tail_t0,
                                h0k, lens, t_starts[k], T, *parts(k))
                     fix = key("fix", l, d, j, q)
-                    g[fix] = (_fix_task, wname, l, d, pp.reset_after, tol, prev_state, spec,
+                    g[fix] = (_fix_task, wname, l, d, pp.reset_after, tol, prev_fix, spec,
                               lens, t_starts[k], T, *parts(k))
-                    prev_state = key("state", l, d, j, q)
-                    g[prev_state] = (getitem, fix, 0)
-                    g[key("select", l, d, j, k)] = (getitem, fix, 1)
-                    sk = key("fixsummary", l, d, j, q)
-                    g[sk] = (_fix_summary, fix)
-                    fix_summaries.append(sk)
+                    prev_fix = fix
+                    if l < L - 1 or D > 1:
+                        g[key("select", l, d, j, k)] = (_select, spec, fix)
+                    else:  # the output blocks themselves
+                        g_out[(outname, k, j, 0)] = (_select, spec, fix)
+                    fixes.append(fix)
         layers[lname(l)] = g
         deps[lname(l)] = {wname, *base} | ({lname(l - 1)} if l else set())
 
-    g_out = {}
-    for j in range(nb):
-        for k in range(K):
-            ps = [key("select", L - 1, d, j, k) for d in range(D)]
-            g_out[(outname, k, j, 0)] = (layer_input, ps) if D > 1 else ps[0]
+    if D > 1:
+        for j in range(nb):
+            for k in range(K):
+                g_out[(outname, k, j, 0)] = (layer_input,
+                                             [key("select", L - 1, d, j, k) for d in range(D)])
     g_hn = {}
     for l in range(L):
         for d in range(D):
             for j in range(nb):
-                g_hn[(hnname, l * D + d, j, 0)] = (state_block, key("state", l, d, j, K - 1))
+                g_hn[(hnname, l * D + d, j, 0)] = (_fix_end_block, key("fix", l, d, j, K - 1))
     meta = dict(method=method, tol=tol)
     if method == "speculative":
         meta["warmup"] = warmup
     nchains = L * D * nb
     layers.update({outname: g_out, hnname: g_hn,
-                   infoname: {infoname: (_info_task, meta, nchains, K, *fix_summaries,
+                   infoname: {infoname: (_info_task, meta, nchains, K, *fixes,
                                          *newton_summaries)}})
     all_l = {lname(l) for l in range(L)}
     deps.update({outname: {lname(L - 1)}, hnname: all_l, infoname: all_l})

@@ -5,8 +5,10 @@ For batch chunk j, time chunk k, layer l and direction d the graph holds
 * ``gru-inproj-…`` (l, d, j, k): the input projection of chunk k (no dependency along time);
 * ``gru-scan-…`` (l, d, j, k): the recurrence over chunk k from the boundary state of chunk
   k-1 (k+1 for the reverse direction), returning ``(outputs, end state)``;
-* ``gru-state-…`` / ``gru-chunkout-…``: the two halves of that result, so that the next
-  scan task receives only the (B, H) boundary state;
+* ``gru-state-…``: the end state alone, which the next scan task takes when a layer has
+  several chains (batch chunks, directions), so the scheduler can spread them over workers;
+  a single chain takes its predecessor's scan result directly (one round trip a hop);
+* ``gru-chunkout-…``: a chunk's outputs, the next layer's input;
 * ``gru-output-…`` and ``gru-hn-…``: the blocks of the two returned dask arrays.
 
 Layer l+1's chunk k depends only on layer l's chunk k (in both directions), so layers run
@@ -22,7 +24,7 @@ import numpy as np
 
 from . import kernels
 from .core import (check_lengths, gru_numpy, is_dask, layer_input, prepare_weights,
-                   state_block, validate, validate_method_options)
+                   run_direction, state_block, validate, validate_method_options)
 
 __all__ = ["gru", "gru_dask", "is_dask"]
 
@@ -110,20 +112,57 @@ def _inproj_task(weights, l, d, after, *parts):
     return kernels.project(layer_input(parts), w_ih_t, b_ih)
 
 
+def _start_args(weights, l, d, h_start, lengths, B, T):
+    """The start state and lengths of a scan task: ``h_start`` is h0's piece (or None:
+    zeros) or the previous scan task's (outputs, end state)."""
+    w_hh_t = weights[l][d][2]
+    if isinstance(h_start, tuple):
+        h_start = h_start[1]
+    if h_start is None:
+        h_start = np.zeros((B, w_hh_t.shape[0]), w_hh_t.dtype)
+    lengths = np.full(B, T, np.int64) if lengths is None else check_lengths(lengths, T)
+    return h_start, lengths
+
+
 def _fused_task(weights, l, d, reset_after, h_start, lengths, t0, T, *parts):
-    # Projection and scan in one task: nothing as large as the projected inputs (3H
-    # numbers a step) ever travels between workers.
-    return _scan_task(weights, l, d, reset_after, _inproj_task(weights, l, d, None, *parts),
-                      h_start, lengths, t0, T)
+    # Projection and scan in one task, block by block through a reused buffer: the
+    # projected inputs (3H numbers a step) are never allocated whole, nor do they travel.
+    x = layer_input(parts)
+    h_start, lengths = _start_args(weights, l, d, h_start, lengths, x.shape[1], T)
+    return run_direction(x, *weights[l][d], h_start, lengths, t0, d == 1, reset_after)
 
 
 def _scan_task(weights, l, d, reset_after, gi, h_start, lengths, t0, T):
     _, _, w_hh_t, b_hh = weights[l][d]
-    B = gi.shape[1]
-    if h_start is None:
-        h_start = np.zeros((B, w_hh_t.shape[0]), w_hh_t.dtype)
-    lengths = np.full(B, T, np.int64) if lengths is None else check_lengths(lengths, T)
+    h_start, lengths = _start_args(weights, l, d, h_start, lengths, gi.shape[1], T)
     return kernels.scan(gi, w_hh_t, b_hh, h_start, lengths, t0, d == 1, reset_after)
+
+
+def _end_block(res):
+    """A scan task's end state as a block of h_n."""
+    return state_block(res[1])
+
+
+def _outputs_block(*results):
+    """The top layer's scan results of one chunk (one per direction) as an output block."""
+    return layer_input([r[0] for r in results])
+
+
+def _results_travel():
+    """Whether the default scheduler runs tasks in other processes (a dask.distributed
+    client, or the processes scheduler), so that a task's result travels to its dependents.
+    Only the graph's speed depends on it, never its results."""
+    import dask
+
+    if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
+        return True
+    try:
+        from distributed import default_client
+
+        default_client()
+        return True
+    except (ImportError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------- graph
@@ -235,13 +274,26 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     deps = {wname: set()}
     base = [c.name for c in collections]
     # With several batch chunks, their chains already keep the workers busy: each chunk's
-    # projection goes into its scan task. With one, the projections are separate tasks that
-    # run ahead of the chain in parallel (two chunks ahead at most, to bound memory).
-    fuse = nb > 1
+    # projection goes into its scan task. With one, on threads, the projections are separate
+    # tasks that run ahead of the chain in parallel (two chunks ahead at most, to bound
+    # memory); on a distributed cluster moving them (3H numbers a step) to the chain's
+    # worker costs more than computing them there, so they are fused there too.
+    fuse = nb > 1 or _results_travel()
+    # How a scan task gets its start state. A single chain per layer takes its
+    # predecessor's (outputs, end state) result directly: one scheduler round trip a hop,
+    # and the chain stays where its data is. Several chains (batch chunks, directions) go
+    # through a ``gru-state`` task that picks out the small state, so that the scheduler can
+    # still spread the chains over the workers (a dependency on a whole chunk's outputs
+    # would tie every chain to the worker its first task ran on).
+    direct = nb * D == 1
     for l in range(L):
         inproj, scan_, state, chunkout = names(l)
         below = names(l - 1)[3] if l else x.name
         g_proj, g_scan, g_state, g_cout = {}, {}, {}, {}
+
+        def link(d, j, k):
+            return (scan_, d, j, k) if direct else (state, d, j, k)
+
         for j in range(nb):
             if l == 0:
                 parts = lambda k: [(x.name, k, j, 0)]  # noqa: E731
@@ -255,33 +307,36 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
                         g_scan[(scan_, d, j, k)] = (_fused_task, wname, l, d, pp.reset_after,
                                                     prev, len_key(j), t_starts[k], T, *parts(k))
                     else:
-                        after = (state, d, j, order[i - 2]) if i >= 2 else None
+                        after = link(d, j, order[i - 2]) if i >= 2 else None
                         g_proj[(inproj, d, j, k)] = (_inproj_task, wname, l, d, after, *parts(k))
                         g_scan[(scan_, d, j, k)] = (
                             _scan_task, wname, l, d, pp.reset_after, (inproj, d, j, k),
                             prev, len_key(j), t_starts[k], T,
                         )
-                    g_state[(state, d, j, k)] = (getitem, (scan_, d, j, k), 1)
-                    g_cout[(chunkout, d, j, k)] = (getitem, (scan_, d, j, k), 0)
-                    prev = (state, d, j, k)
-        # Projections, scans and boundary states of a GRU layer form one graph layer:
-        # the chain runs through all three.
-        g_scan.update(g_state)
+                    if l < L - 1:  # the top layer's outputs are the output blocks below
+                        g_cout[(chunkout, d, j, k)] = (getitem, (scan_, d, j, k), 0)
+                    if not direct:
+                        g_state[(state, d, j, k)] = (getitem, (scan_, d, j, k), 1)
+                    prev = link(d, j, k)
+        # Projections, scans and states of a GRU layer form one graph layer (the chain runs
+        # through them).
         g_scan.update(g_proj)
+        g_scan.update(g_state)
         layers.update({scan_: g_scan, chunkout: g_cout})
         deps.update({scan_: {wname, below, *base[1:]}, chunkout: {scan_}})
-    top = names(L - 1)
+    top = names(L - 1)[1]
     g_out = {}
     for j in range(nb):
         for k in range(nt):
-            parts = [(top[3], d, j, k) for d in range(D)]
-            g_out[(outname, k, j, 0)] = (layer_input, parts) if D > 1 else parts[0]
+            parts = [(top, d, j, k) for d in range(D)]
+            g_out[(outname, k, j, 0)] = ((_outputs_block, parts[0]) if D == 1
+                                         else (_outputs_block, *parts))
     g_hn = {}
     for l in range(L):
-        state = names(l)[2]
         for d in range(D):
             for j in range(nb):
-                g_hn[(hnname, l * D + d, j, 0)] = (state_block, (state, d, j, 0 if d else nt - 1))
+                last = (names(l)[1], d, j, 0 if d else nt - 1)
+                g_hn[(hnname, l * D + d, j, 0)] = (_end_block, last)
     layers.update({outname: g_out, hnname: g_hn})
-    deps.update({outname: {top[3]}, hnname: {names(l)[1] for l in range(L)}})
+    deps.update({outname: {top}, hnname: {names(l)[1] for l in range(L)}})
     return inp.arrays(inp.graph(layers, deps), (outname, D * H), (hnname, L * D, H))

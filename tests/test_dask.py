@@ -116,8 +116,8 @@ def test_graph_layout_names_and_one_weights_key():
     assert {"gru-weights", "gru-scan-l0", "gru-scan-l1", "gru-output"} <= names
     flat = dict(g)
     # one batch chunk: projections are tasks of their own, running ahead of the chain
-    assert {"gru-inproj-l0", "gru-scan-l0", "gru-state-l0", "gru-inproj-l1",
-            "gru-scan-l1"} <= key_prefixes(out)
+    assert {"gru-inproj-l0", "gru-scan-l0", "gru-inproj-l1", "gru-scan-l1"} <= key_prefixes(out)
+    assert "gru-state-l0" in key_prefixes(dg.gru(xd.rechunk((10, 2, 3)), p)[0])
     # several batch chunks: each projection is done inside its scan task
     fused = key_prefixes(dg.gru(xd.rechunk((10, 2, 3)), p)[0])
     assert "gru-scan-l0" in fused and "gru-inproj-l0" not in fused
@@ -147,8 +147,17 @@ def test_wavefront_and_chain_dependencies():
     # layer 1's first chunk needs layer 0's first chunk only, not its later ones
     anc = ancestors(scan(1, 0))
     assert scan(0, 0) in anc and scan(0, 1) not in anc and scan(0, 2) not in anc
-    # time chunk 2 of layer 0 waits for chunk 1's boundary state
-    assert scan(0, 1) in ancestors(scan(0, 2))
+    # time chunk 2 of layer 0 takes chunk 1's result directly (a single chain: one
+    # scheduler round trip a hop, no task in between to pick out the boundary state)
+    assert scan(0, 1) in deps[scan(0, 2)]
+    # several chains pass the state through a small task of its own (free placement)
+    out2, _ = dg.gru(da.from_array(x, chunks=(10, 1, 3)), p)
+    flat2 = dict(out2.__dask_graph__())
+    key2 = next(key for key in flat2 if isinstance(key, tuple)
+                and key[0].startswith("gru-scan-l0-") and key[1:] == (0, 0, 2))
+    dep2 = get_dependencies(flat2, key2)
+    assert [k[0].split("-l")[0] for k in dep2 if isinstance(k, tuple)
+            and k[0].startswith("gru-")] == ["gru-state"]
 
 
 def test_dask_lengths_are_checked_at_compute():
