@@ -3,13 +3,14 @@
     python benchmarks/simulate_scaling.py [--T 1000000] [--H 32] [--overhead 1e-3]
 
 Builds the actual dask graphs of ``daskgru.gru`` (method="scan", "speculative", "newton")
-for one sequence (B = 1, I = 8, float32) without computing them, gives each task a duration
-from per-chunk costs measured here in this process (single thread, min of 3), and list-
-schedules the graph on P workers (ready task with the longest path to the end first; each
-task also pays ``--overhead`` seconds of scheduler/worker overhead, a typical figure for
-dask.distributed; transfers are not modelled). Chunks: K = max(16, P). Newton's number of
-sweeps that do work is measured on a shorter sequence with the same chunk count and GRU;
-later sweeps' tasks cost only the overhead. Prints a Markdown table.
+for one sequence (B = 1, I = 8, float32) as they are built for a cluster, without computing
+them, gives each task a duration from per-chunk costs measured here in this process (single
+thread, min of 3), and list-schedules the graph on P workers (ready task with the longest
+path to the end first; each task also pays ``--overhead`` seconds of scheduler/worker
+overhead, a typical figure for dask.distributed; transfers are not modelled). Chunks: K =
+max(16, P). Newton's number of sweeps that do work is measured on a shorter sequence with
+the same chunk count and GRU; later sweeps' tasks cost only the overhead. Prints a Markdown
+table.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def measure(H, I, n, warmup, dtype="float32"):
 
 
 def graph(method, T, K, H, I=8):
+    import dask
     import dask.array as da
     from dask.core import get_dependencies
 
@@ -63,7 +65,9 @@ def graph(method, T, K, H, I=8):
 
     p = dg.GRUParams.random(I, H, seed=0)
     x = da.zeros((T, 1, I), chunks=(-(-T // K), 1, I), dtype="float32")
-    out, h_n = dg.gru(x, p, method=method)[:2]
+    # the graph daskgru builds for a cluster (scan: projections inside the scan tasks)
+    with dask.config.set(scheduler="processes"):
+        out, h_n = dg.gru(x, p, method=method)[:2]
     from dask.highlevelgraph import HighLevelGraph
 
     dsk = dict(HighLevelGraph.merge(out.__dask_graph__(), h_n.__dask_graph__()))
@@ -157,8 +161,8 @@ def main():
             k = kind(key)
             if k == "gru-inproj":
                 return per["proj"] * n
-            if k == "gru-scan":
-                return per["scan"] * n
+            if k == "gru-scan":  # fused: projection and scan
+                return (per["proj"] + per["scan"]) * n
             if k == "gru-spec":
                 return (per["proj"] + per["scan"]) * (n + w)
             if k == "gru-fix":

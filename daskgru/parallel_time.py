@@ -14,12 +14,15 @@ reversed); "predecessor" means the previous chunk in that order.
 * ``gru-fix-…`` (q): takes the *corrected* end state of chunk q-1 (the true start of chunk
   q) and the assumed start. Rows (batch elements) whose max abs mismatch exceeds ``tol`` (or
   is not finite) are recomputed from the true start; the rest keep the speculative result.
-  It returns the corrected end state, which the next fix task checks against. The fix tasks
-  form a chain, but a fix that keeps its chunk costs O(B·H), so the chain is cheap when the
+  It returns the corrected end state (and the repaired outputs, None when nothing changed),
+  and the next fix task takes that result directly: the chain passes only small things and
+  costs one scheduler round trip a hop, and each fix task runs where its chunk's speculative
+  result is. A fix that keeps its chunk costs O(B·H), so the chain is cheap when the
   guesses were good; when every chunk is recomputed it *is* the sequential scan (worst case).
   A recomputed chunk changes its end state, and the next fix task compares against that, so
   one pass of the chain leaves every chunk consistent.
-* ``gru-select-…`` (q): the chunk's outputs, with recomputed rows replaced.
+* ``gru-select-…`` (q): the chunk's outputs, repaired or speculative (for the top layer of a
+  unidirectional GRU these are the ``gru-output-…`` blocks themselves).
 
 Bound on the error: every kept chunk started within ``tol`` of the state its predecessor
 really ended in (the corrected one); the outputs differ from the sequential scan by that
