@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import re
 import time
 
@@ -52,11 +53,12 @@ def measure(H, I, n, warmup, dtype="float32"):
         scan=best(lambda: kernels.scan(gi, w_hh_t, b_hh, h, L, 0, False, True)),
         spec=best(lambda: pt._spec_task(W, 0, 0, True, None, tail, 0, None, None, 0, n, x)),
         eval=best(lambda: pt._newton_eval(W, 0, 0, True, 1e-8, (h, False), None, 0, n, x)),
-        fix=best(lambda: pt._fix_task(W, 0, 0, True, 1e-5, (spec[1],), spec, None, 0, n, x)),
+        fix=best(lambda: pt._fix_task(W, 0, 0, True, 1e-5, (spec[1],), [spec], None, [0], n,
+                                      [[x]])),  # one chunk, kept as is
     )
 
 
-def graph(method, T, K, H, I=8):
+def graph(method, T, K, H, P, I=8):
     import dask
     import dask.array as da
     from dask.core import get_dependencies
@@ -65,8 +67,9 @@ def graph(method, T, K, H, I=8):
 
     p = dg.GRUParams.random(I, H, seed=0)
     x = da.zeros((T, 1, I), chunks=(-(-T // K), 1, I), dtype="float32")
-    # the graph daskgru builds for a cluster (scan: projections inside the scan tasks)
-    with dask.config.set(scheduler="processes"):
+    # the graph daskgru builds for a cluster of P single-thread workers (scan: projections
+    # inside the scan tasks; speculative and newton: fix tasks verifying 2P chunks, capped)
+    with dask.config.set(scheduler="processes", num_workers=P):
         out, h_n = dg.gru(x, p, method=method)[:2]
     from dask.highlevelgraph import HighLevelGraph
 
@@ -101,7 +104,8 @@ def simulate(deps, dur, P, overhead):
         bl[k] = cost[k] + max((bl[c] for c in dependents[k]), default=0.0)
     critical = max(bl.values())
     remaining = {k: len(v) for k, v in deps.items()}
-    ready = [(-bl[k], i, k) for i, k in enumerate(order) if remaining[k] == 0]
+    tie = itertools.count()  # unique second field: keys themselves never get compared
+    ready = [(-bl[k], next(tie), k) for k in order if remaining[k] == 0]
     heapq.heapify(ready)
     free, running, now, n = P, [], 0.0, 0
     while ready or running:
@@ -115,7 +119,7 @@ def simulate(deps, dur, P, overhead):
         for c in dependents[k]:
             remaining[c] -= 1
             if remaining[c] == 0:
-                heapq.heappush(ready, (-bl[c], n, c))
+                heapq.heappush(ready, (-bl[c], next(tie), c))
     return now, critical, sum(cost.values())
 
 
@@ -157,7 +161,10 @@ def main():
                             scheduler="sync")[0]
         sweeps = info["sweeps"]
 
-        def dur(key, K=K, n=n, w=w, sweeps=sweeps):
+        with dask.config.set(scheduler="processes", num_workers=P):
+            G = dg.parallel_time.verify_group(K)
+
+        def dur(key, K=K, n=n, w=w, sweeps=sweeps, G=G):
             k = kind(key)
             if k == "gru-inproj":
                 return per["proj"] * n
@@ -165,8 +172,8 @@ def main():
                 return (per["proj"] + per["scan"]) * n
             if k == "gru-spec":
                 return (per["proj"] + per["scan"]) * (n + w)
-            if k == "gru-fix":
-                return c["fix"]
+            if k == "gru-fix":  # a group of chunks (the rest of its cost is the overhead)
+                return c["fix"] * G
             if k == "gru-newton-eval":
                 return per["eval"] * n if key[3] <= sweeps else 0.0
             return 0.0
@@ -176,10 +183,10 @@ def main():
                 return (per["proj"] + per["scan"]) * n
             return dur(key)
 
-        ts, _, _ = simulate(graph("scan", T, K, H), dur, P, a.overhead)
-        tp, cp, _ = simulate(graph("speculative", T, K, H), dur, P, a.overhead)
+        ts, _, _ = simulate(graph("scan", T, K, H, P), dur, P, a.overhead)
+        tp, cp, _ = simulate(graph("speculative", T, K, H, P), dur, P, a.overhead)
         if K <= a.newton_max_chunks:
-            tn, cn, _ = simulate(graph("newton", T, K, H), dur_newton, P, a.overhead)
+            tn, cn, _ = simulate(graph("newton", T, K, H, P), dur_newton, P, a.overhead)
             newton = f"{tn:.3f} ({sweeps}) | {ts / tn:.2f} | {cn:.3f}"
         else:  # the graph holds K-1 sweeps of K log K tasks: too big to be worth building
             newton = f"n/a ({sweeps}) | n/a | n/a"

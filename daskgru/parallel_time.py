@@ -8,19 +8,23 @@ reversed); "predecessor" means the previous chunk in that order.
 ``method="speculative"``
 
 * ``gru-spec-…`` (q): for q >= 1, warm a state up over the last ``warmup`` steps of the
-  predecessor's input (``gru-tail-…``, at most the predecessor's length), starting from h0
-  (zeros by default); then scan chunk q from it. Returns (outputs, assumed start, end).
-  Chunk 0 starts from h0 itself, which is exact. All spec tasks run in parallel.
-* ``gru-fix-…`` (q): takes the *corrected* end state of chunk q-1 (the true start of chunk
-  q) and the assumed start. Rows (batch elements) whose max abs mismatch exceeds ``tol`` (or
-  is not finite) are recomputed from the true start; the rest keep the speculative result.
-  It returns the corrected end state (and the repaired outputs, None when nothing changed),
-  and the next fix task takes that result directly: the chain passes only small things and
-  costs one scheduler round trip a hop, and each fix task runs where its chunk's speculative
-  result is. A fix that keeps its chunk costs O(B·H), so the chain is cheap when the
-  guesses were good; when every chunk is recomputed it *is* the sequential scan (worst case).
-  A recomputed chunk changes its end state, and the next fix task compares against that, so
-  one pass of the chain leaves every chunk consistent.
+  predecessor's input (at most the predecessor's length; for layers above the first a small
+  ``gru-tail-…`` task cuts those steps out where they are, so that a whole chunk of outputs
+  does not move), starting from h0 (zeros by default); then scan chunk q from it. Returns
+  (outputs, assumed start, end). Chunk 0 starts from h0 itself, which is exact. All spec
+  tasks run in parallel.
+* ``gru-fix-…`` (group): verifies ``verify_group(K)`` consecutive chunks one after the other
+  (1 on the threaded scheduler, 2 × the task slots, at most 8, where results travel between
+  processes; see ``verify_group``). For each: the *corrected* end state of its predecessor is
+  its true start; rows (batch elements) whose max abs mismatch with the assumed start exceeds
+  ``tol`` (or is not finite) are recomputed from the true start, rows off by less are
+  verified by a short re-scan, and the rest keep the speculative result. It returns the
+  corrected end state of its last chunk (and the repaired outputs, None where nothing
+  changed), and the next fix task takes that result directly: one scheduler round trip a
+  hop. A fix that keeps its chunks costs O(B·H) each, so the chain is cheap when the guesses
+  were good; when every chunk is recomputed it *is* the sequential scan (worst case). A
+  recomputed chunk changes its end state, and the next check compares against that, so one
+  pass of the chain leaves every chunk consistent.
 * ``gru-select-…`` (q): the chunk's outputs, repaired or speculative (for the top layer of a
   unidirectional GRU these are the ``gru-output-…`` blocks themselves).
 
@@ -58,7 +62,7 @@ import math
 import numpy as np
 
 from . import kernels
-from .scan import ChunkedInputs
+from .scan import ChunkedInputs, results_travel, task_slots
 from .core import (check_lengths, is_dask, layer_input, prepare_weights, run_direction,
                    state_block, validate)
 
@@ -73,6 +77,29 @@ TANGENT_CUTOFF = 1e-3
 # Newton stops (and leaves the rest to the fix-up chain) after the update grew this often
 # in a row.
 GROWTH_PATIENCE = 2
+# At most this many chunks per fix task by default (their outputs move to one worker).
+MAX_VERIFY_GROUP = 8
+
+
+def verify_group(K):
+    """How many consecutive chunks one ``gru-fix`` task verifies (1..K).
+
+    On a cluster a task that depends on a speculative result can start only once its
+    worker is between two tasks, and the next fix task only a scheduler round trip after
+    that; so a fix task runs at most once per speculative task on its worker. With P task
+    slots finishing P chunks at a time, a chain of single-chunk fix tasks falls behind and
+    is left with about K (1 - 1/P) hops (milliseconds each) after the last speculative task.
+    A fix task that verifies 2P chunks keeps pace with room to spare, at the cost of moving
+    the other chunks' outputs of its group to it. Where results stay in one process (threaded
+    or synchronous scheduler) a dependent runs at once, and groups of 1 are best. Set
+    ``dask.config.set({"daskgru.verify-group": n})`` to choose (1 moves nothing).
+    """
+    import dask
+
+    g = dask.config.get("daskgru.verify-group", None)
+    if g is None:
+        g = min(MAX_VERIFY_GROUP, 2 * task_slots()) if results_travel() else 1
+    return max(1, min(int(g), K))
 
 
 def scan_info(lazy):
@@ -170,10 +197,28 @@ def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
     return pending, h, steps
 
 
-def _fix_task(weights, l, d, reset_after, tol, prev, spec, lengths, t0, T, *parts):
+def _fix_task(weights, l, d, reset_after, tol, prev, specs, lengths, t0s, T, parts):
+    """Verify a group of consecutive chunks (traversal order) one after the other: the
+    first against the corrected end state in its predecessor's fix result ``prev`` (None:
+    the group starts at chunk 0, whose start is exact), each next one against the corrected
+    end of the one before. Returns (corrected end state of the group's last chunk, per
+    chunk the repaired outputs or None where the speculative ones stand, per chunk
+    (largest accepted mismatch, rows recomputed, steps re-scanned)); the result holds only
+    small things unless something was repaired, so the next fix task in the chain receives
+    little."""
+    true = None if prev is None else prev[0]
+    outs, stats = [], []
+    for spec, t0, p in zip(specs, t0s, parts):
+        true, out, *st = _fix_chunk(weights, l, d, reset_after, tol, true, spec, lengths, t0,
+                                    T, *p)
+        outs.append(out)
+        stats.append(tuple(st))
+    return true, outs, stats
+
+
+def _fix_chunk(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T, *parts):
     """Check a chunk's assumed start against the true one (the corrected end of its
-    predecessor, from the predecessor's fix result ``prev``) and repair its speculative
-    result.
+    predecessor) and repair its speculative result.
 
     Rows (batch elements) off by more than ``tol`` (or by anything non-finite) are
     recomputed from the true start. Rows off by less are verified: re-scanned from the true
@@ -181,13 +226,11 @@ def _fix_task(weights, l, d, reset_after, tol, prev, spec, lengths, t0, T, *part
     to a full recompute where they never meet (chaotic dynamics). ``true_start`` None: the
     assumed start was exact (chunk 0). Returns (end state, outputs, largest accepted
     mismatch, rows recomputed, steps re-scanned to verify); the outputs are None where the
-    speculative ones stand unchanged, so that the next fix task in the chain receives only
-    small things (one scheduler round trip per hop, nothing large to move).
+    speculative ones stand unchanged.
     """
     spec_out, assumed, spec_end = spec
-    if prev is None:
+    if true_start is None:
         return spec_end, None, 0.0, 0, 0
-    true_start = prev[0]
     B = assumed.shape[0]
     lengths = _lengths(lengths, T, B)
     # Rows whose valid steps all lie before this chunk: state passes through, outputs are 0
@@ -222,9 +265,11 @@ def _fix_task(weights, l, d, reset_after, tol, prev, spec, lengths, t0, T, *part
     return end, (out if changed else None), accepted, int(bad.sum() + failed.size), steps
 
 
-def _select(spec, fix):
-    """A chunk's final outputs: the repaired ones, else the speculative ones."""
-    return spec[0] if fix[1] is None else fix[1]
+def _select(spec, fix, i):
+    """A chunk's final outputs (member ``i`` of its fix group): the repaired ones, else the
+    speculative ones."""
+    out = fix[1][i]
+    return spec[0] if out is None else out
 
 
 def _fix_end_block(fix):
@@ -303,10 +348,11 @@ def _newton_summary(collect):
                 diverged=collect["diverged"], updates=collect["updates"])
 
 
-def _info_task(meta, nchains, K, *parts):
-    """Sum up: parts are K fix results per chain, then one Newton summary per chain."""
-    fixes = [(f[3] > 0, f[3], f[2], f[4]) for f in parts[:nchains * K]]
-    newton = parts[nchains * K:]
+def _info_task(meta, nchains, K, nfix, *parts):
+    """Sum up: parts are the ``nfix`` fix (group) results of all chains, then one Newton
+    summary per chain."""
+    fixes = [(st[1] > 0, st[1], st[0], st[2]) for f in parts[:nfix] for st in f[2]]
+    newton = parts[nfix:]
     chunks_recomputed = sum(int(f[0]) for f in fixes)
     info = dict(meta)
     info.update(
@@ -364,6 +410,7 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     inp = ChunkedInputs(x, call)
     x, tchunks, bchunks, t_starts = inp.x, inp.tchunks, inp.bchunks, inp.t_starts
     K, nb = len(tchunks), len(bchunks)
+    G = verify_group(K)
     h0_key = inp.per_state(h0, H)
     len_key = inp.per_batch(lengths)
     collections = inp.collections
@@ -431,7 +478,6 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
                     sk = key("newton-summary", l, d, j)
                     g[sk] = (_newton_summary, last)
                     newton_summaries.append(sk)
-                prev_fix = None
                 for q, k in enumerate(order):
                     tail, tail_t0, start = None, 0, None
                     if method == "newton":
@@ -439,21 +485,29 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
                     elif q and warmup:
                         pk = order[q - 1]
                         w = min(warmup, int(tchunks[pk]))
-                        tail = key("tail", l, d, j, q)
-                        g[tail] = (_tail_task, d == 1, w, *parts(pk))
+                        tail = (_tail_task, d == 1, w, *parts(pk))
+                        if l:  # a whole chunk of outputs is worth a task not to move
+                            g[key("tail", l, d, j, q)] = tail
+                            tail = key("tail", l, d, j, q)
                         tail_t0 = t_starts[pk] if d else t_starts[pk] + int(tchunks[pk]) - w
-                    spec = key("spec", l, d, j, q)
-                    g[spec] = (_spec_task, wname, l, d, pp.reset_after, start, tail, tail_t0,
-                               h0k, lens, t_starts[k], T, *parts(k))
-                    fix = key("fix", l, d, j, q)
-                    g[fix] = (_fix_task, wname, l, d, pp.reset_after, tol, prev_fix, spec,
-                              lens, t_starts[k], T, *parts(k))
-                    prev_fix = fix
-                    if l < L - 1 or D > 1:
-                        g[key("select", l, d, j, k)] = (_select, spec, fix)
-                    else:  # the output blocks themselves
-                        g_out[(outname, k, j, 0)] = (_select, spec, fix)
+                    g[key("spec", l, d, j, q)] = (_spec_task, wname, l, d, pp.reset_after,
+                                                  start, tail, tail_t0, h0k, lens,
+                                                  t_starts[k], T, *parts(k))
+                for g0 in range(0, K, G):
+                    qs = range(g0, min(g0 + G, K))
+                    fix = key("fix", l, d, j, g0 // G)
+                    g[fix] = (_fix_task, wname, l, d, pp.reset_after, tol,
+                              key("fix", l, d, j, g0 // G - 1) if g0 else None,
+                              [key("spec", l, d, j, q) for q in qs], lens,
+                              [t_starts[order[q]] for q in qs], T,
+                              [parts(order[q]) for q in qs])
                     fixes.append(fix)
+                    for i, q in enumerate(qs):
+                        sel = (_select, key("spec", l, d, j, q), fix, i)
+                        if l < L - 1 or D > 1:
+                            g[key("select", l, d, j, order[q])] = sel
+                        else:  # the output blocks themselves
+                            g_out[(outname, order[q], j, 0)] = sel
         layers[lname(l)] = g
         deps[lname(l)] = {wname, *base} | ({lname(l - 1)} if l else set())
 
@@ -466,13 +520,14 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     for l in range(L):
         for d in range(D):
             for j in range(nb):
-                g_hn[(hnname, l * D + d, j, 0)] = (_fix_end_block, key("fix", l, d, j, K - 1))
+                g_hn[(hnname, l * D + d, j, 0)] = (_fix_end_block,
+                                                   key("fix", l, d, j, (K - 1) // G))
     meta = dict(method=method, tol=tol)
     if method == "speculative":
         meta["warmup"] = warmup
     nchains = L * D * nb
     layers.update({outname: g_out, hnname: g_hn,
-                   infoname: {infoname: (_info_task, meta, nchains, K, *fixes,
+                   infoname: {infoname: (_info_task, meta, nchains, K, len(fixes), *fixes,
                                          *newton_summaries)}})
     all_l = {lname(l) for l in range(L)}
     deps.update({outname: {lname(L - 1)}, hnname: all_l, infoname: all_l})

@@ -148,7 +148,16 @@ def _outputs_block(*results):
     return layer_input([r[0] for r in results])
 
 
-def _results_travel():
+def _default_client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def results_travel():
     """Whether the default scheduler runs tasks in other processes (a dask.distributed
     client, or the processes scheduler), so that a task's result travels to its dependents.
     Only the graph's speed depends on it, never its results."""
@@ -156,13 +165,23 @@ def _results_travel():
 
     if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
         return True
-    try:
-        from distributed import default_client
+    return _default_client() is not None
 
-        default_client()
-        return True
-    except (ImportError, ValueError):
-        return False
+
+def task_slots():
+    """How many tasks the default scheduler runs at once (threads of a distributed client's
+    workers, else the configured or CPU count)."""
+    import os
+
+    import dask
+
+    client = _default_client()
+    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # a client that cannot answer (closed): count local CPUs
+            pass
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------- graph
@@ -278,7 +297,7 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     # tasks that run ahead of the chain in parallel (two chunks ahead at most, to bound
     # memory); on a distributed cluster moving them (3H numbers a step) to the chain's
     # worker costs more than computing them there, so they are fused there too.
-    fuse = nb > 1 or _results_travel()
+    fuse = nb > 1 or results_travel()
     # How a scan task gets its start state. A single chain per layer takes its
     # predecessor's (outputs, end state) result directly: one scheduler round trip a hop,
     # and the chain stays where its data is. Several chains (batch chunks, directions) go

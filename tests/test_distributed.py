@@ -52,6 +52,18 @@ def test_single_chain_on_a_cluster_is_fused_and_direct(client):
     np.testing.assert_array_equal(lh, h_n)
 
 
+def test_speculative_on_a_cluster_groups_the_fix_chain(client):
+    # with 2 single-thread workers one fix task verifies 4 chunks; the result is the scan's
+    p = dg.GRUParams.random(3, 8, seed=2)
+    x = np.random.default_rng(2).normal(size=(400, 1, 3)).astype("float32")
+    out, h_n = dg.gru(x, p)
+    lo, lh = dg.gru(da.from_array(x, chunks=(25, 1, 3)), p, method="speculative", warmup=20)
+    assert sum(1 for k in dict(lo.dask) if "gru-fix" in str(k)) == 16 // 4
+    lo, lh = client.compute([lo, lh], sync=True)
+    np.testing.assert_array_equal(lo, out)
+    np.testing.assert_array_equal(lh, h_n)
+
+
 def test_graph_carries_one_copy_of_the_weights():
     p = dg.GRUParams.random(16, 128, num_layers=2, seed=0)  # ~0.6 MB of weights
     nbytes = sum(a.nbytes for layer in p.weights for w in layer for a in w)

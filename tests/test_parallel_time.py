@@ -125,6 +125,45 @@ def test_bit_identical_with_lengths(method, opts, rng):
     assert np.array_equal(out, ref[0]) and np.array_equal(h_n, ref[1])
 
 
+def fix_tasks(arr):
+    return [k for k in dict(arr.__dask_graph__()) if "gru-fix" in str(k)]
+
+
+@pytest.mark.parametrize("make", [chaotic_gru, slow_gru])
+def test_verify_groups_change_nothing_but_the_graph(make, rng):
+    """However many chunks one fix task verifies, the results are the same bits and info
+    counts the same per chunk; only the number of fix tasks changes."""
+    p = make("float64")
+    x = rng.normal(size=(470, 3, 2))
+    lengths = np.array([470, 260, 90])
+    ref = dg.gru(x, p, lengths=lengths)
+    xd = da.from_array(x, chunks=(50, 3, 2))  # 10 chunks
+    got = []
+    for group in (1, 2, 3, 10, 99):
+        with dask.config.set({"daskgru.verify-group": group}):
+            out, h_n, info = dg.gru(xd, p, lengths=lengths, method="speculative", warmup=15,
+                                    return_info=True)
+        assert len(fix_tasks(out)) == -(-10 // min(group, 10))
+        out, h_n, info = dask.compute(out, h_n, info, scheduler="sync")
+        assert np.array_equal(out, ref[0]) and np.array_equal(h_n, ref[1])
+        got.append(info)
+    assert got[0]["chunks_recomputed"] > 0 or got[0]["steps_verified"] > 0
+    assert all(g == got[0] for g in got)
+
+
+def test_verify_group_defaults():
+    # in one process a fix task runs as soon as it can: one chunk each
+    assert parallel_time.verify_group(16) == 1
+    # where results travel, twice the task slots (capped, and at most K)
+    with dask.config.set(scheduler="processes", num_workers=3):
+        assert parallel_time.verify_group(16) == 6
+        assert parallel_time.verify_group(4) == 4
+    with dask.config.set(scheduler="processes", num_workers=64):
+        assert parallel_time.verify_group(1000) == parallel_time.MAX_VERIFY_GROUP
+    with dask.config.set({"daskgru.verify-group": 0}):
+        assert parallel_time.verify_group(16) == 1
+
+
 def test_info_for_scan_and_laziness(rng):
     p = dg.GRUParams.random(2, 3, seed=0)
     x = rng.normal(size=(20, 2, 2)).astype("float32")
