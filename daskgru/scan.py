@@ -5,9 +5,11 @@ For batch chunk j, time chunk k, layer l and direction d the graph holds
 * ``gru-inproj-…`` (l, d, j, k): the input projection of chunk k (no dependency along time);
 * ``gru-scan-…`` (l, d, j, k): the recurrence over chunk k from the boundary state of chunk
   k-1 (k+1 for the reverse direction), returning ``(outputs, end state)``;
-* ``gru-state-…``: the end state alone, which the next scan task takes when a layer has
-  several chains (batch chunks, directions), so the scheduler can spread them over workers;
-  a single chain takes its predecessor's scan result directly (one round trip a hop);
+* ``gru-state-…``: the end state of a chain's first chunk alone, which its second scan task
+  takes when a layer has several chains (batch chunks, directions), so that the scheduler
+  can still spread the chains over workers; every other scan task takes its predecessor's
+  scan result directly (one scheduler round trip a hop, and the chain stays where its data
+  is);
 * ``gru-chunkout-…``: a chunk's outputs, the next layer's input;
 * ``gru-output-…`` and ``gru-hn-…``: the blocks of the two returned dask arrays.
 
@@ -298,20 +300,21 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     # memory); on a distributed cluster moving them (3H numbers a step) to the chain's
     # worker costs more than computing them there, so they are fused there too.
     fuse = nb > 1 or results_travel()
-    # How a scan task gets its start state. A single chain per layer takes its
-    # predecessor's (outputs, end state) result directly: one scheduler round trip a hop,
-    # and the chain stays where its data is. Several chains (batch chunks, directions) go
-    # through a ``gru-state`` task that picks out the small state, so that the scheduler can
-    # still spread the chains over the workers (a dependency on a whole chunk's outputs
-    # would tie every chain to the worker its first task ran on).
-    direct = nb * D == 1
+    # How a scan task gets its start state: it takes its predecessor's (outputs, end state)
+    # result directly, one scheduler round trip a hop, and the chain stays where its data
+    # is. With several chains (batch chunks, directions) the first hop goes through a
+    # ``gru-state`` task that picks out the small state instead: chains whose first chunks
+    # happen to sit on one worker can still be spread over the workers there (a dependency
+    # on a whole chunk's outputs would tie every chain to the worker its first task ran on),
+    # and from then on each stays where it is.
+    spread = nb * D > 1
     for l in range(L):
         inproj, scan_, state, chunkout = names(l)
         below = names(l - 1)[3] if l else x.name
         g_proj, g_scan, g_state, g_cout = {}, {}, {}, {}
 
-        def link(d, j, k):
-            return (scan_, d, j, k) if direct else (state, d, j, k)
+        def link(d, j, i, k):  # the start of the chunk after chunk k (position i)
+            return (state, d, j, k) if spread and i == 0 else (scan_, d, j, k)
 
         for j in range(nb):
             if l == 0:
@@ -326,7 +329,7 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
                         g_scan[(scan_, d, j, k)] = (_fused_task, wname, l, d, pp.reset_after,
                                                     prev, len_key(j), t_starts[k], T, *parts(k))
                     else:
-                        after = link(d, j, order[i - 2]) if i >= 2 else None
+                        after = link(d, j, i - 2, order[i - 2]) if i >= 2 else None
                         g_proj[(inproj, d, j, k)] = (_inproj_task, wname, l, d, after, *parts(k))
                         g_scan[(scan_, d, j, k)] = (
                             _scan_task, wname, l, d, pp.reset_after, (inproj, d, j, k),
@@ -334,9 +337,9 @@ def gru_dask(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
                         )
                     if l < L - 1:  # the top layer's outputs are the output blocks below
                         g_cout[(chunkout, d, j, k)] = (getitem, (scan_, d, j, k), 0)
-                    if not direct:
+                    if spread and i == 0:
                         g_state[(state, d, j, k)] = (getitem, (scan_, d, j, k), 1)
-                    prev = link(d, j, k)
+                    prev = link(d, j, i, k)
         # Projections, scans and states of a GRU layer form one graph layer (the chain runs
         # through them).
         g_scan.update(g_proj)
