@@ -216,9 +216,7 @@ def gru_numpy(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
         # this bit-identical to one thread.
         from concurrent.futures import ThreadPoolExecutor
 
-        for l in range(L):  # probe the BLAS here, while no thread of ours is running
-            kernels.blas_plan(H, pp.input_size if l == 0 else D * H, dt)
-        with kernels.blas_controller().limit(limits=1, user_api="blas"), \
+        with _blas_controller().limit(limits=1, user_api="blas"), \
                 ThreadPoolExecutor(len(parts)) as ex:
             res = list(ex.map(lambda s: _layers(x[:, s], weights, pp.reset_after, h0[:, s],
                                                 lengths[s]), parts))
@@ -229,6 +227,18 @@ def gru_numpy(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     if batch_first:
         out = out.transpose(1, 0, 2)
     return out, h_n
+
+
+_CONTROLLER = []
+
+
+def _blas_controller():
+    """A threadpoolctl controller made once (making one scans the loaded libraries, ~1 ms)."""
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def get_num_threads() -> int:

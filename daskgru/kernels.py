@@ -9,11 +9,8 @@ and batch chunking, bit for bit:
   no fastmath (no reassociation, no FMA contraction);
 * the BLAS kernels (from ``BLAS_MIN_HIDDEN`` / ``BLAS_MIN_INPUT``) call the BLAS of NumPy's
   Numba binding, whose per-row summation order is probed once per shape and process
-  (``blas_rows``): BLAS libraries send products of different sizes to different kernels,
-  so every call is shaped such that each row gets the same bits whatever the rows of the
-  call (zero-padded to a minimum or to a multiple of some rows, or cut into blocks of a
-  fixed number of rows, whichever this BLAS allows), and where none of that holds the
-  fused loops are used instead.
+  (``blas_min_rows``): calls smaller than the row count from which every row gets the same
+  bits are zero-padded, and where no such count exists the fused loops are used instead.
 
 Layouts: ``G = 3H`` gate columns in order r, z, n; weights are passed transposed,
 ``w_ih_t (I, G)`` and ``w_hh_t (H, G)``, so the innermost loops run over contiguous gates.
@@ -21,7 +18,6 @@ Layouts: ``G = 3H`` gate columns in order r, z, n; weights are passed transposed
 from __future__ import annotations
 
 import math
-import threading
 
 import numba
 import numpy as np
@@ -225,62 +221,35 @@ def scan_loops(gi, w_t, b, lengths, t0, reverse, reset_after, h, out):
                     h[bb, j] = hn
 
 
-@numba.njit(**_OPTS)
-def _padded_rows(n, min_rows, multiple):
-    """Rows a BLAS call over n rows is padded to (see ``blas_rows``)."""
-    m = max(n, min_rows)
-    return -(-m // multiple) * multiple
-
-
-@numba.njit(**_OPTS)
-def _gemm(a, w, out, block):
-    """out = a @ w, in calls of ``block`` rows each (a's rows are a multiple of it), or in
-    one call (block 0)."""
-    if block == 0:
-        np.dot(a, w, out)
+@numba.njit(_sigs(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1], f[:, ::1])),
+            **_OPTS)
+def project_blas(x, w_t, b, xpad, out):
+    """out = x @ w_t + b through BLAS; calls with fewer rows than xpad has (see
+    ``blas_min_rows``) go through the zero-padded xpad instead."""
+    N = x.shape[0]
+    if N < xpad.shape[0]:
+        xpad[:N] = x
+        tmp = np.empty((xpad.shape[0], out.shape[1]), out.dtype)
+        np.dot(xpad, w_t, tmp)
+        out[:, :] = tmp[:N]
     else:
-        for s in range(0, a.shape[0], block):
-            np.dot(a[s:s + block], w, out[s:s + block])
-
-
-@numba.njit(_sigs(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], numba.int64,
-                                       numba.int64, numba.int64, f[:, ::1])), **_OPTS)
-def project_blas(x, w_t, b, min_rows, multiple, block, out):
-    """out = x @ w_t + b through BLAS, the calls shaped by the plan (min_rows, multiple,
-    block) of ``blas_rows``: rows that do not fill a call go through a zero-padded copy."""
-    N, K = x.shape
-    G = out.shape[1]
-    step = N if block == 0 else block
-    for s in range(0, N, max(step, 1)):
-        e = min(s + step, N)
-        rows = _padded_rows(e - s, min_rows, multiple)
-        if rows == e - s:
-            _gemm(x[s:e], w_t, out[s:e], block)
-        else:
-            xpad = np.zeros((rows, K), x.dtype)
-            xpad[:e - s] = x[s:e]
-            tmp = np.empty((rows, G), out.dtype)
-            _gemm(xpad, w_t, tmp, block)
-            out[s:e] = tmp[:e - s]
+        np.dot(x, w_t, out)
     for n in range(N):
-        for g in range(G):
+        for g in range(out.shape[1]):
             out[n, g] += b[g]
 
 
 @numba.njit(_sigs(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[:, ::1], f[:, ::1], f[::1],
                                        numba.int64[::1], numba.int64, numba.boolean,
-                                       numba.boolean, numba.int64, numba.int64, numba.int64,
-                                       f[:, ::1], f[:, :, ::1])),
+                                       numba.boolean, numba.int64, f[:, ::1], f[:, :, ::1])),
             **_OPTS)
-def scan_blas(gi, w_t, w_rz, w_n, b, lengths, t0, reverse, reset_after, min_rows, multiple,
-              block, h, out):
-    """As ``scan_loops``, with the recurrent product of each step through BLAS over the
-    batch, zero-padded and cut into calls by the plan (min_rows, multiple, block) of
-    ``blas_rows`` (BLAS routes products of different sizes to different kernels)."""
+def scan_blas(gi, w_t, w_rz, w_n, b, lengths, t0, reverse, reset_after, min_rows, h, out):
+    """As ``scan_loops``, with the recurrent product of each step as one BLAS call over the
+    batch, padded to ``min_rows`` rows (BLAS routes small products to other kernels)."""
     T, B, G = gi.shape
     H = h.shape[1]
     one, zero = typed(h, 1), typed(h, 0)
-    Bp = _padded_rows(B, min_rows, multiple)
+    Bp = max(B, min_rows)
     hb = np.zeros((Bp, H), h.dtype)
     hb[:B] = h
     acc = np.empty((Bp, G), h.dtype)
@@ -291,7 +260,7 @@ def scan_blas(gi, w_t, w_rz, w_n, b, lengths, t0, reverse, reset_after, min_rows
         tl = T - 1 - s if reverse else s
         t = t0 + tl
         if reset_after:
-            _gemm(hb, w_t, acc, block)
+            np.dot(hb, w_t, acc)
             for bb in range(B):
                 if t >= lengths[bb]:
                     out[tl, bb, :] = zero
@@ -304,11 +273,11 @@ def scan_blas(gi, w_t, w_rz, w_n, b, lengths, t0, reverse, reset_after, min_rows
                     out[tl, bb, j] = hn
                     hb[bb, j] = hn
         else:
-            _gemm(hb, w_rz, acc_rz, block)
+            np.dot(hb, w_rz, acc_rz)
             for bb in range(B):
                 for j in range(H):
                     rh[bb, j] = sigmoid(gi[tl, bb, j] + (acc_rz[bb, j] + b[j])) * hb[bb, j]
-            _gemm(rh, w_n, acc_n, block)
+            np.dot(rh, w_n, acc_n)
             for bb in range(B):
                 if t >= lengths[bb]:
                     out[tl, bb, :] = zero
@@ -329,112 +298,48 @@ _KERNELS = {np.dtype(t): (project_loops, scan_loops, project_blas, scan_blas)
 # the choice depends on the model only, never on the chunking.
 BLAS_MIN_HIDDEN = 16
 BLAS_MIN_INPUT = 4
-_PROBES = {}
-_PROBE_LOCK = threading.Lock()
+_MIN_ROWS = {}
 _PROBE_ROWS = tuple(range(1, 41)) + (48, 64, 80, 127, 200)
-_PROBE_M = 384  # a multiple of every candidate below
-_MULTIPLES = (2, 4, 8, 16)
-# Calls of fewer rows than 16 each cost more than the fused loops save.
-_BLOCKS = (64, 32, 16)
-_CONTROLLER = []
 
 
-def blas_controller():
-    """A threadpoolctl controller made once (making one scans the loaded libraries, ~1 ms),
-    after the BLAS that Numba's ``np.dot`` calls (SciPy's) is loaded, so that it sees it."""
-    if not _CONTROLLER:
-        import scipy.linalg.cython_blas  # noqa: F401
-        from threadpoolctl import ThreadpoolController
+def blas_min_rows(dtype, K, N):
+    """The fewest rows from which this process's BLAS gives every row of ``A @ W`` (W of
+    shape (K, N)) the same bits whatever the number of rows in the call, or None.
 
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0]
-
-
-def _blas_threads(n):
-    """Context: BLAS limited to n threads."""
-    return blas_controller().limit(limits=n, user_api="blas")
-
-
-def _probe(dtype, K, N):
-    """How this process's BLAS treats the rows of ``A @ W`` (W of shape (K, N)): which
-    ways of shaping the calls give every row the same bits whatever the other rows, and
-    whatever the number of BLAS threads (references with 1 thread, probes with 2: a dask
-    worker runs BLAS on 1 thread, an eager call may use several). Returns (min_rows or
-    None, multiple or None, blocks that work). Probed once per shape and process."""
+    Results are promised not to depend on batch chunking, but BLAS libraries send small
+    products (1 row, or a small M*N*K) to other kernels with another summation order.
+    Calls with fewer rows are padded to this many. Probed once per shape and process.
+    """
     key = (np.dtype(dtype), int(K), int(N))
-    if key in _PROBES:
-        return _PROBES[key]
-    with _PROBE_LOCK:  # one probe at a time: each sets the process's BLAS threads
-        if key not in _PROBES:
-            _PROBES[key] = _probe_now(key)
-    return _PROBES[key]
-
-
-def _probe_now(key):
-    K, N = key[1:]
-    dt = key[0]
-    rng = np.random.default_rng(0)
-    M = _PROBE_M
-    a = rng.standard_normal((M, K)).astype(dt)
-    w = rng.standard_normal((K, N)).astype(dt)
-
-    def call(rows, block=0, threads=2):
-        o = np.empty((rows.shape[0], N), dt)
-        with _blas_threads(threads):
-            _gemm(np.ascontiguousarray(rows), w, o, block)
-        return o
-
-    def same(rows_of, ref):
+    if key not in _MIN_ROWS:
+        rng = np.random.default_rng(0)
+        M = _PROBE_ROWS[-1]
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w = rng.standard_normal((K, N)).astype(dtype)
+        zero_b, nopad = np.zeros(N, dtype), np.zeros((1, K), dtype)
+        blas = _KERNELS[key[0]][2]
+        ref = np.empty((M, N), dtype)
+        blas(a, w, zero_b, nopad, ref)
+        min_rows = None
         for m in reversed(_PROBE_ROWS):
-            n = rows_of(m)
-            off = (7 * m) % (M - n + 1)
-            pad = np.zeros((n, K), dt)
-            pad[:m] = a[off:off + m]
-            if not np.array_equal(call(pad, ref[1])[:m], ref[0][off:off + m]):
-                return m
-        return 0
-
-    whole = (call(a, threads=1), 0)
-    # any call of at least min_rows rows
-    bad = same(lambda m: m, whole)
-    min_rows = bad + 1 if bad < 16 else None
-    if bad and min_rows is not None:  # smaller calls are padded up to min_rows
-        min_rows = min_rows if same(lambda m: max(m, min_rows), whole) == 0 else None
-    # calls of a multiple of P rows
-    multiple = next((P for P in _MULTIPLES if same(lambda m: -(-m // P) * P, whole) == 0),
-                    None)
-    # calls of exactly R rows
-    blocks = tuple(R for R in _BLOCKS
-                   if same(lambda m: -(-m // R) * R, (call(a, R, threads=1), R)) == 0)
-    return min_rows, multiple, blocks
-
-
-def blas_rows(dtype, shapes):
-    """The plan (min_rows, multiple, block) for BLAS calls of these (K, N) products over the
-    same rows, or None where this BLAS gives no way to get row bits independent of the call
-    (then the fused loops are used). Preferred: one call per product, padded to min_rows
-    (many BLAS libraries: only tiny calls go to other kernels), else padded to a multiple
-    of some rows, else calls of a fixed number of rows (e.g. OpenBLAS's small-matrix
-    kernels on some CPUs)."""
-    probes = [_probe(dtype, K, N) for K, N in shapes]
-    if all(p[0] is not None for p in probes):
-        return max(p[0] for p in probes), 1, 0
-    if all(p[1] is not None for p in probes):
-        P = max(p[1] for p in probes)  # powers of two: the largest is a multiple of all
-        return P, P, 0
-    common = set(_BLOCKS).intersection(*(p[2] for p in probes))
-    if common:
-        R = max(common)
-        return R, R, R
-    return None
+            o = np.empty((m, N), dtype)
+            off = (7 * m) % (M - m + 1)
+            blas(np.ascontiguousarray(a[off:off + m]), w, zero_b, nopad, o)
+            if not np.array_equal(o, ref[off:off + m]):
+                break
+            min_rows = m
+        _MIN_ROWS[key] = min_rows if min_rows is not None and min_rows <= 16 else None
+    return _MIN_ROWS[key]
 
 
 def blas_plan(H, I, dtype):
-    """Plans of the BLAS calls (see ``blas_rows``) for (projection, recurrence); None:
-    fused loops instead."""
+    """Rows to pad BLAS calls to, for (projection, recurrence); None: fused loops instead."""
     G = 3 * H
-    proj = blas_rows(dtype, [(I, G)]) if I >= BLAS_MIN_INPUT else None
-    rec = blas_rows(dtype, [(H, G), (H, 2 * H), (H, H)]) if H >= BLAS_MIN_HIDDEN else None
+    proj = blas_min_rows(dtype, I, G) if I >= BLAS_MIN_INPUT else None
+    rec = None
+    if H >= BLAS_MIN_HIDDEN:
+        rows = [blas_min_rows(dtype, H, n) for n in (G, 2 * H, H)]
+        rec = None if None in rows else max(rows)
     return proj, rec
 
 
@@ -451,9 +356,9 @@ def project(x, w_ih_t, b_ih, out=None):
     dt = w_ih_t.dtype
     out = np.empty((T, B, G), dtype=dt) if out is None else out
     x2 = np.ascontiguousarray(x, dtype=dt).reshape(T * B, I)
-    plan = blas_plan(G // 3, I, dt)[0]
-    if plan is not None:
-        _KERNELS[dt][2](x2, w_ih_t, b_ih, *plan, out.reshape(T * B, G))
+    rows = blas_plan(G // 3, I, dt)[0]
+    if rows is not None:
+        _KERNELS[dt][2](x2, w_ih_t, b_ih, np.zeros((rows, I), dt), out.reshape(T * B, G))
     else:
         _KERNELS[dt][0](x2, w_ih_t, b_ih, out.reshape(T * B, G))
     return out
@@ -469,15 +374,15 @@ def scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after, out=None)
     out = np.empty((T, B, H), dtype=dt) if out is None else out
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     gi = np.ascontiguousarray(gi)
-    plan = blas_plan(H, 1, dt)[1]
-    if plan is not None:
+    rows = blas_plan(H, 1, dt)[1]
+    if rows is not None:
         if reset_after:  # only the reset-before form multiplies the two parts separately
             w_rz = w_n = w_hh_t
         else:
             w_rz = np.ascontiguousarray(w_hh_t[:, :2 * H])
             w_n = np.ascontiguousarray(w_hh_t[:, 2 * H:])
         _KERNELS[dt][3](gi, w_hh_t, w_rz, w_n, b_hh, lengths, int(t0), bool(reverse),
-                        bool(reset_after), *plan, h, out)
+                        bool(reset_after), rows, h, out)
     else:
         _KERNELS[dt][1](gi, w_hh_t, b_hh, lengths, int(t0), bool(reverse), bool(reset_after),
                         h, out)
