@@ -415,7 +415,8 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
     len_key = inp.per_batch(lengths)
     collections = inp.collections
 
-    tok = tokenize(x.name, pp, *inp.token_parts(h0, lengths), method, warmup, tol)
+    # G changes what a fix key holds (which chunks' end state): it is part of the names
+    tok = tokenize(x.name, pp, *inp.token_parts(h0, lengths), method, warmup, tol, G)
     wname = f"gru-weights-{tok}"
     outname, hnname, infoname = f"gru-output-{tok}", f"gru-hn-{tok}", f"gru-info-{tok}"
     layers = {wname: {wname: prepare_weights(pp)}}

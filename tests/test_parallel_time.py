@@ -138,17 +138,19 @@ def test_verify_groups_change_nothing_but_the_graph(make, rng):
     lengths = np.array([470, 260, 90])
     ref = dg.gru(x, p, lengths=lengths)
     xd = da.from_array(x, chunks=(50, 3, 2))  # 10 chunks
-    got = []
+    got, names = [], set()
     for group in (1, 2, 3, 10, 99):
         with dask.config.set({"daskgru.verify-group": group}):
             out, h_n, info = dg.gru(xd, p, lengths=lengths, method="speculative", warmup=15,
                                     return_info=True)
         assert len(fix_tasks(out)) == -(-10 // min(group, 10))
+        names.add(out.name)  # the group size is part of the names: fix keys differ
         out, h_n, info = dask.compute(out, h_n, info, scheduler="sync")
         assert np.array_equal(out, ref[0]) and np.array_equal(h_n, ref[1])
         got.append(info)
     assert got[0]["chunks_recomputed"] > 0 or got[0]["steps_verified"] > 0
     assert all(g == got[0] for g in got)
+    assert len(names) == 4  # 10 and 99 are both one group of 10
 
 
 def test_verify_group_defaults():
