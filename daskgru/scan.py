@@ -165,8 +165,11 @@ def results_travel():
     Only the graph's speed depends on it, never its results."""
     import dask
 
-    if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler in ("processes", "multiprocessing"):
         return True
+    if scheduler in ("threads", "threading", "sync", "synchronous", "single-threaded"):
+        return False  # chosen over a client that may exist
     return _default_client() is not None
 
 
@@ -178,7 +181,8 @@ def task_slots():
     import dask
 
     client = _default_client()
-    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
+    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed",
+                                                                     "distributed"):
         try:
             return max(1, sum(client.nthreads().values()))
         except Exception:  # a client that cannot answer (closed): count local CPUs

@@ -164,6 +164,9 @@ def test_verify_group_defaults():
         assert parallel_time.verify_group(1000) == parallel_time.MAX_VERIFY_GROUP
     with dask.config.set({"daskgru.verify-group": 0}):
         assert parallel_time.verify_group(16) == 1
+    # a scheduler chosen explicitly over a client keeps results in one process
+    with dask.config.set(scheduler="threads"):
+        assert parallel_time.verify_group(16) == 1
 
 
 def test_info_for_scan_and_laziness(rng):
