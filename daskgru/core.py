@@ -233,8 +233,11 @@ _CONTROLLER = []
 
 
 def _blas_controller():
-    """A threadpoolctl controller made once (making one scans the loaded libraries, ~1 ms)."""
+    """A threadpoolctl controller made once (making one scans the loaded libraries, ~1 ms),
+    after the BLAS that Numba's ``np.dot`` calls (SciPy's) is loaded: a controller made
+    before would not see it, and the eager threads' BLAS would not be limited."""
     if not _CONTROLLER:
+        import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
         _CONTROLLER.append(ThreadpoolController())
