@@ -150,39 +150,33 @@ def _outputs_block(*results):
     return layer_input([r[0] for r in results])
 
 
-def _default_client():
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
+def _client_of(scheduler):
+    """The dask.distributed client behind a scheduler function, or None."""
+    owner = getattr(scheduler, "__self__", None)
+    return owner if type(owner).__name__ == "Client" else None
 
 
 def results_travel():
-    """Whether the default scheduler runs tasks in other processes (a dask.distributed
-    client, or the processes scheduler), so that a task's result travels to its dependents.
-    Only the graph's speed depends on it, never its results."""
-    import dask
+    """Whether the scheduler dask would use now (``dask.base.get_scheduler``: configured, or
+    a distributed client's) runs tasks in other processes, so that a task's result travels
+    to its dependents. Only the graph's speed depends on it, never its results."""
+    import dask.multiprocessing
+    from dask.base import get_scheduler
 
-    scheduler = dask.config.get("scheduler", None)
-    if scheduler in ("processes", "multiprocessing"):
-        return True
-    if scheduler in ("threads", "threading", "sync", "synchronous", "single-threaded"):
-        return False  # chosen over a client that may exist
-    return _default_client() is not None
+    scheduler = get_scheduler()
+    return scheduler is dask.multiprocessing.get or _client_of(scheduler) is not None
 
 
 def task_slots():
-    """How many tasks the default scheduler runs at once (threads of a distributed client's
+    """How many tasks that scheduler runs at once (threads of a distributed client's
     workers, else the configured or CPU count)."""
     import os
 
     import dask
+    from dask.base import get_scheduler
 
-    client = _default_client()
-    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed",
-                                                                     "distributed"):
+    client = _client_of(get_scheduler())
+    if client is not None:
         try:
             return max(1, sum(client.nthreads().values()))
         except Exception:  # a client that cannot answer (closed): count local CPUs
