@@ -211,13 +211,12 @@ def gru_numpy(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     if len(parts) == 1:
         out, h_n = _layers(x, weights, pp.reset_after, h0, lengths)
     else:
-        # Batch rows are independent: each thread runs the whole stack on its rows with
-        # single-threaded BLAS (the kernels release the GIL). Row-invariant kernels make
-        # this bit-identical to one thread.
+        # Batch rows are independent: each thread runs the whole stack on its rows (the
+        # kernels release the GIL). Row-invariant kernels make this bit-identical to one
+        # thread.
         from concurrent.futures import ThreadPoolExecutor
 
-        with _blas_controller().limit(limits=1, user_api="blas"), \
-                ThreadPoolExecutor(len(parts)) as ex:
+        with ThreadPoolExecutor(len(parts)) as ex:
             res = list(ex.map(lambda s: _layers(x[:, s], weights, pp.reset_after, h0[:, s],
                                                 lengths[s]), parts))
         out = np.concatenate([r[0] for r in res], axis=1)
@@ -227,21 +226,6 @@ def gru_numpy(x, p, *, h0=None, lengths=None, batch_first=False, method="scan"):
     if batch_first:
         out = out.transpose(1, 0, 2)
     return out, h_n
-
-
-_CONTROLLER = []
-
-
-def _blas_controller():
-    """A threadpoolctl controller made once (making one scans the loaded libraries, ~1 ms),
-    after the BLAS that Numba's ``np.dot`` calls (SciPy's) is loaded: a controller made
-    before would not see it, and the eager threads' BLAS would not be limited."""
-    if not _CONTROLLER:
-        import scipy.linalg.cython_blas  # noqa: F401
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0]
 
 
 def get_num_threads() -> int:

@@ -185,9 +185,10 @@ def test_dtype_kept_and_inputs_cast():
 @pytest.mark.parametrize("H, I", [(64, 16), (512, 32)])
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_blas_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dtype, monkeypatch):
-    """Hidden sizes that take the BLAS kernels: 1-row and small batch chunks are padded so
-    each row gets the same bits as in one big call, with or without eager threads."""
+def test_large_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dtype, monkeypatch):
+    """Sizes where the register tiles take most rows and columns: 1-row and small batch
+    chunks (tail tiles) give every row the same bits as one big call (full tiles), with or
+    without eager threads."""
     p = dg.GRUParams.random(I, H, bidirectional=True, reset_after=reset_after, dtype=dtype, seed=3)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(6, 13, I)).astype(dtype)

@@ -1,0 +1,70 @@
+"""The register-tiled product: the fixed order of operations per element, every tile path."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daskgru.tiles import TILE_ROWS, VECTOR_BYTES, product
+
+
+def ordered(a, w, b):
+    """b + a[:, 0] w[0] + a[:, 1] w[1] + ... left to right, each multiply and add rounded to
+    the dtype (NumPy's elementwise ops do not fuse): the order the tiles promise."""
+    s = np.broadcast_to(b, (a.shape[0], b.size)).copy()
+    for k in range(a.shape[1]):
+        s = s + a[:, k:k + 1] * w[k]
+    return s
+
+
+def check(dtype, N, K, G, ra, n, c0, c1, ro, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((K, G)).astype(dtype)
+    b = rng.standard_normal(G).astype(dtype)
+    out = np.full((ro + n + 2, G), np.nan, dtype)
+    product(a, ra, n, w, b, c0, c1, out, ro)
+    want = ordered(a[ra:ra + n], w[:, c0:c1], b[c0:c1])
+    np.testing.assert_array_equal(out[ro:ro + n, c0:c1], want)
+    untouched = np.ones(out.shape, bool)
+    untouched[ro:ro + n, c0:c1] = False
+    assert np.isnan(out[untouched]).all(), "wrote outside the requested block"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, TILE_ROWS, TILE_ROWS + 5, 4 * TILE_ROWS + 7])
+def test_every_row_tail(dtype, n):
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    # columns: two-vector blocks, one one-vector block and a scalar tail
+    check(dtype, n + 2, 19, 3 * lanes + 3, 1, n, 0, 3 * lanes + 3, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_panels(dtype):
+    """K large enough that the rows come in several panels."""
+    check(dtype, 150, 1100, 40, 3, 140, 5, 37, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(["float32", "float64"]), N=st.integers(1, 40),
+       K=st.integers(1, 70), G=st.integers(1, 100), data=st.data())
+def test_any_block_any_offsets(dtype, N, K, G, data):
+    ra = data.draw(st.integers(0, N - 1))
+    n = data.draw(st.integers(0, N - ra))
+    c0 = data.draw(st.integers(0, G))
+    c1 = data.draw(st.integers(c0, G))
+    ro = data.draw(st.integers(0, 3))
+    check(dtype, N, K, G, ra, n, c0, c1, ro, seed=N * K + G)
+
+
+def test_row_bits_do_not_depend_on_the_call():
+    """A row gets the same bits alone, in a full tile or in a big call."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((97, 64)).astype("float32")
+    w = rng.standard_normal((64, 192)).astype("float32")
+    b = rng.standard_normal(192).astype("float32")
+    big = np.empty((97, 192), "float32")
+    product(a, 0, 97, w, b, 0, 192, big, 0)
+    for i in (0, 11, 12, 50, 96):
+        one = np.empty((1, 192), "float32")
+        product(a, i, 1, w, b, 0, 192, one, 0)
+        np.testing.assert_array_equal(one[0], big[i])
