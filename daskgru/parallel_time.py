@@ -10,23 +10,26 @@ reversed); "predecessor" means the previous chunk in that order.
 * ``gru-spec-…`` (q): for q >= 1, warm a state up over the last ``warmup`` steps of the
   predecessor's input (at most the predecessor's length; for layers above the first a small
   ``gru-tail-…`` task cuts those steps out where they are, so that a whole chunk of outputs
-  does not move), starting from h0 (zeros by default); then scan chunk q from it. Returns
-  (outputs, assumed start, end). Chunk 0 starts from h0 itself, which is exact. All spec
-  tasks run in parallel.
+  does not move), starting from h0 (zeros by default); then scan chunk q from it, in blocks
+  of 32, 64, 128, ... steps, keeping the state after each block (checkpoints). Returns
+  (outputs, (assumed start, end, checkpoints)). Chunk 0 starts from h0 itself, which is
+  exact. All spec tasks run in parallel. ``gru-specstate-…`` (q) picks the small second
+  part, so that the outputs stay where they were computed.
 * ``gru-fix-…`` (group): verifies ``verify_group(K)`` consecutive chunks one after the other
   (1 on the threaded scheduler, 2 × the task slots, at most 8, where results travel between
   processes; see ``verify_group``). For each: the *corrected* end state of its predecessor is
   its true start; rows (batch elements) whose max abs mismatch with the assumed start exceeds
   ``tol`` (or is not finite) are recomputed from the true start, rows off by less are
-  verified by a short re-scan, and the rest keep the speculative result. It returns the
-  corrected end state of its last chunk (and the repaired outputs, None where nothing
-  changed), and the next fix task takes that result directly: one scheduler round trip a
-  hop. A fix that keeps its chunks costs O(B·H) each, so the chain is cheap when the guesses
+  verified by a short re-scan until their state equals a checkpoint bit for bit, and the
+  rest keep the speculative result. It returns the corrected end state of its last chunk
+  (and patches of re-scanned outputs, None where nothing changed), and the next fix task
+  takes that result directly: one scheduler round trip a hop. A fix that keeps its chunks costs O(B·H) each, so the chain is cheap when the guesses
   were good; when every chunk is recomputed it *is* the sequential scan (worst case). A
   recomputed chunk changes its end state, and the next check compares against that, so one
   pass of the chain leaves every chunk consistent.
-* ``gru-select-…`` (q): the chunk's outputs, repaired or speculative (for the top layer of a
-  unidirectional GRU these are the ``gru-output-…`` blocks themselves).
+* ``gru-select-…`` (q): the chunk's outputs, speculative with the patches applied; it runs
+  where the spec task ran (for the top layer of a unidirectional GRU these are the
+  ``gru-output-…`` blocks themselves).
 
 Bound on the error: every kept chunk started within ``tol`` of the state its predecessor
 really ended in (the corrected one); the outputs differ from the sequential scan by that
@@ -77,8 +80,10 @@ TANGENT_CUTOFF = 1e-3
 # Newton stops (and leaves the rest to the fix-up chain) after the update grew this often
 # in a row.
 GROWTH_PATIENCE = 2
-# At most this many chunks per fix task by default (their outputs move to one worker).
+# At most this many chunks per fix task by default (their inputs move to one worker).
 MAX_VERIFY_GROUP = 8
+# Spec tasks record their state every this many steps at most (checkpoints for the fix-up).
+MAX_BLOCK = 8192
 
 
 def verify_group(K):
@@ -89,10 +94,10 @@ def verify_group(K):
     that; so a fix task runs at most once per speculative task on its worker. With P task
     slots finishing P chunks at a time, a chain of single-chunk fix tasks falls behind and
     is left with about K (1 - 1/P) hops (milliseconds each) after the last speculative task.
-    A fix task that verifies 2P chunks keeps pace with room to spare, at the cost of moving
-    the other chunks' outputs of its group to it. Where results stay in one process (threaded
+    A fix task that verifies 2P chunks keeps pace with room to spare; it receives the
+    chunks' states and inputs (for re-scans), not their outputs. Where results stay in one process (threaded
     or synchronous scheduler) a dependent runs at once, and groups of 1 are best. Set
-    ``dask.config.set({"daskgru.verify-group": n})`` to choose (1 moves nothing).
+    ``dask.config.set({"daskgru.verify-group": n})`` to choose.
     """
     import dask
 
@@ -138,9 +143,35 @@ def _tail_task(reverse, w, *parts):
     return np.ascontiguousarray(x[:w] if reverse else x[x.shape[0] - w:])
 
 
+def _blocks(n):
+    """The blocks (start, length) in traversal order in which a chunk of n steps is scanned
+    by spec tasks and re-scanned by the fix-up: 32 steps, then twice as many each time (at
+    most ``MAX_BLOCK``). The state after every block but the last is a checkpoint."""
+    pos, m = 0, 32
+    while pos < n:
+        yield pos, min(m, n - pos)
+        pos += m
+        m = min(2 * m, MAX_BLOCK)
+
+
+def _scan_blocks(w, x, h, lengths, t0, reverse, reset_after):
+    """Scan chunk x from h block by block (``_blocks``); returns (out, end, checkpoints):
+    the state after each block but the last. Same bits as one call (time-chunk invariance)."""
+    n = x.shape[0]
+    out = np.empty((n, x.shape[1], w[2].shape[0]), w[2].dtype)
+    checkpoints = []
+    for pos, m in _blocks(n):
+        a, b = (n - pos - m, n - pos) if reverse else (pos, pos + m)
+        _, h = run_direction(x[a:b], *w, h, lengths, t0 + a, reverse, reset_after, out=out[a:b])
+        if pos + m < n:
+            checkpoints.append(h)
+    return out, h, checkpoints
+
+
 def _spec_task(weights, l, d, reset_after, start, tail, tail_t0, h0, lengths, t0, T, *parts):
     """Scan a chunk from a guessed start: ``start`` (a (state, done) pair from Newton), or a
-    state warmed up over ``tail`` from h0, or h0 itself. Returns (out, assumed start, end)."""
+    state warmed up over ``tail`` from h0, or h0 itself. Returns (out, (assumed start, end,
+    checkpoints)); the second part is all the fix-up needs."""
     w = weights[l][d]
     w_hh_t = w[2]
     x = layer_input(parts)
@@ -152,8 +183,13 @@ def _spec_task(weights, l, d, reset_after, start, tail, tail_t0, h0, lengths, t0
         h = _start(h0, B, H, w_hh_t.dtype)
         if tail is not None and tail.shape[0]:
             _, h = run_direction(tail, *w, h, lengths, tail_t0, d == 1, reset_after)
-    out, end = run_direction(x, *w, h, lengths, t0, d == 1, reset_after)
-    return out, h, end
+    out, end, checkpoints = _scan_blocks(w, x, h, lengths, t0, d == 1, reset_after)
+    return out, (h, end, checkpoints)
+
+
+def _spec_states(spec):
+    """The small part of a spec result: (assumed start, end, checkpoints)."""
+    return spec[1]
 
 
 def _scan_rows(weights, l, d, reset_after, x, rows, h, lengths, t0, a, b):
@@ -162,50 +198,40 @@ def _scan_rows(weights, l, d, reset_after, x, rows, h, lengths, t0, a, b):
                          lengths[rows], t0 + a, d == 1, reset_after)
 
 
-def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, spec_out, out):
-    """Re-scan ``rows`` from their true start ``h`` block by block, until each row's state
-    equals the speculative output at some step bit for bit: from there on the speculative
-    result is what the sequential scan gives (the kernels are deterministic). Writes the
-    re-scanned steps into ``out``; returns the rows that never met (fully recomputed), their
-    end states and the number of steps scanned. Only valid steps (t < length) can meet:
-    past a sequence's end both trajectories output 0 whatever their states."""
+def _splice(weights, l, d, reset_after, x, rows, h, lengths, t0, checkpoints, spec_end):
+    """Re-scan ``rows`` from their true start ``h`` block by block (``_blocks``) until each
+    row's state equals the speculative state at a block's end (a checkpoint) bit for bit:
+    from there on the speculative result is what the sequential scan gives (the kernels are
+    deterministic). Past a sequence's end the state stays put, so rows meet only where the
+    trajectories met at a valid step. Returns the rows that never met (fully recomputed),
+    their end states, the number of steps scanned and the patches (a, b, rows, outputs) of
+    the re-scanned steps."""
     n = x.shape[0]
     reverse = d == 1
-    pos, blk, steps = 0, 32, 0
+    steps, patches = 0, []
     pending = np.asarray(rows)
-    while pending.size and pos < n:
-        m = min(blk, n - pos)
+    for i, (pos, m) in enumerate(_blocks(n)):
+        if not pending.size:
+            break
         a, b = (n - pos - m, n - pos) if reverse else (pos, pos + m)
         o, h = _scan_rows(weights, l, d, reset_after, x, pending, h, lengths, t0, a, b)
         steps += m
-        valid = (t0 + np.arange(a, b))[:, None] < lengths[pending][None, :]
-        met = np.all(o == spec_out[a:b][:, pending], axis=2) & valid  # (m, rows)
-        if reverse:
-            met = met[::-1]
-            o = o[::-1]
-        first = np.where(met.any(axis=0), met.argmax(axis=0), m)
-        for i, r in enumerate(pending):
-            f = first[i]  # steps before f in traversal order differ; copy them
-            if reverse:
-                out[b - f:b, r] = o[:f, i][::-1]
-            else:
-                out[a:a + f, r] = o[:f, i]
-        left = first == m
-        pending, h = pending[left], h[left]
-        pos += m
-        blk = min(blk * 2, 8192)
-    return pending, h, steps
+        patches.append((a, b, pending, o))
+        spec = checkpoints[i] if pos + m < n else spec_end
+        met = np.all(h == spec[pending], axis=1)
+        pending, h = pending[~met], h[~met]
+    return pending, h, steps, patches
 
 
 def _fix_task(weights, l, d, reset_after, tol, prev, specs, lengths, t0s, T, parts):
     """Verify a group of consecutive chunks (traversal order) one after the other: the
     first against the corrected end state in its predecessor's fix result ``prev`` (None:
     the group starts at chunk 0, whose start is exact), each next one against the corrected
-    end of the one before. Returns (corrected end state of the group's last chunk, per
-    chunk the repaired outputs or None where the speculative ones stand, per chunk
-    (largest accepted mismatch, rows recomputed, steps re-scanned)); the result holds only
-    small things unless something was repaired, so the next fix task in the chain receives
-    little."""
+    end of the one before. ``specs`` are the chunks' ``_spec_states`` (states only, not
+    outputs). Returns (corrected end state of the group's last chunk, per chunk the patches
+    of its outputs or None where the speculative ones stand, per chunk (largest accepted
+    mismatch, rows recomputed, steps re-scanned)); the result holds only small things
+    unless something was repaired, so the next fix task in the chain receives little."""
     true = None if prev is None else prev[0]
     outs, stats = [], []
     for spec, t0, p in zip(specs, t0s, parts):
@@ -225,10 +251,10 @@ def _fix_chunk(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T
     start until the trajectories meet bit for bit (usually within tens of steps), falling back
     to a full recompute where they never meet (chaotic dynamics). ``true_start`` None: the
     assumed start was exact (chunk 0). Returns (end state, outputs, largest accepted
-    mismatch, rows recomputed, steps re-scanned to verify); the outputs are None where the
-    speculative ones stand unchanged.
+    mismatch, rows recomputed, steps re-scanned to verify); the patches (a, b, rows, outputs
+    of steps a..b-1 of those rows) are None where the speculative outputs stand unchanged.
     """
-    spec_out, assumed, spec_end = spec
+    assumed, spec_end, checkpoints = spec
     if true_start is None:
         return spec_end, None, 0.0, 0, 0
     B = assumed.shape[0]
@@ -247,29 +273,33 @@ def _fix_chunk(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T
         return end, None, accepted, 0, 0
     x = layer_input(parts)
     n = x.shape[0]
-    out = np.array(spec_out, copy=True)
-    steps = 0
+    steps, patches = 0, []
     failed = np.zeros(0, np.int64)
     if check.any():
         rows = np.flatnonzero(check)
-        failed, h_failed, steps = _splice(weights, l, d, reset_after, x, rows,
-                                          true_start[rows], lengths, t0, spec_out, out)
+        failed, h_failed, steps, patches = _splice(weights, l, d, reset_after, x, rows,
+                                                   true_start[rows], lengths, t0,
+                                                   checkpoints, spec_end)
         end[failed] = h_failed  # re-scanned to the chunk's end from the true start
     if bad.any():
         rows = np.flatnonzero(bad)
         o, h = _scan_rows(weights, l, d, reset_after, x, rows, true_start[rows], lengths, t0,
                           0, n)
-        out[:, rows] = o
+        patches.append((0, n, rows, o))
         end[rows] = h
-    changed = steps > 0 or bad.any()
-    return end, (out if changed else None), accepted, int(bad.sum() + failed.size), steps
+    return end, (patches or None), accepted, int(bad.sum() + failed.size), steps
 
 
 def _select(spec, fix, i):
-    """A chunk's final outputs (member ``i`` of its fix group): the repaired ones, else the
-    speculative ones."""
-    out = fix[1][i]
-    return spec[0] if out is None else out
+    """A chunk's final outputs (member ``i`` of its fix group): the speculative ones, with
+    the fix-up's patches applied where it re-scanned."""
+    patches = fix[1][i]
+    if patches is None:
+        return spec[0]
+    out = spec[0].copy()
+    for a, b, rows, o in patches:
+        out[a:b, rows] = o
+    return out
 
 
 def _fix_end_block(fix):
@@ -494,12 +524,13 @@ def _gru_graph(x, p, *, h0, lengths, batch_first, method, warmup, tol):
                     g[key("spec", l, d, j, q)] = (_spec_task, wname, l, d, pp.reset_after,
                                                   start, tail, tail_t0, h0k, lens,
                                                   t_starts[k], T, *parts(k))
+                    g[key("specstate", l, d, j, q)] = (_spec_states, key("spec", l, d, j, q))
                 for g0 in range(0, K, G):
                     qs = range(g0, min(g0 + G, K))
                     fix = key("fix", l, d, j, g0 // G)
                     g[fix] = (_fix_task, wname, l, d, pp.reset_after, tol,
                               key("fix", l, d, j, g0 // G - 1) if g0 else None,
-                              [key("spec", l, d, j, q) for q in qs], lens,
+                              [key("specstate", l, d, j, q) for q in qs], lens,
                               [t_starts[order[q]] for q in qs], T,
                               [parts(order[q]) for q in qs])
                     fixes.append(fix)

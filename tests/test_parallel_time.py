@@ -263,3 +263,20 @@ def test_tangent_kernel_against_finite_differences(dtype, reset_after, rng):
                                     lengths, 0, rev, reset_after)
             np.testing.assert_allclose(M32, M, atol=1e-5)
             np.testing.assert_allclose(h32, h, atol=1e-5)
+
+
+def test_fix_tasks_receive_states_not_outputs(rng):
+    """The fix-up chain takes each chunk's (assumed start, end, checkpoints), never its
+    outputs: those stay where the spec task ran, and the select task patches them there."""
+    from dask.core import get_dependencies
+
+    p = dg.GRUParams.random(3, 8, num_layers=2, seed=0)
+    xd = da.from_array(rng.normal(size=(400, 2, 3)).astype("float32"), chunks=(50, 2, 3))
+    out, _ = dg.gru(xd, p, method="speculative")
+    dsk = dict(out.__dask_graph__())
+    fixes = fix_tasks(out)
+    assert fixes
+    for k in fixes:
+        stages = {str(d[0] if isinstance(d, tuple) else d).split("-l")[0]
+                  for d in get_dependencies(dsk, k)}
+        assert "gru-spec" not in stages and "gru-specstate" in stages, stages
