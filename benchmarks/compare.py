@@ -135,8 +135,8 @@ def dask_rows(repeats, quick):
 
     import daskgru as dg
 
-    print("\ndask, time chunks of 512 steps, threads scheduler (BLAS at 1 thread per dask "
-          "thread, as docs/performance.md advises), against eager (2 threads):")
+    print("\ndask, time chunks of 512 steps, threads scheduler with 2 threads, against eager "
+          "(2 threads):")
     os.environ["DASKGRU_NUM_THREADS"] = "2"
     for T, B, I, H in GRID:
         T = max(1024, T // 4) if quick else T

@@ -53,8 +53,9 @@ def measure(H, I, n, warmup, dtype="float32"):
         scan=best(lambda: kernels.scan(gi, w_hh_t, b_hh, h, L, 0, False, True)),
         spec=best(lambda: pt._spec_task(W, 0, 0, True, None, tail, 0, None, None, 0, n, x)),
         eval=best(lambda: pt._newton_eval(W, 0, 0, True, 1e-8, (h, False), None, 0, n, x)),
-        fix=best(lambda: pt._fix_task(W, 0, 0, True, 1e-5, (spec[1],), [spec], None, [0], n,
-                                      [[x]])),  # one chunk, kept as is
+        # one chunk whose assumed start was right, kept as is (spec[1]: its states)
+        fix=best(lambda: pt._fix_task(W, 0, 0, True, 1e-5, (spec[1][0],), [spec[1]], None, [0],
+                                      n, [[x]])),
     )
 
 

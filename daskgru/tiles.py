@@ -17,6 +17,10 @@ multiply-adds (as separate multiply and add, which machines with separate add pi
 AMD Zen, issue at the rate of FMAs). Numba does not keep array tiles in registers, so the tile
 is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width; LLVM splits
 wider vectors on narrower machines, so the code is portable and only the speed changes.
+
+For developers: the kernels in :mod:`daskgru.kernels` that call ``product`` are cached on
+disk by Numba, which checks only the source file of the cached function. After editing this
+module, delete ``daskgru/__pycache__/*.nb[ic]`` (or touch ``kernels.py``).
 """
 from __future__ import annotations
 
