@@ -1,6 +1,7 @@
 """The asv suite cannot rot: every benchmark runs once on tiny sizes, and `asv check` passes.
 Nothing here is timed."""
 import importlib
+import importlib.util
 import inspect
 import itertools
 import os
@@ -61,3 +62,27 @@ def test_compare_script_runs_quick():
     res = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "torch" in res.stdout
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_simulate_scaling_pieces_run_tiny():
+    """The scaling simulation calls task functions of daskgru.parallel_time directly: it must
+    follow their signatures (it once broke silently when they changed)."""
+    sim = _script("simulate_scaling")
+    costs = sim.measure(4, 8, 300, 16)
+    assert set(costs) == {"proj", "scan", "spec", "eval", "fix"}
+    deps = sim.graph("speculative", 400, 4, 4, 2)
+    end, critical, total = sim.simulate(deps, lambda k: 0.0, 2, 1e-3)
+    assert 0 < critical <= end <= total
+
+
+def test_bench_tiles_runs_tiny(capsys):
+    _script("bench_tiles").main(["--shape", "13", "5", "40", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert out.count("bits of the plain order: True") == 2
