@@ -36,7 +36,13 @@ __all__ = ["product", "VECTOR_BYTES", "TILE_ROWS"]
 
 
 def _vector_bytes():
-    feats = llvm_binding.get_host_cpu_features()
+    """Width of the vectors Numba's code may use: the host's, or what NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES ask for (e.g. a portable cache built for a generic CPU)."""
+    name, features = numba.config.CPU_NAME, numba.config.CPU_FEATURES
+    if name in (None, "host") and not features:
+        feats = dict(llvm_binding.get_host_cpu_features())
+    else:  # only what was asked for explicitly; a named CPU alone gets the narrowest
+        feats = {f[1:]: f[0] == "+" for f in (features or "").split(",") if f}
     if feats.get("avx512f"):
         return 64
     return 32 if feats.get("avx") else 16

@@ -68,3 +68,19 @@ def test_row_bits_do_not_depend_on_the_call():
         one = np.empty((1, 192), "float32")
         product(a, i, 1, w, b, 0, 192, one, 0)
         np.testing.assert_array_equal(one[0], big[i])
+
+
+def test_vector_width_follows_numba_cpu_settings(monkeypatch):
+    """A cache built for another CPU (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES) gets tiles of the
+    width that CPU has, not the host's."""
+    import numba
+
+    from daskgru import tiles
+
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
+    assert tiles._vector_bytes() == 16
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+sse4.2,+avx,+avx2,-avx512f")
+    assert tiles._vector_bytes() == 32
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+avx,+avx512f")
+    assert tiles._vector_bytes() == 64
