@@ -151,6 +151,13 @@ def product(a, ra, n, w, b, c0, c1, out, ro):
     """out[ro + i, c] = b[c] + sum_k a[ra + i, k] * w[k, c] for i < n, c0 <= c < c1, in the
     fixed order of the module docstring. a (., K) and w (K, .) and out have contiguous rows."""
     K = a.shape[1]
+    # The tiles index raw memory: check the block lies inside every array (cheap, per call).
+    if (w.shape[0] != K or n < 0 or ra < 0 or ro < 0 or ra + n > a.shape[0]
+            or ro + n > out.shape[0] or c0 < 0 or c1 > w.shape[1] or c1 > b.shape[0]
+            or c1 > out.shape[1]):
+        raise ValueError("product: the requested block does not fit the arrays")
+    if n == 0 or c1 <= c0:
+        return
     L = VECTOR_BYTES // a.itemsize
     panel = max(_RM, (_PANEL_BYTES // max(1, K * a.itemsize)) // _RM * _RM)
     for p0 in range(0, n, panel):

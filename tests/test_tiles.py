@@ -84,3 +84,17 @@ def test_vector_width_follows_numba_cpu_settings(monkeypatch):
     assert tiles._vector_bytes() == 32
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+avx,+avx512f")
     assert tiles._vector_bytes() == 64
+
+
+@pytest.mark.parametrize("args", [
+    dict(ra=3, n=2),        # rows of a beyond its end
+    dict(ro=4),             # rows of out beyond its end
+    dict(c1=41),            # columns beyond w, b and out
+    dict(K=6),              # w has another number of rows than a has columns
+])
+def test_blocks_outside_the_arrays_are_refused(args):
+    a = np.zeros((4, args.get("K", 5)), "float32")
+    w, b, out = np.zeros((5, 40), "float32"), np.zeros(40, "float32"), np.zeros((4, 40), "float32")
+    with pytest.raises(ValueError, match="does not fit"):
+        product(a, args.get("ra", 0), args.get("n", 4), w, b, 0, args.get("c1", 40), out,
+                args.get("ro", 0))
