@@ -5,8 +5,8 @@ holds the chunk's outputs, else by recomputing the chunk from its stored start s
 forward kernel (:func:`daskgru.kernels.scan`, same bits). From the states, every step's gates
 are a few GEMMs over the whole chunk (chunk-sized buffers only). The one sequential part, the
 walk back through the chunk carrying the adjoint state, is the Numba kernel ``backward_walk``
-(elementwise loops plus one small BLAS product per step). The weight and input gradients are
-again one GEMM per chunk (NumPy/BLAS). Gradients are therefore not bit-identical across
+(elementwise loops plus two small products per step, :func:`daskgru.tiles.product`). The
+weight and input gradients are again one GEMM per chunk (NumPy/BLAS). Gradients are therefore not bit-identical across
 chunkings (the GEMM sums run in different orders), only equal to rounding (~1e-15 relative
 in float64); forward values, which the recompute reproduces exactly, are.
 
@@ -36,6 +36,7 @@ import numba
 import numpy as np
 
 from .kernels import _OPTS, _sigs, typed
+from .tiles import product
 
 __all__ = ["backward_scan", "chunk_backward", "backward_kernel"]
 
@@ -85,6 +86,7 @@ def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh,
     w_rz = np.ascontiguousarray(w_hh[:2 * H])
     back = np.empty((B, H), dtype=dh.dtype)
     back_rz = np.empty((B, H), dtype=dh.dtype)
+    no_bias = np.zeros(H, dtype=dh.dtype)
     drh = np.empty((B, H), dtype=dh.dtype)
     for s in range(T - 1, -1, -1):
         tl = T - 1 - s if reverse else s
@@ -122,7 +124,7 @@ def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh,
                     d_a[tl, bb, 2 * H + j] = dn
                     dn_[bb, j] = dn
         # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
-        np.dot(dn_, w_n, back)
+        product(dn_, 0, B, w_n, no_bias, 0, H, back, 0)
         if not reset_after:
             for bb in range(B):
                 if t >= lengths[bb]:
@@ -134,7 +136,7 @@ def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh,
                     d_gi[tl, bb, j] = dr
                     d_a[tl, bb, j] = dr
                     drz[bb, j] = dr
-        np.dot(drz, w_rz, back_rz)
+        product(drz, 0, B, w_rz, no_bias, 0, H, back_rz, 0)
         for bb in range(B):
             if t >= lengths[bb]:
                 continue  # masked step: the adjoint passes through unchanged
@@ -195,29 +197,29 @@ def backward_scan(gi, w_hh, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_a
         out, _ = kernels.scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after)
     hk = np.empty((T, B, H), dt)
     prev_states(c(out, dtype=dt), h_start, lengths, int(t0), bool(reverse), hk)
-    # Gates of every step at once from the states: GEMMs instead of a sequential loop.
+    # Gates of every step at once from the states: products over the whole chunk instead of
+    # a sequential loop (the tiles, so the pre-activations are the forward's, bit for bit).
     hk2 = hk.reshape(T * B, H)
     gi2 = gi.reshape(T * B, G)
     gates = np.empty((T * B, 4 * H), dt)
+    a = np.empty((T * B, G), dt)
     # Vectorised NumPy (exp is SIMD there); exp overflow gives inf and then exactly 0.
     with np.errstate(over="ignore"):
         if reset_after:
-            a = hk2 @ w_hh_t
-            a += b_hh
+            product(hk2, 0, T * B, w_hh_t, b_hh, 0, G, a, 0)
             rz = gates[:, :2 * H]
             np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
             _sigmoid_(rz)
             gates[:, 3 * H:] = a[:, 2 * H:]
             pre = gates[:, :H] * a[:, 2 * H:]
         else:
-            a = hk2 @ w_hh_t[:, :2 * H]
-            a += b_hh[:2 * H]
+            product(hk2, 0, T * B, w_hh_t, b_hh, 0, 2 * H, a, 0)
             rz = gates[:, :2 * H]
-            np.add(gi2[:, :2 * H], a, out=rz)
+            np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
             _sigmoid_(rz)
             rh = gates[:, :H] * hk2
-            pre = rh @ w_hh_t[:, 2 * H:]
-            pre += b_hh[2 * H:]
+            product(rh, 0, T * B, w_hh_t, b_hh, 2 * H, G, a, 0)
+            pre = a[:, 2 * H:]
             gates[:, 3 * H:] = pre
         pre += gi2[:, 2 * H:]
         np.tanh(pre, out=gates[:, 2 * H:3 * H])
@@ -257,5 +259,7 @@ def chunk_backward(x, w_ih, w_ih_t, b_ih, w_hh, w_hh_t, b_hh, h_start, lengths, 
     x2 = np.ascontiguousarray(x, dtype=dt).reshape(T * B, I)
     dW_ih = dg2.T @ x2
     db_ih = dg2.sum(axis=0)
-    d_x = (dg2 @ w_ih).reshape(T, B, I)
+    d_x = np.empty((T, B, I), dt)
+    product(dg2, 0, T * B, np.ascontiguousarray(w_ih, dtype=dt), np.zeros(I, dt), 0, I,
+            d_x.reshape(T * B, I), 0)
     return d_x, dh, dW_ih, db_ih, dW_hh, db_hh
