@@ -36,7 +36,7 @@ import numba
 import numpy as np
 
 from .kernels import _OPTS, _sigs, typed
-from .tiles import product
+from .tiles import CACHE_KEY, product
 
 __all__ = ["backward_scan", "chunk_backward", "backward_kernel"]
 
@@ -61,91 +61,101 @@ def prev_states(out, h_start, lengths, t0, reverse, hk):
                 src_t = tl
 
 
-@numba.njit(_sigs(lambda f: numba.void(
-        f[:, :, ::1],      # gates (T, B, 4H): r, z, n, a_n of the recomputed forward
-        f[:, ::1],         # w_hh (G, H), torch layout
-        numba.int64[::1],  # lengths (B,)
-        numba.int64,       # t0
-        numba.boolean,     # reverse
-        numba.boolean,     # reset_after
-        f[:, :, ::1],      # hk (T, B, H): the state each step starts from
-        f[:, :, ::1],      # d_out (T, B, H)
-        f[:, ::1],         # dh (B, H): adjoint of the end state in, of the start state out
-        f[:, :, ::1],      # d_gi (T, B, G) out
-        f[:, :, ::1],      # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
-)), **_OPTS)
-def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh, d_gi,
-                  d_a):
-    T, B, G = d_gi.shape
-    H = dh.shape[1]
-    one, zero = typed(dh, 1), typed(dh, 0)
-    g_ = np.empty((B, H), dtype=dh.dtype)
-    dn_ = np.empty((B, H), dtype=dh.dtype)
-    drz = np.empty((B, 2 * H), dtype=dh.dtype)
-    w_n = np.ascontiguousarray(w_hh[2 * H:])
-    w_rz = np.ascontiguousarray(w_hh[:2 * H])
-    back = np.empty((B, H), dtype=dh.dtype)
-    back_rz = np.empty((B, H), dtype=dh.dtype)
-    no_bias = np.zeros(H, dtype=dh.dtype)
-    drh = np.empty((B, H), dtype=dh.dtype)
-    for s in range(T - 1, -1, -1):
-        tl = T - 1 - s if reverse else s
-        t = t0 + tl
-        for bb in range(B):
-            if t >= lengths[bb]:
-                for g in range(G):
-                    d_gi[tl, bb, g] = zero
-                    d_a[tl, bb, g] = zero
-                for j in range(H):
-                    dn_[bb, j] = zero
-                for g in range(2 * H):
-                    drz[bb, g] = zero
-                continue
-            for j in range(H):
-                gv = dh[bb, j] + d_out[tl, bb, j]
-                g_[bb, j] = gv
-                z = gates[tl, bb, H + j]
-                n = gates[tl, bb, 2 * H + j]
-                dn = gv * (one - z) * (one - n * n)
-                dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
-                d_gi[tl, bb, H + j] = dz
-                d_gi[tl, bb, 2 * H + j] = dn
-                d_a[tl, bb, H + j] = dz
-                drz[bb, H + j] = dz
-                if reset_after:
-                    r = gates[tl, bb, j]
-                    dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
-                    d_gi[tl, bb, j] = dr
-                    d_a[tl, bb, j] = dr
-                    d_a[tl, bb, 2 * H + j] = dn * r
-                    drz[bb, j] = dr
-                    dn_[bb, j] = dn * r
-                else:
-                    d_a[tl, bb, 2 * H + j] = dn
-                    dn_[bb, j] = dn
-        # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
-        product(dn_, 0, B, w_n, no_bias, 0, H, back, 0)
-        if not reset_after:
+def _build(tiles_key):
+    """``backward_walk`` as a closure over ``tiles_key`` (see :func:`daskgru.kernels._build`):
+    a change to the tiles recompiles it."""
+
+    @numba.njit(_sigs(lambda f: numba.void(
+            f[:, :, ::1],      # gates (T, B, 4H): r, z, n, a_n of the recomputed forward
+            f[:, ::1],         # w_hh (G, H), torch layout
+            numba.int64[::1],  # lengths (B,)
+            numba.int64,       # t0
+            numba.boolean,     # reverse
+            numba.boolean,     # reset_after
+            f[:, :, ::1],      # hk (T, B, H): the state each step starts from
+            f[:, :, ::1],      # d_out (T, B, H)
+            f[:, ::1],         # dh (B, H): adjoint of the end state in, of the start state out
+            f[:, :, ::1],      # d_gi (T, B, G) out
+            f[:, :, ::1],      # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
+    )), **_OPTS)
+    def backward_walk(gates, w_hh, lengths, t0, reverse, reset_after, hk, d_out, dh, d_gi,
+                      d_a):
+        tiles_key  # noqa: B018 (a closure variable: part of Numba's cache key)
+        T, B, G = d_gi.shape
+        H = dh.shape[1]
+        one, zero = typed(dh, 1), typed(dh, 0)
+        g_ = np.empty((B, H), dtype=dh.dtype)
+        dn_ = np.empty((B, H), dtype=dh.dtype)
+        drz = np.empty((B, 2 * H), dtype=dh.dtype)
+        w_n = np.ascontiguousarray(w_hh[2 * H:])
+        w_rz = np.ascontiguousarray(w_hh[:2 * H])
+        back = np.empty((B, H), dtype=dh.dtype)
+        back_rz = np.empty((B, H), dtype=dh.dtype)
+        no_bias = np.zeros(H, dtype=dh.dtype)
+        drh = np.empty((B, H), dtype=dh.dtype)
+        for s in range(T - 1, -1, -1):
+            tl = T - 1 - s if reverse else s
+            t = t0 + tl
             for bb in range(B):
                 if t >= lengths[bb]:
+                    for g in range(G):
+                        d_gi[tl, bb, g] = zero
+                        d_a[tl, bb, g] = zero
+                    for j in range(H):
+                        dn_[bb, j] = zero
+                    for g in range(2 * H):
+                        drz[bb, g] = zero
                     continue
                 for j in range(H):
-                    r = gates[tl, bb, j]
-                    drh[bb, j] = back[bb, j]
-                    dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
-                    d_gi[tl, bb, j] = dr
-                    d_a[tl, bb, j] = dr
-                    drz[bb, j] = dr
-        product(drz, 0, B, w_rz, no_bias, 0, H, back_rz, 0)
-        for bb in range(B):
-            if t >= lengths[bb]:
-                continue  # masked step: the adjoint passes through unchanged
-            for j in range(H):
-                if reset_after:
-                    v = back[bb, j]
-                else:
-                    v = drh[bb, j] * gates[tl, bb, j]
-                dh[bb, j] = g_[bb, j] * gates[tl, bb, H + j] + v + back_rz[bb, j]
+                    gv = dh[bb, j] + d_out[tl, bb, j]
+                    g_[bb, j] = gv
+                    z = gates[tl, bb, H + j]
+                    n = gates[tl, bb, 2 * H + j]
+                    dn = gv * (one - z) * (one - n * n)
+                    dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
+                    d_gi[tl, bb, H + j] = dz
+                    d_gi[tl, bb, 2 * H + j] = dn
+                    d_a[tl, bb, H + j] = dz
+                    drz[bb, H + j] = dz
+                    if reset_after:
+                        r = gates[tl, bb, j]
+                        dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
+                        d_gi[tl, bb, j] = dr
+                        d_a[tl, bb, j] = dr
+                        d_a[tl, bb, 2 * H + j] = dn * r
+                        drz[bb, j] = dr
+                        dn_[bb, j] = dn * r
+                    else:
+                        d_a[tl, bb, 2 * H + j] = dn
+                        dn_[bb, j] = dn
+            # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
+            product(dn_, 0, B, w_n, no_bias, 0, H, back, 0)
+            if not reset_after:
+                for bb in range(B):
+                    if t >= lengths[bb]:
+                        continue
+                    for j in range(H):
+                        r = gates[tl, bb, j]
+                        drh[bb, j] = back[bb, j]
+                        dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
+                        d_gi[tl, bb, j] = dr
+                        d_a[tl, bb, j] = dr
+                        drz[bb, j] = dr
+            product(drz, 0, B, w_rz, no_bias, 0, H, back_rz, 0)
+            for bb in range(B):
+                if t >= lengths[bb]:
+                    continue  # masked step: the adjoint passes through unchanged
+                for j in range(H):
+                    if reset_after:
+                        v = back[bb, j]
+                    else:
+                        v = drh[bb, j] * gates[tl, bb, j]
+                    dh[bb, j] = g_[bb, j] * gates[tl, bb, H + j] + v + back_rz[bb, j]
+
+    return backward_walk
+
+
+backward_walk = _build(CACHE_KEY)
 
 
 _KERNELS = {np.dtype(t): (prev_states, backward_walk) for t in (np.float32, np.float64)}

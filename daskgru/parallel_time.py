@@ -31,10 +31,11 @@ reversed); "predecessor" means the previous chunk in that order.
   where the spec task ran (for the top layer of a unidirectional GRU these are the
   ``gru-output-…`` blocks themselves).
 
-Bound on the error: every kept chunk started within ``tol`` of the state its predecessor
-really ended in (the corrected one); the outputs differ from the sequential scan by that
-start mismatch as propagated through the chunk, which a contracting GRU shrinks. In
-``info["max_mismatch"]`` the largest accepted start mismatch is reported.
+What ``tol`` decides: a chunk whose start was off by at most ``tol`` is verified by a
+re-scan until it meets the speculative trajectory bit for bit, one off by more is recomputed;
+either way, once the chain has run, every output is what the sequential scan gives, bit for
+bit (the kernels are deterministic and row-invariant). ``info["max_mismatch"]`` reports the
+largest start mismatch that was verified rather than recomputed.
 
 ``method="newton"`` (multiple shooting; the operator of DEER, Lim et al. 2023)
 

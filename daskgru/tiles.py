@@ -18,11 +18,15 @@ AMD Zen, issue at the rate of FMAs). Numba does not keep array tiles in register
 is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width; LLVM splits
 wider vectors on narrower machines, so the code is portable and only the speed changes.
 
-For developers: the kernels in :mod:`daskgru.kernels` that call ``product`` are cached on
-disk by Numba, which checks only the source file of the cached function. After editing this
-module, delete ``daskgru/__pycache__/*.nb[ic]`` (or touch ``kernels.py``).
+The Numba kernels that call ``product`` are cached on disk; Numba keys its cache on the
+calling module's source, not on this one, so they are built as closures over ``CACHE_KEY``
+(a hash of this file and the tile shape), which Numba's cache key does include: a change
+here recompiles them.
 """
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -30,9 +34,10 @@ from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-__all__ = ["product", "VECTOR_BYTES", "TILE_ROWS"]
+__all__ = ["product", "VECTOR_BYTES", "TILE_ROWS", "CACHE_KEY"]
 
 
 def _vector_bytes():
@@ -54,6 +59,22 @@ VECTOR_BYTES = _vector_bytes()
 TILE_ROWS = 12 if VECTOR_BYTES == 64 else 6
 # Row panels of ``a`` of about this many bytes stay in L2 while all column blocks pass.
 _PANEL_BYTES = 256 << 10
+# What identifies the code of the tiles, for the on-disk caches of the kernels calling them.
+CACHE_KEY = "{}-{}-{}".format(
+    hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16], VECTOR_BYTES, TILE_ROWS)
+
+
+def _check_types(a, w, b, out):
+    """The tiles read and write raw memory with a's element type and unit inner strides:
+    refuse (at compile time) anything but C-contiguous arrays of one float type."""
+    arrays = (a, w, b, out)
+    ok = (all(isinstance(t, types.Array) and t.layout == "C" for t in arrays)
+          and (a.ndim, w.ndim, b.ndim, out.ndim) == (2, 2, 1, 2)
+          and isinstance(a.dtype, types.Float) and len({t.dtype for t in arrays}) == 1)
+    if not ok:
+        raise TypingError("daskgru.tiles.product needs C-contiguous arrays of one float type: "
+                          "a (M, K), w (K, N), b (N,), out (M, N); got "
+                          + ", ".join(str(t) for t in arrays))
 
 
 def _make_tile(R, V):
@@ -62,6 +83,7 @@ def _make_tile(R, V):
 
     @intrinsic
     def tile(typingctx, a, w, b, out, ra, ro, c0):
+        _check_types(a, w, b, out)
         sig = types.void(a, w, b, out, types.int64, types.int64, types.int64)
 
         def codegen(context, builder, signature, args):
@@ -146,7 +168,7 @@ def _row_driver(V):
 _rows2, _rows1 = _row_driver(2), _row_driver(1)
 
 
-@numba.njit(nogil=True, boundscheck=False)
+@numba.njit(nogil=True, boundscheck=False, cache=True)
 def product(a, ra, n, w, b, c0, c1, out, ro):
     """out[ro + i, c] = b[c] + sum_k a[ra + i, k] * w[k, c] for i < n, c0 <= c < c1, in the
     fixed order of the module docstring. a (., K) and w (K, .) and out have contiguous rows."""

@@ -98,3 +98,33 @@ def test_blocks_outside_the_arrays_are_refused(args):
     with pytest.raises(ValueError, match="does not fit"):
         product(a, args.get("ra", 0), args.get("n", 4), w, b, 0, args.get("c1", 40), out,
                 args.get("ro", 0))
+
+
+@pytest.mark.parametrize("case", ["mixed dtypes", "column view", "strided bias", "F order"])
+def test_arrays_the_tiles_cannot_index_are_refused(case):
+    """The tiles read raw memory with a's element type and unit inner strides: anything else
+    is refused when compiling, never computed."""
+    from numba.core.errors import TypingError
+
+    a, w = np.zeros((12, 5), "float32"), np.zeros((5, 64), "float32")
+    b, out = np.zeros(64, "float32"), np.zeros((12, 64), "float32")
+    if case == "mixed dtypes":
+        a = a.astype("float64")
+    elif case == "column view":
+        out = np.zeros((12, 128), "float32")[:, :64]
+    elif case == "strided bias":
+        b = np.zeros(128, "float32")[::2]
+    else:
+        out = np.asfortranarray(out)
+    with pytest.raises(TypingError, match="C-contiguous arrays of one float type"):
+        product(a, 0, 12, w, b, 0, 64, out, 0)
+
+
+def test_cached_kernels_are_keyed_on_the_tiles():
+    """Numba's disk cache keys a kernel on its own module and its closure variables: the
+    kernels calling the tiles close over tiles.CACHE_KEY, so editing tiles.py recompiles them."""
+    from daskgru import kernels, kernels_backward, tiles
+
+    for k in (kernels.project_kernel, kernels.scan_kernel, kernels_backward.backward_walk):
+        cells = [c.cell_contents for c in k.py_func.__closure__ or ()]
+        assert tiles.CACHE_KEY in cells, k
