@@ -1,5 +1,8 @@
 """Eager NumPy path: the Numba kernels on the issue's shapes."""
+import numpy as np
+
 import daskgru as dg
+from daskgru.tiles import product
 
 from .common import problem, size
 
@@ -16,7 +19,7 @@ class EagerGRU:
         T, B, I, H = shape
         T = size(T, 8)
         self.p, self.x = problem(T, B, I, H, dtype)
-        dg.gru(self.x[:2], self.p)  # JIT and BLAS probes outside the timing
+        dg.gru(self.x[:2], self.p)  # JIT outside the timing
 
     def time_gru(self, shape, dtype):
         dg.gru(self.x, self.p)
@@ -38,3 +41,24 @@ class EagerVariants:
 
     def time_gru(self, num_layers, bidirectional, reset_after):
         dg.gru(self.x, self.p)
+
+
+class TiledProduct:
+    """The register-tiled product alone: one step's recurrent product (rows = batch) and a
+    chunk's input projection (rows = steps x batch)."""
+    params = ([(1, 32, 96), (32, 64, 192), (256, 512, 1536), (8192, 16, 192)],
+              ["float32", "float64"])
+    param_names = ["M_K_N", "dtype"]
+
+    def setup(self, shape, dtype):
+        M, K, N = shape
+        M = size(M, min(M, 16))
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((M, K)).astype(dtype)
+        self.w = rng.standard_normal((K, N)).astype(dtype)
+        self.b = rng.standard_normal(N).astype(dtype)
+        self.out = np.empty((M, N), dtype)
+        self.time_product(shape, dtype)  # JIT outside the timing
+
+    def time_product(self, shape, dtype):
+        product(self.a, 0, self.a.shape[0], self.w, self.b, 0, self.w.shape[1], self.out, 0)
