@@ -2,13 +2,14 @@
 
 Explicit float32/float64 signatures, writing into ``out`` arguments; no dask, no xarray.
 Every output element is computed by one fixed sequence of operations whatever the number of
-rows (time steps x sequences) in a call, which is what makes results independent of time
-and batch chunking, bit for bit. Both matrix products (the input projection, and the recurrent product of every step) go
-through :func:`daskgru.tiles.product`, which adds the bias first and then the products in
-index order, each a rounded multiply and a rounded add (no fastmath: no reassociation, no FMA
-contraction), in register tiles (on this AVX-512 machine 1.6-1.9x the rate of NumPy's
-BLAS; with AVX2 about sgemm's rate and half of dgemm's). BLAS is not used: its summation
-order changes with the row count of a call and with its thread count.
+rows (time steps x sequences) in a call, which is what makes results independent of time and
+batch chunking, bit for bit. Both matrix products (the input projection, and the recurrent
+product of every step) go through :func:`daskgru.tiles.product`, which adds the bias first
+and then the products in index order, each a rounded multiply and a rounded add (no
+fastmath: no reassociation, no FMA contraction), in register tiles (on this AVX-512 machine
+1.6-1.9x the rate of NumPy's OpenBLAS running its Haswell kernels; with AVX2 about sgemm's
+rate and half of dgemm's). BLAS is not used: its summation order changes with the row count
+of a call and with its thread count.
 
 Layouts: ``G = 3H`` gate columns in order r, z, n; weights are passed transposed,
 ``w_ih_t (I, G)`` and ``w_hh_t (H, G)``, so the innermost loops run over contiguous gates.

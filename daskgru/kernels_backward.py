@@ -2,13 +2,15 @@
 
 :func:`backward_scan` first gets the chunk's forward states: from the caller when it still
 holds the chunk's outputs, else by recomputing the chunk from its stored start state with the
-forward kernel (:func:`daskgru.kernels.scan`, same bits). From the states, every step's gates
-are a few GEMMs over the whole chunk (chunk-sized buffers only). The one sequential part, the
-walk back through the chunk carrying the adjoint state, is the Numba kernel ``backward_walk``
-(elementwise loops plus two small products per step, :func:`daskgru.tiles.product`). The
-weight and input gradients are again one GEMM per chunk (NumPy/BLAS). Gradients are therefore not bit-identical across
-chunkings (the GEMM sums run in different orders), only equal to rounding (~1e-15 relative
-in float64); forward values, which the recompute reproduces exactly, are.
+forward kernel (:func:`daskgru.kernels.scan`, same bits). From the states, every step's gate
+pre-activations are a few products over the whole chunk (:func:`daskgru.tiles.product`, so
+they equal the forward's bit for bit; chunk-sized buffers only). The one sequential part,
+the walk back through the chunk carrying the adjoint state, is the Numba kernel
+``backward_walk`` (elementwise loops plus two small products per step, again the tiles). The
+input gradient goes through the tiles too; the weight gradients are one GEMM per chunk
+(NumPy/BLAS). Weight and bias gradients are therefore not bit-identical across chunkings
+(their sums run in different orders), only equal to rounding (~1e-15 relative in float64);
+forward values, which the recompute reproduces exactly, are.
 
 Notation for one valid step with previous state ``h`` (gate order r, z, n)::
 

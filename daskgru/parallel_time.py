@@ -17,16 +17,17 @@ reversed); "predecessor" means the previous chunk in that order.
   part, so that the outputs stay where they were computed.
 * ``gru-fix-…`` (group): verifies ``verify_group(K)`` consecutive chunks one after the other
   (1 on the threaded scheduler, 2 × the task slots, at most 8, where results travel between
-  processes; see ``verify_group``). For each: the *corrected* end state of its predecessor is
-  its true start; rows (batch elements) whose max abs mismatch with the assumed start exceeds
-  ``tol`` (or is not finite) are recomputed from the true start, rows off by less are
-  verified by a short re-scan until their state equals a checkpoint bit for bit, and the
+  processes; see ``verify_group``). For each: the *corrected* end state of its predecessor
+  is its true start; rows (batch elements) whose max abs mismatch with the assumed start
+  exceeds ``tol`` (or is not finite) are recomputed from the true start, rows off by less
+  are verified by a short re-scan until their state equals a checkpoint bit for bit, and the
   rest keep the speculative result. It returns the corrected end state of its last chunk
   (and patches of re-scanned outputs, None where nothing changed), and the next fix task
-  takes that result directly: one scheduler round trip a hop. A fix that keeps its chunks costs O(B·H) each, so the chain is cheap when the guesses
-  were good; when every chunk is recomputed it *is* the sequential scan (worst case). A
-  recomputed chunk changes its end state, and the next check compares against that, so one
-  pass of the chain leaves every chunk consistent.
+  takes that result directly: one scheduler round trip a hop. A fix that keeps its chunks
+  costs O(B·H) each, so the chain is cheap when the guesses were good; when every chunk is
+  recomputed it *is* the sequential scan (worst case). A recomputed chunk changes its end
+  state, and the next check compares against that, so one pass of the chain leaves every
+  chunk consistent.
 * ``gru-select-…`` (q): the chunk's outputs, speculative with the patches applied; it runs
   where the spec task ran (for the top layer of a unidirectional GRU these are the
   ``gru-output-…`` blocks themselves).
@@ -96,9 +97,9 @@ def verify_group(K):
     slots finishing P chunks at a time, a chain of single-chunk fix tasks falls behind and
     is left with about K (1 - 1/P) hops (milliseconds each) after the last speculative task.
     A fix task that verifies 2P chunks keeps pace with room to spare; it receives the
-    chunks' states and inputs (for re-scans), not their outputs. Where results stay in one process (threaded
-    or synchronous scheduler) a dependent runs at once, and groups of 1 are best. Set
-    ``dask.config.set({"daskgru.verify-group": n})`` to choose.
+    chunks' states and inputs (for re-scans), not their outputs. Where results stay in one
+    process (threaded or synchronous scheduler) a dependent runs at once, and groups of 1
+    are best. Set ``dask.config.set({"daskgru.verify-group": n})`` to choose.
     """
     import dask
 
@@ -251,7 +252,7 @@ def _fix_chunk(weights, l, d, reset_after, tol, true_start, spec, lengths, t0, T
     recomputed from the true start. Rows off by less are verified: re-scanned from the true
     start until the trajectories meet bit for bit (usually within tens of steps), falling back
     to a full recompute where they never meet (chaotic dynamics). ``true_start`` None: the
-    assumed start was exact (chunk 0). Returns (end state, outputs, largest accepted
+    assumed start was exact (chunk 0). Returns (end state, patches, largest accepted
     mismatch, rows recomputed, steps re-scanned to verify); the patches (a, b, rows, outputs
     of steps a..b-1 of those rows) are None where the speculative outputs stand unchanged.
     """

@@ -15,7 +15,8 @@ Speed comes from keeping a tile of R rows x V vectors of outputs in registers wh
 each step loads V vectors of ``w[k]`` and R scalars of ``a[:, k]`` and does R*V vector
 multiply-adds (as separate multiply and add, which machines with separate add pipes, e.g.
 AMD Zen, issue at the rate of FMAs). Numba does not keep array tiles in registers, so the tile
-is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width; LLVM splits
+is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width (or those of
+``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` when set); LLVM splits
 wider vectors on narrower machines, so the code is portable and only the speed changes.
 
 The Numba kernels that call ``product`` are cached on disk; Numba keys its cache on the
