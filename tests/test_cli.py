@@ -283,6 +283,7 @@ def test_demo_small(tmp_path, capsys):
                  "--time-chunk", "40", "--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert "plain NumPy loop" in text and str(out) in text and "dashboard:" in text
+    assert "bit-identical to the dask run: True" in text
     assert (out / "gru_output.png").stat().st_size > 1000
     res = xr.open_zarr(out / "gru_output.zarr")
     field = synthetic_field(120, 4, 4, 3, time_chunk=40).compute()
