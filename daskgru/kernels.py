@@ -202,12 +202,11 @@ def _build(tiles_key):
 project_kernel, scan_kernel = _build(CACHE_KEY)
 
 
-_KERNELS = {np.dtype(t): (project_kernel, scan_kernel) for t in (np.float32, np.float64)}
-
-
 def gate_kernels(dtype):
-    """The Numba kernels (project, scan) of a float dtype."""
-    return _KERNELS[np.dtype(dtype)]
+    """The Numba kernels (project, scan) of a float dtype (each compiled for both)."""
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"the kernels take float32 or float64, got {np.dtype(dtype)}")
+    return project_kernel, scan_kernel
 
 
 def project(x, w_ih_t, b_ih, out=None):
@@ -218,7 +217,7 @@ def project(x, w_ih_t, b_ih, out=None):
     dt = w_ih_t.dtype
     out = np.empty((T, B, G), dtype=dt) if out is None else out
     x2 = np.ascontiguousarray(x, dtype=dt).reshape(T * B, I)
-    _KERNELS[dt][0](x2, w_ih_t, b_ih, out.reshape(T * B, G))
+    project_kernel(x2, w_ih_t, b_ih, out.reshape(T * B, G))
     return out
 
 
@@ -232,5 +231,5 @@ def scan(gi, w_hh_t, b_hh, h_start, lengths, t0, reverse, reset_after, out=None)
     out = np.empty((T, B, H), dtype=dt) if out is None else out
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     gi = np.ascontiguousarray(gi)
-    _KERNELS[dt][1](gi, w_hh_t, b_hh, lengths, int(t0), bool(reverse), bool(reset_after), h, out)
+    scan_kernel(gi, w_hh_t, b_hh, lengths, int(t0), bool(reverse), bool(reset_after), h, out)
     return out, h
