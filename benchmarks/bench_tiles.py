@@ -22,7 +22,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
-    from daskgru.tiles import TILE_ROWS, VECTOR_BYTES, product
+    from daskgru.kernels.tiles import TILE_ROWS, VECTOR_BYTES, product
 
     M, K, N = a.shape
     print(f"tiles: {TILE_ROWS} rows x 2 vectors of {VECTOR_BYTES * 8} bits; shape "

@@ -26,14 +26,17 @@ import numpy as np
 def measure(H, I, n, warmup, dtype="float32"):
     """Seconds for one chunk of n steps: projection+scan, speculative task, Newton eval, fix."""
     import daskgru as dg
-    from daskgru import kernels, parallel_time as pt
-    from daskgru.core import prepare_weights
+    from daskgru.cells import Steps, project
+    from daskgru.graph import parallel_time as pt
+    from daskgru.graph.builder import Where
 
     p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
-    W = prepare_weights(p)
+    ps = p.prepare()
+    cell, w = ps.cells[0], ps.weights[0][0]
     x = np.random.default_rng(0).normal(size=(n, 1, I)).astype(dtype)
     tail = x[-warmup:]
     h = np.zeros((1, H), dtype)
+    where = Where(0, 0, 0, n, False)
 
     def best(f):
         f()
@@ -44,18 +47,21 @@ def measure(H, I, n, warmup, dtype="float32"):
             ts.append(time.perf_counter() - t)
         return min(ts)
 
-    w_ih_t, b_ih, w_hh_t, b_hh = W[0][0]
-    gi = kernels.project(x, w_ih_t, b_ih)
-    L = np.full(1, n, np.int64)
-    spec = pt._spec_task(W, 0, 0, True, None, tail, 0, None, None, 0, n, x)
+    gi = project(w, x)
+    steps = Steps.make(1, n)
+
+    def spec_task():
+        return pt._spec_task(ps, where, None, tail, where, None, None, None, None, x)
+
+    spec = spec_task()
+    # one chunk whose assumed start was right, kept as is
+    prev = pt.FixResult(spec.states.start, [], [])
     return dict(
-        proj=best(lambda: kernels.project(x, w_ih_t, b_ih)),
-        scan=best(lambda: kernels.scan(gi, w_hh_t, b_hh, h, L, 0, False, True)),
-        spec=best(lambda: pt._spec_task(W, 0, 0, True, None, tail, 0, None, None, 0, n, x)),
-        eval=best(lambda: pt._newton_eval(W, 0, 0, True, 1e-8, (h, False), None, 0, n, x)),
-        # one chunk whose assumed start was right, kept as is (spec[1]: its states)
-        fix=best(lambda: pt._fix_task(W, 0, 0, True, 1e-5, (spec[1][0],), [spec[1]], None, [0],
-                                      n, [[x]])),
+        proj=best(lambda: project(w, x)),
+        scan=best(lambda: cell.scan(w, gi, h, steps)),
+        spec=best(spec_task),
+        eval=best(lambda: pt._newton_eval(ps, where, 1e-8, (h, False), None, None, x)),
+        fix=best(lambda: pt._fix_task(ps, 1e-5, prev, [(where, spec.states, None, None, [x])])),
     )
 
 
@@ -137,6 +143,7 @@ def main():
     import dask.array as da
 
     import daskgru as dg
+    from daskgru.graph.options import resolve
 
     T, H = a.T, a.H
     print(f"T = {T}, H = {H}, B = 1, I = 8, float32, warmup {a.warmup}, task overhead "
@@ -163,7 +170,7 @@ def main():
         sweeps = info["sweeps"]
 
         with dask.config.set(scheduler="processes", num_workers=P):
-            G = dg.parallel_time.verify_group(K)
+            G = resolve().group(K)
 
         def dur(key, K=K, n=n, w=w, sweeps=sweeps, G=G):
             k = kind(key)

@@ -1,10 +1,11 @@
-"""daskgru: GRUs over long, wide time series with Numba kernels on Dask, returning xarray."""
-from .params import GRUParams, GRUWeights, load_params
-from .scan import gru
+"""daskgru: recurrent networks over long, wide time series with Numba kernels on Dask,
+returning xarray."""
+from .api import gru, lstm
+from .params import GRUParams, GRUWeights, LSTMParams, LSTMWeights, load_params
+from .stack import Stack
+from .xarray import apply_gru, apply_rnn
+from .train import GRURegressor, gru_backward, lstm_backward
 
-__all__ = ["GRUParams", "GRUWeights", "load_params", "gru"]
-from .xarray import apply_gru
-
-__all__ += ["apply_gru"]
-from .train import GRURegressor, gru_backward
-__all__ += ["gru_backward", "GRURegressor"]
+__all__ = ["GRUParams", "GRUWeights", "LSTMParams", "LSTMWeights", "Stack", "load_params",
+           "gru", "lstm", "apply_gru", "apply_rnn", "gru_backward", "lstm_backward",
+           "GRURegressor"]

@@ -9,9 +9,10 @@ import argparse
 import os
 import sys
 
-__all__ = ["main", "build_parser", "convert_weights", "load_any_params", "describe"]
+__all__ = ["main", "build_parser", "convert_weights", "load_source", "load_any_params",
+           "describe"]
 
-TORCH_EXTS = (".pt", ".pth")
+TORCH_EXTS = (".pt", ".pth", ".ckpt", ".pt2")
 KERAS_EXTS = (".keras", ".h5", ".hdf5")
 
 
@@ -20,13 +21,52 @@ class CLIError(Exception):
 
 
 # ----------------------------------------------------------------------------- convert
-def _torch_params(path, prefix=None):
-    from .params import GRUParams
+class Source:
+    """What a weights file held: the params, where they came from, and what else was in it
+    (tensors or layers the params do not use)."""
+
+    def __init__(self, params, description, unused=()):
+        self.params, self.description, self.unused = params, description, list(unused)
+
+
+def _torch_kind(sd, pre):
+    """GRUParams or LSTMParams, from the row count of the recurrent weight under ``pre``."""
+    from .params import GRUParams, LSTMParams
+
+    for tail in ("weight_hh_l0", "weight_hh", "weight_hh_l0_v"):
+        w = sd.get(pre + tail)
+        if w is not None and len(getattr(w, "shape", ())) == 2:
+            rows, H = w.shape
+            if rows == 3 * H:
+                return GRUParams
+            if rows == 4 * H:
+                return LSTMParams
+            raise CLIError(f"{pre + tail} has shape {tuple(w.shape)}: neither a GRU (3H, H) nor "
+                           f"an LSTM (4H, H)")
+    raise CLIError(f"no recurrent weight (weight_hh_l0) under {pre or 'the top level'!r}")
+
+
+def _torch_file(path):
+    """A state_dict from a torch file (unwrapping checkpoints), or a CLIError that says
+    what the file is and what would be needed."""
+    import zipfile
 
     try:
         import torch
     except ImportError:
         raise CLIError(f"reading {path!r} needs torch (pip install torch)") from None
+    if zipfile.is_zipfile(path):
+        names = zipfile.ZipFile(path).namelist()
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            raise CLIError(f"{path!r} is a TorchScript archive (torch.jit.save), which holds "
+                           "compiled code rather than named weights: load it with "
+                           "torch.jit.load(path) and save its state_dict, "
+                           "torch.save(m.state_dict(), 'weights.pt'), then convert that")
+        if any(n.endswith("serialized_exported_program.json") or "/models/" in n
+               for n in names) or path.lower().endswith(".pt2"):
+            raise CLIError(f"{path!r} is a torch.export archive (.pt2): load it with "
+                           "torch.export.load(path) and save module().state_dict() with "
+                           "torch.save, then convert that")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickled modules, corrupt files
@@ -36,28 +76,42 @@ def _torch_params(path, prefix=None):
         obj = obj.state_dict()
     if not hasattr(obj, "keys"):
         raise CLIError(f"{path!r} holds a {type(obj).__name__}, not a state_dict")
-    for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
+    for key in ("state_dict", "model_state_dict", "model"):  # checkpoints, Lightning .ckpt
         if key in obj and hasattr(obj[key], "keys"):
-            obj = obj[key]
-            break
-    # The GRU's keys may sit under a prefix ("gru." in a model's state_dict).
-    prefixes = sorted({k[: -len(t)] for k in obj for t in ("weight_ih_l0", "weight_ih")
-                       if isinstance(k, str) and k.endswith(t)})
+            return dict(obj[key]), f" (the checkpoint's {key!r})"
+    return dict(obj), ""
+
+
+def _torch_params(path, prefix=None):
+    from . import convert
+
+    sd, where = _torch_file(path)
+    prefixes = convert.find_prefixes(sd)
     if prefix is not None:
         pre = prefix if prefix.endswith(".") or not prefix else prefix + "."
         if pre not in prefixes:
-            raise CLIError(f"no GRU under prefix {prefix!r} in {path!r}; GRUs found at: "
+            raise CLIError(f"no RNN under prefix {prefix!r} in {path!r}; RNNs found at: "
                            f"{[p.rstrip('.') or '(top level)' for p in prefixes]}")
     elif len(prefixes) == 1:
         pre = prefixes[0]
     elif not prefixes:
-        raise CLIError(f"{path!r} has no GRU weights (no key ending in 'weight_ih_l0' or "
-                       f"'weight_ih'); keys: {sorted(obj)[:8]}")
+        raise CLIError(f"{path!r} has no GRU or LSTM weights (no key ending in 'weight_ih_l0' "
+                       f"or 'weight_ih'); keys: {sorted(sd)[:8]}")
     else:
-        raise CLIError(f"{path!r} holds several GRUs {[p.rstrip('.') for p in prefixes]}; "
+        raise CLIError(f"{path!r} holds several RNNs {[p.rstrip('.') for p in prefixes]}; "
                        f"choose one with --prefix")
-    sd = {k[len(pre):]: v for k, v in obj.items() if k.startswith(pre) and "." not in k[len(pre):]}
-    return GRUParams.from_torch(sd), f"torch state_dict{' under ' + pre.rstrip('.') if pre else ''}"
+    cls = _torch_kind(sd, pre)
+    layers, bias, used = convert.torch_layers(sd, cls.cell_class(), prefix=pre,
+                                              what=f"{path!r}{where}")
+    p = cls(layers, bias=bias)
+    unused = sorted(k for k in sd if k not in used and not _is_bookkeeping(k))
+    desc = f"torch state_dict{where}{' under ' + pre.rstrip('.') if pre else ''}"
+    return Source(p, desc, unused)
+
+
+def _is_bookkeeping(key):
+    """State that is no weight (BatchNorm's counter)."""
+    return str(key).endswith("num_batches_tracked")
 
 
 def _ensure_keras_backend():
@@ -73,8 +127,14 @@ def _ensure_keras_backend():
     os.environ["KERAS_BACKEND"] = "numpy"
 
 
+# Layers that compute nothing at inference: not a part a conversion could lose.
+_INERT = ("InputLayer", "Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise",
+          "AlphaDropout")
+
+
 def _keras_params(path):
-    from .params import GRUParams
+    from . import convert
+    from .params import GRUParams, LSTMParams
 
     if path.endswith(".weights.h5"):
         raise CLIError(f"{path!r} holds weights only, without the model; save the whole model "
@@ -88,32 +148,31 @@ def _keras_params(path):
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001
         raise CLIError(f"cannot load {path!r} as a Keras model: {str(e).splitlines()[0]}") from None
+    chain = convert.keras_chain(model)
+    rnns = [lay for lay in chain if convert.keras_kind(getattr(lay, "forward_layer", lay))]
+    if not rnns:
+        raise CLIError(f"the Keras model in {path!r} has no GRU or LSTM layer")
+    kinds = {convert.keras_kind(getattr(lay, "forward_layer", lay)) for lay in rnns}
+    if len(kinds) > 1:
+        raise CLIError(f"the Keras model in {path!r} mixes GRU and LSTM layers "
+                       f"{[lay.name for lay in rnns]}: not a GRUParams or LSTMParams stack")
+    cls = GRUParams if kinds == {"gru"} else LSTMParams
+    p = cls.from_keras(model)
+    first, last = chain.index(rnns[0]), chain.index(rnns[-1])
+    unused = [f"{lay.name} ({type(lay).__name__})" for lay in chain
+              if lay not in rnns and type(lay).__name__ not in _INERT]
+    between = [f"{lay.name} ({type(lay).__name__})" for lay in chain[first:last]
+               if lay not in rnns and type(lay).__name__ not in _INERT]
+    if between:
+        raise CLIError(f"the Keras model in {path!r} has layers between its recurrent layers "
+                       f"({', '.join(between)}): the recurrent layers are not one stack")
+    desc = f"Keras model, {cls.model} layers " + ", ".join(lay.name for lay in rnns)
+    return Source(p, desc, unused)
 
-    def walk(layer):
-        if isinstance(layer, keras.layers.GRU):
-            yield layer
-        elif isinstance(layer, keras.layers.Bidirectional) and isinstance(
-                layer.forward_layer, keras.layers.GRU):
-            yield layer
-        elif hasattr(layer, "layers"):
-            for sub in layer.layers:
-                yield from walk(sub)
 
-    grus = list(walk(model))
-    if not grus:
-        raise CLIError(f"the Keras model in {path!r} has no GRU layer")
-    for g in grus[:-1]:
-        inner = getattr(g, "forward_layer", g)
-        if not getattr(inner, "return_sequences", False):
-            raise CLIError(f"GRU layer {g.name!r} has return_sequences=False but another GRU "
-                           f"follows it: the layers are not a stack daskgru can run")
-    p = GRUParams.from_keras(grus if len(grus) > 1 else grus[0])
-    return p, "Keras model, GRU layers " + ", ".join(g.name for g in grus)
-
-
-def load_any_params(path, prefix=None):
-    """GRUParams and a description of the source, from a params file, a torch state_dict
-    file (.pt/.pth) or a Keras model file (.keras/.h5)."""
+def load_source(path, prefix=None):
+    """The params in a params file, a torch state_dict file (.pt/.pth/.ckpt) or a Keras
+    model file (.keras/.h5), with what else the file held."""
     from .params import load_params
 
     path = os.fspath(path)
@@ -125,36 +184,52 @@ def load_any_params(path, prefix=None):
     if low.endswith(KERAS_EXTS):
         return _keras_params(path)
     try:
-        return load_params(path), "daskgru params file"
+        return Source(load_params(path), "daskgru params file")
     except Exception as e:  # noqa: BLE001
         raise CLIError(f"cannot read {path!r} as a daskgru params file (.nc or .zarr; convert "
-                       f"torch .pt/.pth or Keras .keras/.h5 files with 'daskgru convert'): "
-                       f"{str(e).splitlines()[0]}") from None
+                       f"torch .pt/.pth/.ckpt or Keras .keras/.h5 files with 'daskgru "
+                       f"convert'): {str(e).splitlines()[0]}") from None
 
 
-def convert_weights(weights, output, prefix=None, dtype=None):
-    p, source = load_any_params(weights, prefix)
-    if dtype:
-        p = p.astype(dtype)
-    return p, source, p.save(output)
+def load_any_params(path, prefix=None):
+    """Params and a description of their source (see :func:`load_source`)."""
+    src = load_source(path, prefix)
+    return src.params, src.description
 
 
-def describe(p, source=None) -> str:
-    variant = ("reset_after=True (torch / cuDNN / Keras default: r multiplies W_hn h + b_hn)"
-               if p.reset_after else
-               "reset_after=False (Cho et al. v3 / Keras reset_after=False: r multiplies h)")
+def convert_weights(weights, output, prefix=None, dtype=None, rnn_only=False):
+    """Convert a weights file to a params file; refuses (naming them) the tensors and
+    layers that the params would leave out, unless ``rnn_only``."""
+    src = load_source(weights, prefix)
+    if src.unused and not rnn_only:
+        shown = ", ".join(src.unused[:12]) + (", ..." if len(src.unused) > 12 else "")
+        raise CLIError(f"{weights} holds more than the recurrent layers: {shown} would be "
+                       "left out. Running the params alone gives the RNN's hidden states, "
+                       "not the model's output; pass --rnn-only to convert the recurrent "
+                       "layers anyway")
+    p = src.params.astype(dtype) if dtype else src.params
+    return p, src.description, p.save(output), src.unused
+
+
+def describe(p, source=None, unused=()) -> str:
     n = sum(a.size for layer in p.weights for w in layer for a in w)
     if not p.bias:
         n -= sum(w.b_ih.size + w.b_hh.size for layer in p.weights for w in layer)
     lines = [] if source is None else [f"source:        {source}"]
     lines += [
-        "model:         GRU" + (" (bidirectional)" if p.bidirectional else ""),
+        f"model:         {p.model}" + (" (bidirectional)" if p.bidirectional else ""),
         f"input_size:    {p.input_size}",
         f"hidden_size:   {p.hidden_size}",
         f"num_layers:    {p.num_layers}",
         f"directions:    {p.num_directions}",
         f"output_size:   {p.output_size}",
-        f"variant:       {variant}",
+    ]
+    if p.model == "GRU":
+        lines.append("variant:       " + (
+            "reset_after=True (torch / cuDNN / Keras default: r multiplies W_hn h + b_hn)"
+            if p.reset_after else
+            "reset_after=False (Cho et al. v3 / Keras reset_after=False: r multiplies h)"))
+    lines += [
         f"bias:          {p.bias}",
         f"dtype:         {p.dtype}",
         f"parameters:    {n:,}",
@@ -164,6 +239,8 @@ def describe(p, source=None) -> str:
             name = f"layer {l}" + ((" forward" if d == 0 else " backward") if p.bidirectional else "")
             lines.append(f"  {name}: w_ih {w.w_ih.shape}, w_hh {w.w_hh.shape}"
                          + (f", b_ih {w.b_ih.shape}, b_hh {w.b_hh.shape}" if p.bias else ""))
+    if unused:
+        lines.append(f"not in these params: {', '.join(unused)}")
     return "\n".join(lines)
 
 
@@ -196,7 +273,7 @@ def _cmd_run(args):
         res = run(args.input, args.params, args.output, time_dim=args.time_dim,
                   feature_dim=args.feature_dim, features=args.features,
                   variable=args.variable, chunks=args.chunks, method=args.method,
-                  overwrite=args.overwrite, progress=not args.no_progress)
+                  skipna=args.skipna, overwrite=args.overwrite, progress=not args.no_progress)
     finally:
         if client is not None:
             client.close()
@@ -206,20 +283,23 @@ def _cmd_run(args):
 
 
 def _cmd_convert(args):
-    p, source, path = convert_weights(args.weights, args.output, args.prefix, args.dtype)
+    p, source, path, unused = convert_weights(args.weights, args.output, args.prefix,
+                                              args.dtype, args.rnn_only)
     print(f"read {source} from {args.weights}")
+    if unused:
+        print(f"left out (--rnn-only): {', '.join(unused)}")
     print(f"wrote {path}: {p!r}")
 
 
 def _cmd_info(args):
-    p, source = load_any_params(args.params, args.prefix)
-    print(describe(p, f"{source} ({args.params})"))
+    src = load_source(args.params, args.prefix)
+    print(describe(src.params, f"{src.description} ({args.params})", src.unused))
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="daskgru",
-        description="Run GRUs over long, wide time series with Dask (daskgru).",
+        description="Run GRUs and LSTMs over long, wide time series with Dask (daskgru).",
         epilog="Exit status: 0 success, 1 failure, 2 usage error.",
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -245,18 +325,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the plain NumPy loop comparison")
     d.set_defaults(func=_cmd_demo)
 
-    r = sub.add_parser("run", help="run a GRU over a netCDF/zarr file into zarr, resumably",
-                       description="Run the GRU in PARAMS over INPUT (netCDF or zarr) and write "
-                                   "a zarr store with 'output' and 'final_state'. Time chunks are "
+    r = sub.add_parser("run", help="run a GRU or LSTM over a netCDF/zarr file into zarr, "
+                                   "resumably",
+                       description="Run the GRU or LSTM in PARAMS over INPUT (netCDF or zarr) "
+                                   "and write a zarr store with 'output' and 'final_state' (and "
+                                   "'final_cell' for an LSTM). Time chunks are "
                                    "written one by one with their boundary states: if the run is "
                                    "killed, the same command continues from the last completed "
                                    "chunk and gives the same bits. The store's attribute "
                                    "daskgru_complete is 1 only once everything is written. "
-                                   "(A bidirectional GRU is one unit: it restarts from the "
+                                   "(A bidirectional model is one unit: it restarts from the "
                                    "beginning.)")
     r.add_argument("input", metavar="INPUT", help="netCDF file or zarr store")
     r.add_argument("--params", required=True, metavar="P",
-                   help="params file (from 'daskgru convert' or GRUParams.save)")
+                   help="params file (from 'daskgru convert', GRUParams.save or "
+                        "LSTMParams.save)")
     r.add_argument("--output", "-o", required=True, metavar="OUT", help="zarr store to write")
     r.add_argument("--time-dim", default="time", help="name of the time dim (time)")
     r.add_argument("--feature-dim", default="feature", help="name of the feature dim (feature)")
@@ -268,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time chunk size (the unit of resumption), optionally batch chunks: "
                         "time=500,lat=8 (default: the input's time chunks, else 1000)")
     r.add_argument("--method", default="scan", help="time traversal method (scan)")
+    r.add_argument("--skipna", action="store_true",
+                   help="a step with a NaN feature is missing: the state carries across it "
+                        "and the output there is NaN")
     r.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address to use")
     r.add_argument("--overwrite", action="store_true",
                    help="replace an existing store written by a different run")
@@ -275,20 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("convert", help="torch state_dict or Keras model -> daskgru params file",
-                       description="Convert a torch state_dict file (.pt/.pth, needs torch) or a "
-                                   "Keras model file (.keras/.h5, needs keras; its GRU layers are "
-                                   "taken as a stack) into a params file (.nc, or .zarr).")
-    c.add_argument("weights", metavar="WEIGHTS", help=".pt/.pth or .keras/.h5 file")
+                       description="Convert a torch state_dict or checkpoint file (.pt/.pth/"
+                                   ".ckpt, needs torch) or a Keras model file (.keras/.h5, needs "
+                                   "keras; its GRU or LSTM layers are taken as a stack) into a "
+                                   "params file (.nc, or .zarr). A file that holds more than the "
+                                   "recurrent layers (a head, a normalisation) is refused, "
+                                   "naming what would be left out, unless --rnn-only is given.")
+    c.add_argument("weights", metavar="WEIGHTS", help=".pt/.pth/.ckpt or .keras/.h5 file")
     c.add_argument("-o", "--output", required=True, metavar="P",
                    help="params file to write (.nc or .zarr)")
-    c.add_argument("--prefix", help="state_dict prefix of the GRU when there are several (e.g. gru)")
+    c.add_argument("--prefix", help="state_dict prefix of the RNN when there are several (e.g. gru)")
     c.add_argument("--dtype", choices=("float32", "float64"), help="cast the weights")
+    c.add_argument("--rnn-only", action="store_true",
+                   help="convert the recurrent layers even though the file holds more")
     c.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("info", help="describe a params file (or a torch/Keras weights file)",
                        description="Print sizes, layers, variant, dtype and parameter count.")
     i.add_argument("params", metavar="P", help="params file, or .pt/.pth/.keras/.h5 file")
-    i.add_argument("--prefix", help="state_dict prefix of the GRU in a torch file")
+    i.add_argument("--prefix", help="state_dict prefix of the RNN in a torch file")
     i.set_defaults(func=_cmd_info)
     return ap
 

@@ -1,18 +1,19 @@
 """Resumable runs over files (``daskgru run``) and the embedded demo (``daskgru demo``).
 
 A run processes the input one *unit* of time at a time (one time chunk for a
-unidirectional GRU; the whole series for a bidirectional one, whose reverse direction
+unidirectional stack; the whole series for a bidirectional one, whose reverse direction
 needs the end of the series first). After each unit it writes, in this order:
 
 1. the unit's region of ``output`` into the zarr store;
-2. the boundary state after the unit into one of two state slots (``daskgru_state``,
-   slot ``(k + 1) % 2``), so the slot the counter points at is never being overwritten;
+2. the boundary state after the unit (an LSTM's h and c) into one of two state slots
+   (``daskgru_state``, slot ``(k + 1) % 2``), so the slot the counter points at is never
+   being overwritten;
 3. the store attribute ``daskgru_completed_units = k + 1`` (zarr writes metadata files
    atomically).
 
 A killed run therefore leaves a store whose counter names a unit whose output and
 start state are complete; rerunning the same command continues from there, and because
-``apply_gru(..., h0=state)`` continues a run bit for bit, the final store equals an
+``apply_rnn(..., h0=state)`` continues a run bit for bit, the final store equals an
 uninterrupted run's. ``daskgru_complete`` is set last, after ``final_state`` is written
 and the slots removed; until then the store says ``daskgru_complete = 0`` and unwritten
 output is NaN. The store is created under a temporary name and renamed into place, and
@@ -35,7 +36,7 @@ import numpy as np
 __all__ = ["RunError", "RunResult", "run", "open_input", "demo"]
 
 STATE = "daskgru_state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_TIME_CHUNK = 1000
 
 
@@ -74,7 +75,7 @@ def open_input(path):
 
 
 def select_input(ds, *, time_dim, feature_dim, features=None, variable=None):
-    """The object and ``features`` to hand to :func:`daskgru.apply_gru`.
+    """The object and ``features`` to hand to :func:`daskgru.apply_rnn`.
 
     A Dataset with a ``feature_dim`` gives the one data variable over (time, feature)
     (or ``variable``); a Dataset without it gives its data variables as features.
@@ -228,16 +229,17 @@ def _create_store(path, template, state_shape, state_dims, state_chunks, dtype, 
 
 # ----------------------------------------------------------------------------- run
 def run(input, params, output, *, time_dim="time", feature_dim="feature", features=None,
-        variable=None, chunks=None, method="scan", overwrite=False, progress=True,
-        log=print) -> RunResult:
-    """Run a GRU over a netCDF/zarr file into a zarr store, resumably (see the module doc).
+        variable=None, chunks=None, method="scan", skipna=False, overwrite=False,
+        progress=True, log=print) -> RunResult:
+    """Run a GRU or LSTM over a netCDF/zarr file into a zarr store, resumably (see the
+    module doc).
 
     Parameters
     ----------
     input : path
         netCDF file or zarr store with ``time_dim`` and either ``feature_dim`` (one data
         variable over both, or ``variable``) or data variables used as ``features``.
-    params : path or GRUParams
+    params : path, GRUParams or LSTMParams
         A params file written by :meth:`GRUParams.save` (or the params themselves).
     output : path
         The zarr store to write. An incomplete store from the same command is resumed;
@@ -245,6 +247,8 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     chunks : str or dict
         ``"time=N"`` time chunk size (the unit of resumption; default: the input's own time
         chunk, else 1000), optionally with batch dims (``"time=N,lat=8"``).
+    skipna : bool
+        Steps with a NaN feature are missing (see :func:`daskgru.apply_rnn`).
 
     Returns
     -------
@@ -253,12 +257,12 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     import dask
     import zarr
 
-    from .params import GRUParams, load_params
-    from .xarray import apply_gru
+    from .params import RNNParams, load_params
+    from .xarray import apply_rnn
 
     t_start = time.perf_counter()
     output = os.fspath(output).rstrip("/" + os.sep)
-    if isinstance(params, GRUParams):
+    if isinstance(params, RNNParams):
         p = params
     else:
         if not os.path.exists(os.fspath(params)):
@@ -289,8 +293,8 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     # Validates dims, sizes and dtypes (ValueError/TypeError name the culprit) and gives
     # the layout of the store: the lazy result of the whole run, never computed.
     try:
-        template = apply_gru(obj, p, time_dim=time_dim, feature_dim=feature_dim,
-                             method=method, features=feats)
+        template = apply_rnn(obj, p, time_dim=time_dim, feature_dim=feature_dim,
+                             method=method, features=feats, skipna=skipna)
     except (ValueError, TypeError) as e:
         raise RunError(str(e)) from None
     L, D, H = p.num_layers, p.num_directions, p.hidden_size
@@ -300,7 +304,9 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
                for d in batch_dims}
     out_chunks = {time_dim: N, **bchunks}
     template["output"] = out_da.chunk(out_chunks)
-    template["final_state"] = fs_da.chunk({"layer": 1, "direction": 1, **bchunks})
+    finals = [v for v in ("final_state", "final_cell") if v in template]
+    for v in finals:
+        template[v] = template[v].chunk({"layer": 1, "direction": 1, **bchunks})
     template = _clean(template)
     dtype = out_da.dtype
 
@@ -310,7 +316,8 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
         edges = [0, T]
     units = len(edges) - 1
     options = {"time_dim": time_dim, "feature_dim": feature_dim, "features": feats,
-               "variable": variable, "chunks": chunk_req, "method": method, "units": edges}
+               "variable": variable, "chunks": chunk_req, "method": method, "units": edges,
+               "skipna": bool(skipna)}
     fp = fingerprint(input, obj, p, options)
 
     status = store_status(output)
@@ -332,9 +339,9 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
         log(f"{output} is already complete ({units} of {units} time chunks); nothing to do")
         return RunResult(output, units, units, True, time.perf_counter() - t_start)
     if status is None:
-        state_dims = ("layer", "direction", *batch_dims, "hidden")
-        state_shape = (L, D, *(obj.sizes[d] for d in batch_dims), H)
-        state_chunks = (1, 1, *bchunks.values(), H)
+        state_dims = ("part", "layer", "direction", *batch_dims, "hidden")
+        state_shape = (len(finals), L, D, *(obj.sizes[d] for d in batch_dims), H)
+        state_chunks = (1, 1, 1, *bchunks.values(), H)
         attrs = {"daskgru_fingerprint": fp, "daskgru_units": units,
                  "daskgru_unit_edges": edges, "daskgru_completed_units": 0,
                  "daskgru_complete": 0, "daskgru_format": FORMAT_VERSION}
@@ -356,20 +363,23 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     try:
         for k in range(done, units):
             t0, t1 = edges[k], edges[k + 1]
-            h0 = None
+            start = {}
             if k:
-                h0 = np.asarray(group[STATE][k % 2]).reshape(L * D, *fs_da.shape[2:-1], H)
-            part = apply_gru(obj.isel({time_dim: slice(t0, t1)}), p, time_dim=time_dim,
-                             feature_dim=feature_dim, method=method, features=feats, h0=h0)
+                slot = np.asarray(group[STATE][k % 2])
+                start = {("h0", "c0")[i]: slot[i].reshape(L * D, *fs_da.shape[2:-1], H)
+                         for i in range(len(finals))}
+            part = apply_rnn(obj.isel({time_dim: slice(t0, t1)}), p, time_dim=time_dim,
+                             feature_dim=feature_dim, method=method, features=feats,
+                             skipna=skipna, **start)
             region = part[["output"]].drop_vars(no_time, errors="ignore")
             region["output"] = region["output"].chunk(out_chunks)
             region = _clean(region)
             write = region.to_zarr(output, region={time_dim: slice(t0, t1)}, mode="r+",
                                    compute=False, consolidated=False)
-            _, h_n = dask.compute(write, part["final_state"].data)
+            _, *ends = dask.compute(write, *[part[v].data for v in finals])
             # Slot (k + 1) % 2 is not the one the counter points at: a kill while writing
             # it leaves the previous boundary state intact.
-            group[STATE][(k + 1) % 2] = np.asarray(h_n, dtype=dtype)
+            group[STATE][(k + 1) % 2] = np.stack(ends).astype(dtype)
             group.attrs["daskgru_completed_units"] = k + 1
             if bar is not None:
                 bar.update(t1 - t0)
@@ -377,7 +387,9 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
                 time.sleep(delay)
         # Finish: final state, slots away, and only then the completion flag.
         if STATE in group:
-            group["final_state"][...] = np.asarray(group[STATE][units % 2])
+            slot = np.asarray(group[STATE][units % 2])
+            for i, v in enumerate(finals):
+                group[v][...] = slot[i]
             del group[STATE]
         group.attrs["daskgru_complete"] = 1
         zarr.consolidate_metadata(output)  # after the flag, so readers see it too
@@ -512,7 +524,7 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=4000
         ours = res.output.values.reshape(time_steps, grid * grid, hidden)
         diff = float(np.max(np.abs(ours - ref_out)))
         # daskgru on the same in-memory array, as the loop gets it (kernels warmed up first)
-        from .scan import gru as gru_eager
+        from .api import gru as gru_eager
 
         gru_eager(x[:2], p)
         te = time.perf_counter()

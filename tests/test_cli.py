@@ -263,11 +263,11 @@ def test_resume_from_a_store_killed_between_writes(files):
     g = zarr.open_group(str(out), mode="r+")
     x, p = xr.open_dataset(d / "in.nc").x, dg.load_params(d / "p.nc")
     first = dg.apply_gru(x.isel(time=slice(0, 100)), p)
-    g.create_array("daskgru_state", shape=(2, 2, 1, 3, 4, 5), dtype="float32",
-                   chunks=(1, 1, 1, 3, 4, 5), fill_value=np.float32(0),
-                   attributes={"_ARRAY_DIMENSIONS": ["slot", "layer", "direction", "lat",
-                                                     "lon", "hidden"]})
-    g["daskgru_state"][0] = first.final_state.values
+    g.create_array("daskgru_state", shape=(2, 1, 2, 1, 3, 4, 5), dtype="float32",
+                   chunks=(1, 1, 1, 1, 3, 4, 5), fill_value=np.float32(0),
+                   attributes={"_ARRAY_DIMENSIONS": ["slot", "part", "layer", "direction",
+                                                     "lat", "lon", "hidden"]})
+    g["daskgru_state"][0] = first.final_state.values[None]
     g["daskgru_state"][1] = -7.0  # a torn slot: must never be read
     g["output"][150:] = np.nan
     g["final_state"][...] = np.nan
@@ -320,12 +320,19 @@ def test_convert_torch_nested_model(tmp_path, capsys):
 
     m = Model()
     torch.save({"epoch": 3, "model_state_dict": m.state_dict()}, tmp_path / "ckpt.pth")
-    assert main(["convert", str(tmp_path / "ckpt.pth"), "-o", str(tmp_path / "p.zarr")]) == 0
+    # the head would be left out: refused, naming it, unless --rnn-only
+    assert main(["convert", str(tmp_path / "ckpt.pth"), "-o", str(tmp_path / "p.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "head.bias, head.weight would be left out" in err and "--rnn-only" in err
+    assert not (tmp_path / "p.zarr").exists()
+    assert main(["convert", str(tmp_path / "ckpt.pth"), "-o", str(tmp_path / "p.zarr"),
+                 "--rnn-only"]) == 0
     assert dg.load_params(tmp_path / "p.zarr") == dg.GRUParams.from_torch(m.gru)
-    assert "under gru" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "under gru" in out and "left out (--rnn-only): head.bias, head.weight" in out
     torch.save(m.head.state_dict(), tmp_path / "lin.pt")
     assert main(["convert", str(tmp_path / "lin.pt"), "-o", str(tmp_path / "q.nc")]) == 1
-    assert "no GRU weights" in capsys.readouterr().err
+    assert "no GRU or LSTM weights" in capsys.readouterr().err
     torch.save(m.gru, tmp_path / "module.pt")  # a pickled module, not a state_dict
     assert main(["convert", str(tmp_path / "module.pt"), "-o", str(tmp_path / "q.nc")]) == 1
     assert "state_dict" in capsys.readouterr().err
@@ -337,7 +344,10 @@ def test_convert_keras_model(tmp_path, capsys):
     g1, g2 = keras.layers.GRU(6, return_sequences=True), keras.layers.GRU(6)
     model = keras.Sequential([keras.Input((None, 3)), g1, g2, keras.layers.Dense(1)])
     model.save(tmp_path / "m.keras")
-    assert main(["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "p.nc")]) == 0
+    assert main(["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "p.nc")]) == 1
+    assert "(Dense) would be left out" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "p.nc"),
+                 "--rnn-only"]) == 0
     p = dg.load_params(tmp_path / "p.nc")
     assert p == dg.GRUParams.from_keras([g1, g2])
     assert (p.num_layers, p.hidden_size, p.input_size) == (2, 6, 3)
@@ -347,7 +357,8 @@ def test_convert_keras_model(tmp_path, capsys):
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
     capsys.readouterr()
     assert main(["info", str(tmp_path / "m.keras")]) == 0  # info reads Keras files directly
-    assert "Keras model, GRU layers" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Keras model, GRU layers" in out and "not in these params: dense" in out
 
 
 def test_convert_keras_refusals(tmp_path, capsys):
@@ -355,7 +366,7 @@ def test_convert_keras_refusals(tmp_path, capsys):
     model = keras.Sequential([keras.Input((None, 3)), keras.layers.Dense(2)])
     model.save(tmp_path / "dense.keras")
     assert main(["convert", str(tmp_path / "dense.keras"), "-o", str(tmp_path / "p.nc")]) == 1
-    assert "has no GRU layer" in capsys.readouterr().err
+    assert "has no GRU or LSTM layer" in capsys.readouterr().err
     model = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4),
                               keras.layers.RepeatVector(2), keras.layers.GRU(4)])
     model.save(tmp_path / "gap.keras")

@@ -196,7 +196,7 @@ def test_large_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dty
     monkeypatch.setenv("DASKGRU_NUM_THREADS", "1")
     out, h_n = dg.gru(x, p, lengths=lengths)
     monkeypatch.setenv("DASKGRU_NUM_THREADS", "3")
-    monkeypatch.setattr("daskgru.core.MIN_SPLIT_WORK", 0)
+    monkeypatch.setattr("daskgru.eager.MIN_SPLIT_WORK", 0)
     np.testing.assert_array_equal(dg.gru(x, p, lengths=lengths)[0], out)
     for bchunks in [(1,) * 13, (2, 3, 1, 7), (13,)]:
         lo, lh = dg.gru(da.from_array(x, chunks=((1, 5), bchunks, I)), p, lengths=lengths)

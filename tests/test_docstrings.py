@@ -4,8 +4,12 @@ import importlib
 
 import pytest
 
-MODULES = ["daskgru.params", "daskgru.scan", "daskgru.xarray", "daskgru.core", "daskgru.train",
-           "daskgru.parallel_time", "daskgru.kernels", "daskgru.run", "daskgru.cli"]
+MODULES = ["daskgru.api", "daskgru.params", "daskgru.stack", "daskgru.convert", "daskgru.eager",
+           "daskgru.xarray", "daskgru.cells.base", "daskgru.cells.gru", "daskgru.cells.lstm",
+           "daskgru.kernels.jit", "daskgru.kernels.tiles", "daskgru.graph.builder",
+           "daskgru.graph.options", "daskgru.graph.scan", "daskgru.graph.parallel_time",
+           "daskgru.graph.backward", "daskgru.train.backward", "daskgru.train.regressor",
+           "daskgru.run", "daskgru.cli"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -18,6 +22,6 @@ def test_docstring_examples(name):
 def test_public_functions_have_examples():
     import daskgru as dg
 
-    for obj in (dg.gru, dg.apply_gru, dg.GRUParams, dg.GRUParams.random, dg.gru_backward,
-                dg.GRURegressor):
+    for obj in (dg.gru, dg.lstm, dg.apply_gru, dg.apply_rnn, dg.GRUParams, dg.GRUParams.random,
+                dg.LSTMParams, dg.Stack, dg.gru_backward, dg.lstm_backward, dg.GRURegressor):
         assert ">>>" in (obj.__doc__ or ""), obj

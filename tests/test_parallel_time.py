@@ -6,9 +6,8 @@ import pytest
 import xarray as xr
 
 import daskgru as dg
-from daskgru import kernels, parallel_time
-from daskgru.core import prepare_weights
-from daskgru.kernels_tangent import tangent_scan
+from daskgru.cells import Steps, project
+from daskgru.graph import options, parallel_time
 
 TOLS = {"float32": 1e-5, "float64": 1e-8}
 
@@ -147,6 +146,7 @@ def test_verify_groups_change_nothing_but_the_graph(make, rng):
         names.add(out.name)  # the group size is part of the names: fix keys differ
         out, h_n, info = dask.compute(out, h_n, info, scheduler="sync")
         assert np.array_equal(out, ref[0]) and np.array_equal(h_n, ref[1])
+        assert info.pop("graph")["verify_group"] == min(group, 10)
         got.append(info)
     assert got[0]["chunks_recomputed"] > 0 or got[0]["steps_verified"] > 0
     assert all(g == got[0] for g in got)
@@ -154,19 +154,23 @@ def test_verify_groups_change_nothing_but_the_graph(make, rng):
 
 
 def test_verify_group_defaults():
+    def verify_group(K):
+        return options.resolve().group(K)
+
     # in one process a fix task runs as soon as it can: one chunk each
-    assert parallel_time.verify_group(16) == 1
+    assert verify_group(16) == 1
     # where results travel, twice the task slots (capped, and at most K)
     with dask.config.set(scheduler="processes", num_workers=3):
-        assert parallel_time.verify_group(16) == 6
-        assert parallel_time.verify_group(4) == 4
+        assert verify_group(16) == 6
+        assert verify_group(4) == 4
     with dask.config.set(scheduler="processes", num_workers=64):
-        assert parallel_time.verify_group(1000) == parallel_time.MAX_VERIFY_GROUP
-    with dask.config.set({"daskgru.verify-group": 0}):
-        assert parallel_time.verify_group(16) == 1
+        assert verify_group(1000) == options.MAX_VERIFY_GROUP
+    with dask.config.set({"daskgru.verify-group": 0}), pytest.raises(ValueError,
+                                                                     match="verify-group"):
+        verify_group(16)
     # a scheduler chosen explicitly over a client keeps results in one process
     with dask.config.set(scheduler="threads"):
-        assert parallel_time.verify_group(16) == 1
+        assert verify_group(16) == 1
 
 
 def test_info_for_scan_and_laziness(rng):
@@ -242,25 +246,24 @@ def test_bad_method_options(kw, err, msg):
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_tangent_kernel_against_finite_differences(dtype, reset_after, rng):
     p = dg.GRUParams.random(3, 5, seed=1, dtype="float64", reset_after=reset_after)
-    w = prepare_weights(p)[0][0]
-    gi = kernels.project(rng.normal(size=(9, 2, 3)), w[0], w[1])
+    cell, w = p.cell, p.prepare().weights[0][0]
+    gi = project(w, rng.normal(size=(9, 2, 3)))
     h0 = 0.5 * rng.normal(size=(2, 5))
     lengths = np.array([9, 4])
     for rev in (False, True):
-        h, M = tangent_scan(gi, w[2], w[3], h0, lengths, 0, rev, reset_after)
+        steps = Steps.make(2, 9, lengths=lengths, reverse=rev)
+        h, M = cell.tangent(w, gi, h0, steps)
         fd = np.empty_like(M)
         for k in range(5):
             e = np.zeros(5)
             e[k] = 1e-6
-            hp = kernels.scan(gi, w[2], w[3], h0 + e, lengths, 0, rev, reset_after)[1]
-            hm = kernels.scan(gi, w[2], w[3], h0 - e, lengths, 0, rev, reset_after)[1]
+            hp = cell.scan(w, gi, h0 + e, steps)[1]
+            hm = cell.scan(w, gi, h0 - e, steps)[1]
             fd[:, :, k] = (hp - hm) / 2e-6
         np.testing.assert_allclose(M, fd, atol=1e-8)
         if dtype == "float32":  # the float32 kernel agrees with float64 to float32 precision
-            p32 = p.astype("float32")
-            w32 = prepare_weights(p32)[0][0]
-            h32, M32 = tangent_scan(gi.astype("float32"), w32[2], w32[3], h0.astype("float32"),
-                                    lengths, 0, rev, reset_after)
+            w32 = p.astype("float32").prepare().weights[0][0]
+            h32, M32 = cell.tangent(w32, gi.astype("float32"), h0.astype("float32"), steps)
             np.testing.assert_allclose(M32, M, atol=1e-5)
             np.testing.assert_allclose(h32, h, atol=1e-5)
 

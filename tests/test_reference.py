@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import daskgru as dg
-from daskgru import core, reference
+from daskgru import eager, reference
 from conftest import TOL
 
 F32, F64 = np.dtype("float32"), np.dtype("float64")
@@ -62,7 +62,7 @@ def test_kernels_match_reference(T, B, I, H, L, D, reset_after, with_h0, seed, d
     # results do not depend on the eager time blocking
     block = data.draw(st.integers(1, T))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(core, "EAGER_BLOCK", block)
+        mp.setattr(eager, "EAGER_BLOCK", block)
         out_b, h_n_b = dg.gru(x, p, h0=h0, lengths=lengths)
     assert np.array_equal(out_b, out) and np.array_equal(h_n_b, h_n)
 

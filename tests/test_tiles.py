@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskgru.tiles import TILE_ROWS, VECTOR_BYTES, product
+from daskgru.kernels.tiles import TILE_ROWS, VECTOR_BYTES, product
 
 
 def ordered(a, w, b):
@@ -75,7 +75,7 @@ def test_vector_width_follows_numba_cpu_settings(monkeypatch):
     width that CPU has, not the host's."""
     import numba
 
-    from daskgru import tiles
+    from daskgru.kernels import tiles
 
     monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
@@ -121,10 +121,20 @@ def test_arrays_the_tiles_cannot_index_are_refused(case):
 
 
 def test_cached_kernels_are_keyed_on_the_tiles():
-    """Numba's disk cache keys a kernel on its own module and its closure variables: the
-    kernels calling the tiles close over tiles.CACHE_KEY, so editing tiles.py recompiles them."""
-    from daskgru import kernels, kernels_backward, tiles
+    """Numba's disk cache keys a kernel on its own module and its closure variables: every
+    kernel closes over jit.CACHE_KEY (a hash of tiles.py and jit.py), so editing those
+    recompiles them; a kernel declared without it is refused at import."""
+    from daskgru.cells import base, gru, lstm
+    from daskgru.kernels import jit
 
-    for k in (kernels.project_kernel, kernels.scan_kernel, kernels_backward.backward_walk):
+    kernels = [base._project_kernel, *vars(gru._k).values(), *vars(lstm._k).values()]
+    assert len(kernels) == 8
+    for k in kernels:
         cells = [c.cell_contents for c in k.py_func.__closure__ or ()]
-        assert tiles.CACHE_KEY in cells, k
+        assert jit.CACHE_KEY in cells, k
+
+    def forgetful(x):
+        return x
+
+    with pytest.raises(TypeError, match="cache_key"):
+        jit.kernel(lambda f: f(f))(forgetful)

@@ -2,7 +2,7 @@
 import numpy as np
 
 import daskgru as dg
-from daskgru.tiles import product
+from daskgru.kernels.tiles import product
 
 from .common import problem, size
 

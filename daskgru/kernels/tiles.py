@@ -20,14 +20,10 @@ is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width
 wider vectors on narrower machines, so the code is portable and only the speed changes.
 
 The Numba kernels that call ``product`` are cached on disk; Numba keys its cache on the
-calling module's source, not on this one, so they are built as closures over ``CACHE_KEY``
-(a hash of this file and the tile shape), which Numba's cache key does include: a change
-here recompiles them.
+calling module's source, not on this one, so they are declared with
+:func:`daskgru.kernels.jit.kernel`, whose cache key covers this file and the tile shape.
 """
 from __future__ import annotations
-
-import hashlib
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -38,7 +34,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-__all__ = ["product", "VECTOR_BYTES", "TILE_ROWS", "CACHE_KEY"]
+__all__ = ["product", "VECTOR_BYTES", "TILE_ROWS"]
 
 
 def _vector_bytes():
@@ -60,9 +56,6 @@ VECTOR_BYTES = _vector_bytes()
 TILE_ROWS = 12 if VECTOR_BYTES == 64 else 6
 # Row panels of ``a`` of about this many bytes stay in L2 while all column blocks pass.
 _PANEL_BYTES = 256 << 10
-# What identifies the code of the tiles, for the on-disk caches of the kernels calling them.
-CACHE_KEY = "{}-{}-{}".format(
-    hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16], VECTOR_BYTES, TILE_ROWS)
 
 
 def _check_types(a, w, b, out):

@@ -1,0 +1,241 @@
+"""The cell seam: what a recurrent cell provides, and the records that travel with it.
+
+A cell (:class:`Cell`) owns everything that depends on its equations: the number and
+order of its gates, the size of its state (a GRU carries ``h``; an LSTM ``(h, c)``, stored
+side by side as one ``(B, 2H)`` array), its chunk scan, its chunk backward and the tangent
+that ``method="newton"`` propagates, and how its weights map to Keras's layout. Everything
+above the cells (the eager path, the dask graph, parallel-in-time methods, training, the
+xarray front end, the command line) handles states as opaque ``(B, S)`` arrays and calls
+these methods; none of it names a gate.
+
+The input projection is the same for every cell (``b_ih + x @ W_ih^T``, :func:`project`),
+as is the part of the backward that follows from it (:func:`chunk_backward`).
+
+To add a cell: subclass :class:`Cell` in a module of its own under ``daskgru/cells/``,
+write its kernels there with :func:`daskgru.kernels.jit.kernel`, and register it in
+``daskgru/cells/__init__.py``; docs/architecture.md walks through it with the LSTM.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from ..kernels.jit import build, kernel
+from ..kernels.tiles import product
+
+__all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward"]
+
+
+class Weights(NamedTuple):
+    """Weights of one layer and direction in torch's layout: ``w_ih (G, I)``,
+    ``w_hh (G, H)``, ``b_ih (G,)``, ``b_hh (G,)`` with ``G = gates * H`` rows in the
+    cell's gate order (GRU: r, z, n; LSTM: i, f, g, o)."""
+
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+
+
+class Prepared(NamedTuple):
+    """Weights as the kernels take them: the transposes (gates along contiguous columns)
+    for the products, and the torch-layout arrays for the backward."""
+
+    w_ih_t: np.ndarray
+    b_ih: np.ndarray
+    w_hh_t: np.ndarray
+    b_hh: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+
+    @classmethod
+    def of(cls, w: Weights) -> "Prepared":
+        c = np.ascontiguousarray
+        return cls(c(w.w_ih.T), c(w.b_ih), c(w.w_hh.T), c(w.b_hh), c(w.w_ih), c(w.w_hh))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.w_hh.shape[1]
+
+
+class Steps(NamedTuple):
+    """Which steps of a chunk count, and which way the chunk is walked.
+
+    ``lengths`` (B,) int64: steps with global index ``>= lengths[b]`` are padding (torch's
+    packed sequences: output 0). ``mask`` (T, B) uint8, or (0, B) when there is none: a step
+    with 0 is masked (Keras's masking: output the current state, or 0 with
+    ``zero_masked``). Skipped steps leave the state unchanged. ``t0`` is the global index
+    of the chunk's first step.
+    """
+
+    lengths: np.ndarray
+    mask: np.ndarray
+    t0: int
+    reverse: bool
+    zero_masked: bool
+
+    @classmethod
+    def make(cls, B, T, *, lengths=None, mask=None, t0=0, reverse=False, zero_masked=False):
+        """``lengths`` None: every step counts up to ``t0 + T``; ``mask`` None: no mask."""
+        lengths = (np.full(B, t0 + T, np.int64) if lengths is None
+                   else np.ascontiguousarray(lengths, dtype=np.int64).reshape(B))
+        mask = (np.zeros((0, B), np.uint8) if mask is None
+                else np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1, B))
+        return cls(lengths, mask, int(t0), bool(reverse), bool(zero_masked))
+
+    def block(self, a, b) -> "Steps":
+        """Local steps a..b-1 of the chunk."""
+        mask = self.mask[a:b] if self.mask.shape[0] else self.mask
+        return self._replace(mask=mask, t0=self.t0 + a)
+
+    def rows(self, rows) -> "Steps":
+        """The steps of some rows (an index array)."""
+        mask = np.ascontiguousarray(self.mask[:, rows])
+        return self._replace(lengths=np.ascontiguousarray(self.lengths[rows]), mask=mask)
+
+    def valid(self, T) -> np.ndarray:
+        """(T, B) bool: the steps that count."""
+        v = (self.t0 + np.arange(T))[:, None] < self.lengths[None, :]
+        return v & (self.mask != 0) if self.mask.shape[0] else v
+
+    def any_skipped(self, T) -> bool:
+        return bool(self.lengths.min(initial=self.t0 + T) < self.t0 + T
+                    or (self.mask.shape[0] and not self.mask.all()))
+
+
+class Cell:
+    """A recurrent cell; subclasses implement the equations (see the module docstring).
+
+    Class attributes: ``name`` (the short name used in keys, files and messages),
+    ``gates`` (gate blocks of H rows in ``w_ih``/``w_hh``), ``gate_names`` (their order),
+    ``keras_gate_order`` (where each of those blocks sits in Keras's column order).
+    A cell instance holds its variant options (:meth:`options`) and no weights.
+    """
+
+    name = "cell"
+    gates = 1
+    gate_names: tuple = ()
+    keras_gate_order: tuple = ()
+
+    def options(self) -> dict:
+        """The variant options (constructor keywords); part of identity and of files."""
+        return {}
+
+    # -------------------------------------------------------------- identity
+    def __eq__(self, other):
+        return type(self) is type(other) and self.options() == other.options()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.options().items()))))
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+    def __dask_tokenize__(self):
+        return (type(self).__name__, sorted(self.options().items()))
+
+    def __reduce__(self):
+        return type(self), (), self.options()
+
+    def __setstate__(self, options):
+        self.__init__(**options)
+
+    # -------------------------------------------------------------- state
+    def state_size(self, H: int) -> int:
+        """Columns of the state array of a layer of width H (the output is the first H)."""
+        return H
+
+    def split_state(self, state, H):
+        """The parts of a state array (``(h,)`` or ``(h, c)``) along its last axis."""
+        return (state,)
+
+    # -------------------------------------------------------------- numerics
+    def scan(self, w: Prepared, gi, state, steps: Steps, out=None):
+        """Run the recurrence over one chunk from ``state`` (B, S), given its projected
+        inputs ``gi`` (T, B, G); returns (outputs (T, B, H), end state (B, S))."""
+        raise NotImplementedError
+
+    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
+        """Backward of :meth:`scan` over one chunk: from its start state, the gradient of
+        its outputs and of its end state. ``out``, if given, holds the chunk's forward
+        outputs (a cell may use them instead of recomputing). Returns ``(d_gi (T, B, G),
+        d_state (B, S) of the start state, dW_hh (G, H), db_hh (G,))``."""
+        raise NotImplementedError
+
+    def tangent(self, w: Prepared, gi, state, steps: Steps, cutoff=0.0, M=None):
+        """Scan one chunk and propagate ``M = d state_end / d state_start`` (B, S, S);
+        returns (end state, M). Rows whose every entry falls below ``cutoff`` stop being
+        propagated (set to 0). Cells without it cannot run ``method="newton"``."""
+        raise NotImplementedError(f"the {self.name.upper()} cell has no tangent kernel")
+
+    def clip(self, state, start):
+        """``state`` clipped to a box the cell's states cannot leave when they start from
+        ``start`` (the damping of ``method="newton"``); no clipping by default."""
+        return state
+
+    @property
+    def has_tangent(self) -> bool:
+        return type(self).tangent is not Cell.tangent
+
+    # -------------------------------------------------------------- Keras layout
+    def keras_bias(self, b_ih, b_hh):
+        """Keras's bias of this variant: one vector (b_ih + b_hh) unless a subclass keeps
+        the two apart."""
+        return b_ih + b_hh
+
+
+def sigmoid_(v):
+    """σ in place on a NumPy array (the backwards' gates; exp overflow gives inf, then 0)."""
+    np.negative(v, out=v)
+    np.exp(v, out=v)
+    v += 1
+    np.reciprocal(v, out=v)
+
+
+@build
+def _project_kernel(cache_key):
+    @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1]))
+    def project_kernel(x, w_t, b, out):
+        """out[n, :] = b + sum_k x[n, k] * w_t[k, :] for every row n of x (N, I)."""
+        cache_key  # noqa: B018
+        product(x, 0, x.shape[0], w_t, b, 0, w_t.shape[1], out, 0)
+
+    return project_kernel
+
+
+def project(w: Prepared, x, out=None):
+    """The input projection of a chunk, the same for every cell: x (T, B, I) ->
+    (T, B, G) = b_ih + x @ w_ih^T. ``out``, if given, is a C-contiguous buffer to fill."""
+    T, B, I = x.shape
+    G = w.w_ih_t.shape[1]
+    dt = w.w_ih_t.dtype
+    out = np.empty((T, B, G), dtype=dt) if out is None else out
+    _project_kernel(np.ascontiguousarray(x, dtype=dt).reshape(T * B, I), w.w_ih_t, w.b_ih,
+                    out.reshape(T * B, G))
+    return out
+
+
+def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_state, out=None):
+    """Backward of one chunk of one layer and direction from its input x (T, B, I):
+    recomputes the projection (memory O(chunk)), runs the cell's backward and adds what
+    follows from the projection. Returns ``(d_x, d_state, Weights of gradients)``.
+
+    Inputs at skipped steps are zero-filled for the weight gradient: their ``d_gi`` is 0,
+    and 0 * NaN would still be NaN.
+    """
+    T, B, I = x.shape
+    G = w.w_ih.shape[0]
+    dt = w.w_ih.dtype
+    x = np.ascontiguousarray(x, dtype=dt)
+    gi = project(w, x)
+    d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out)
+    dg2 = d_gi.reshape(T * B, G)
+    if steps.any_skipped(T):
+        x = np.where(steps.valid(T)[..., None], x, dt.type(0))
+    dW_ih = dg2.T @ x.reshape(T * B, I)
+    d_x = np.empty((T, B, I), dt)
+    product(dg2, 0, T * B, w.w_ih, np.zeros(I, dt), 0, I, d_x.reshape(T * B, I), 0)
+    return d_x, d_state, Weights(dW_ih, dW_hh, dg2.sum(axis=0), db_hh)

@@ -1,0 +1,363 @@
+"""The GRU cell, both forms, with its kernels.
+
+Gate order r, z, n (torch, cuDNN, Keras ``reset_after=True``, Flax)::
+
+    r = σ(gi_r + a_r)        z = σ(gi_z + a_z)        a = b_hh + W_hh h
+    n = tanh(gi_n + r * a_n)                  (reset_after=True)
+    n = tanh(gi_n + b_hn + W_hn (r * h))      (reset_after=False: Cho et al. v3, the seed)
+    h' = (1 - z) * n + z * h
+
+``gi = b_ih + W_ih x`` is the input projection (:func:`daskgru.cells.base.project`). The
+state is ``h`` itself (S = H). Every product goes through :func:`daskgru.kernels.product`
+(one fixed order of operations per element, so results do not depend on chunking).
+
+Backward, with ``g`` the total adjoint of ``h'`` (output gradient + carried state)::
+
+    dn = g (1 - z) (1 - n²)      dz = g (h - n) z (1 - z)
+    reset_after:  dr = dn a_n r (1 - r);  d_gi = [dr, dz, dn];  d_a = [dr, dz, dn r]
+                  dh = g z + W_hhᵀ d_a
+    Cho form:     d(rh) = W_hnᵀ dn;  dr = d(rh) h r (1 - r);  d_gi = d_a = [dr, dz, dn]
+                  dh = g z + d(rh) r + W_hrᵀ dr + W_hzᵀ dz
+
+Step Jacobian (for ``method="newton"``)::
+
+    reset_after:  J = diag(z) + diag(z(1-z)(h-n)) W_hz
+                      + diag((1-z)(1-n²) a_n r(1-r)) W_hr + diag((1-z)(1-n²) r) W_hn
+    Cho form:     J = diag(z) + diag(z(1-z)(h-n)) W_hz
+                      + diag((1-z)(1-n²)) W_hn (diag(r) + diag(h r (1-r)) W_hr)
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numba
+import numpy as np
+
+from ..kernels.jit import (build, kernel, propagate_tangent, sigmoid, skip_adjoint, skip_step,
+                           tanh, typed)
+from ..kernels.tiles import product
+from .base import Cell, Prepared, Steps, sigmoid_
+
+__all__ = ["GRUCell"]
+
+
+@build
+def _k(cache_key):
+    u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
+
+    @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
+                                 b1, b1, f[:, ::1], f[:, :, ::1]))
+    def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, reset_after, h, out):
+        """The recurrence over one chunk: per step, the recurrent product of all rows, then
+        the gates fused with the state update. h (B, H): start state in, end state out."""
+        cache_key  # noqa: B018
+        T, B, G = gi.shape
+        H = h.shape[1]
+        one = typed(h, 1)
+        acc = np.empty((B, G), dtype=h.dtype)
+        rh = np.empty((B, H), dtype=h.dtype)
+        for s in range(T):
+            tl = T - 1 - s if reverse else s
+            t = t0 + tl
+            if reset_after:
+                product(h, 0, B, w_t, b, 0, G, acc, 0)
+            else:
+                # r and z see h; the candidate sees r * h, so it needs r first.
+                product(h, 0, B, w_t, b, 0, 2 * H, acc, 0)
+                for bb in range(B):
+                    for j in range(H):
+                        rh[bb, j] = sigmoid(gi[tl, bb, j] + acc[bb, j]) * h[bb, j]
+                product(rh, 0, B, w_t, b, 2 * H, G, acc, 0)
+            for bb in range(B):
+                if skip_step(t, tl, bb, lengths, mask, zero_masked, h, out):
+                    continue
+                for j in range(H):
+                    z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
+                    if reset_after:
+                        r = sigmoid(gi[tl, bb, j] + acc[bb, j])
+                        n = tanh(gi[tl, bb, 2 * H + j] + r * acc[bb, 2 * H + j])
+                    else:  # r was applied to h before the product (rh above)
+                        n = tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
+                    hn = (one - z) * n + z * h[bb, j]
+                    out[tl, bb, j] = hn
+                    h[bb, j] = hn
+
+    @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], i64[::1], u8[:, ::1], i64, b1,
+                                 f[:, :, ::1]))
+    def prev_states(out, h_start, lengths, mask, t0, reverse, hk):
+        """hk[t] = the state step t starts from, given the forward's outputs (an output at
+        a skipped step is not a state: the state is the last valid step's output)."""
+        cache_key  # noqa: B018
+        T, B, H = out.shape
+        for bb in range(B):
+            src = -1  # the step whose output is the current state (-1: h_start)
+            for s in range(T):
+                tl = T - 1 - s if reverse else s
+                for j in range(H):
+                    hk[tl, bb, j] = out[src, bb, j] if src >= 0 else h_start[bb, j]
+                if t0 + tl < lengths[bb] and not (mask.shape[0] and mask[tl, bb] == 0):
+                    src = tl
+
+    @kernel(lambda f: numba.void(
+        f[:, :, ::1],   # gates (T, B, 4H): r, z, n, a_n of the recomputed forward
+        f[:, ::1],      # w_hh (G, H), torch layout
+        i64[::1], u8[:, ::1], i64, b1, b1, b1,  # lengths, mask, t0, reverse, zero_masked, reset_after
+        f[:, :, ::1],   # hk (T, B, H): the state each step starts from
+        f[:, :, ::1],   # d_out (T, B, H)
+        f[:, ::1],      # dh (B, H): adjoint of the end state in, of the start state out
+        f[:, :, ::1],   # d_gi (T, B, G) out
+        f[:, :, ::1],   # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
+    ))
+    def walk(gates, w_hh, lengths, mask, t0, reverse, zero_masked, reset_after, hk, d_out, dh,
+             d_gi, d_a):
+        """The walk back through a chunk carrying the adjoint state (module docstring)."""
+        cache_key  # noqa: B018
+        T, B, G = d_gi.shape
+        H = dh.shape[1]
+        one, zero = typed(dh, 1), typed(dh, 0)
+        g_ = np.empty((B, H), dtype=dh.dtype)
+        dn_ = np.empty((B, H), dtype=dh.dtype)
+        drz = np.empty((B, 2 * H), dtype=dh.dtype)
+        w_n = np.ascontiguousarray(w_hh[2 * H:])
+        w_rz = np.ascontiguousarray(w_hh[:2 * H])
+        back = np.empty((B, H), dtype=dh.dtype)
+        back_rz = np.empty((B, H), dtype=dh.dtype)
+        no_bias = np.zeros(H, dtype=dh.dtype)
+        drh = np.empty((B, H), dtype=dh.dtype)
+        live = np.empty(B, dtype=np.bool_)
+        for s in range(T - 1, -1, -1):
+            tl = T - 1 - s if reverse else s
+            t = t0 + tl
+            for bb in range(B):
+                live[bb] = not skip_adjoint(t, tl, bb, lengths, mask, zero_masked, d_out, dh)
+                if not live[bb]:
+                    for g in range(G):
+                        d_gi[tl, bb, g] = zero
+                        d_a[tl, bb, g] = zero
+                    for j in range(H):
+                        dn_[bb, j] = zero
+                    for g in range(2 * H):
+                        drz[bb, g] = zero
+                    continue
+                for j in range(H):
+                    gv = dh[bb, j] + d_out[tl, bb, j]
+                    g_[bb, j] = gv
+                    z = gates[tl, bb, H + j]
+                    n = gates[tl, bb, 2 * H + j]
+                    dn = gv * (one - z) * (one - n * n)
+                    dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
+                    d_gi[tl, bb, H + j] = dz
+                    d_gi[tl, bb, 2 * H + j] = dn
+                    d_a[tl, bb, H + j] = dz
+                    drz[bb, H + j] = dz
+                    if reset_after:
+                        r = gates[tl, bb, j]
+                        dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
+                        d_gi[tl, bb, j] = dr
+                        d_a[tl, bb, j] = dr
+                        d_a[tl, bb, 2 * H + j] = dn * r
+                        drz[bb, j] = dr
+                        dn_[bb, j] = dn * r
+                    else:
+                        d_a[tl, bb, 2 * H + j] = dn
+                        dn_[bb, j] = dn
+            # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
+            product(dn_, 0, B, w_n, no_bias, 0, H, back, 0)
+            if not reset_after:
+                for bb in range(B):
+                    if not live[bb]:
+                        continue
+                    for j in range(H):
+                        r = gates[tl, bb, j]
+                        drh[bb, j] = back[bb, j]
+                        dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
+                        d_gi[tl, bb, j] = dr
+                        d_a[tl, bb, j] = dr
+                        drz[bb, j] = dr
+            product(drz, 0, B, w_rz, no_bias, 0, H, back_rz, 0)
+            for bb in range(B):
+                if not live[bb]:
+                    continue  # skipped step: the adjoint passes through
+                for j in range(H):
+                    v = back[bb, j] if reset_after else drh[bb, j] * gates[tl, bb, j]
+                    dh[bb, j] = g_[bb, j] * gates[tl, bb, H + j] + v + back_rz[bb, j]
+
+    @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
+                                 b1, f, f[:, ::1], f[:, :, ::1]))
+    def tangent(gi, w_t, b, lengths, mask, t0, reverse, reset_after, cutoff, h, M):
+        """Scan one chunk and propagate the tangent M (B, H, H). The state follows the op
+        order of ``scan`` (bias first, products in index order) in plain loops; Newton
+        needs it to tolerance, not bit for bit."""
+        cache_key  # noqa: B018
+        T, B, G = gi.shape
+        H = h.shape[1]
+        one, zero = typed(h, 1), typed(h, 0)
+        acc = np.empty(G, dtype=h.dtype)
+        v = np.empty((8, H), dtype=h.dtype)
+        rh, r, z, n, cz, cr, cn, pr = v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+        m3 = np.empty((3, H, H), dtype=h.dtype)
+        J, Q, Mn = m3[0], m3[1], m3[2]
+        live = np.empty(B, dtype=np.bool_)
+        for bb in range(B):
+            live[bb] = np.any(M[bb] != zero)
+        for s in range(T):
+            tl = T - 1 - s if reverse else s
+            t = t0 + tl
+            for bb in range(B):
+                if t >= lengths[bb] or (mask.shape[0] and mask[tl, bb] == 0):
+                    continue
+                for g in range(G):
+                    acc[g] = b[g]
+                nr = G if reset_after else 2 * H
+                for k in range(H):
+                    hk = h[bb, k]
+                    for g in range(nr):
+                        acc[g] += hk * w_t[k, g]
+                if not reset_after:
+                    for j in range(H):
+                        rh[j] = sigmoid(gi[tl, bb, j] + acc[j]) * h[bb, j]
+                    for k in range(H):
+                        rk = rh[k]
+                        for g in range(2 * H, G):
+                            acc[g] += rk * w_t[k, g]
+                for j in range(H):
+                    r[j] = sigmoid(gi[tl, bb, j] + acc[j])
+                    z[j] = sigmoid(gi[tl, bb, H + j] + acc[H + j])
+                    if reset_after:
+                        n[j] = tanh(gi[tl, bb, 2 * H + j] + r[j] * acc[2 * H + j])
+                    else:
+                        n[j] = tanh(gi[tl, bb, 2 * H + j] + acc[2 * H + j])
+                if live[bb]:  # the step Jacobian at the old state h
+                    for j in range(H):
+                        dn = (one - z[j]) * (one - n[j] * n[j])
+                        cz[j] = z[j] * (one - z[j]) * (h[bb, j] - n[j])
+                        if reset_after:
+                            cr[j] = dn * acc[2 * H + j] * r[j] * (one - r[j])
+                            cn[j] = dn * r[j]
+                        else:
+                            cn[j] = dn
+                            pr[j] = h[bb, j] * r[j] * (one - r[j])
+                    if reset_after:
+                        for j in range(H):
+                            for k in range(H):
+                                J[j, k] = (cr[j] * w_t[k, j] + cz[j] * w_t[k, H + j]
+                                           + cn[j] * w_t[k, 2 * H + j])
+                            J[j, j] += z[j]
+                    else:  # Q = W_hn diag(h r (1-r)) W_hr
+                        for j in range(H):
+                            for k in range(H):
+                                Q[j, k] = zero
+                            for m in range(H):
+                                c = w_t[m, 2 * H + j] * pr[m]
+                                for k in range(H):
+                                    Q[j, k] += c * w_t[k, m]
+                        for j in range(H):
+                            for k in range(H):
+                                J[j, k] = (cz[j] * w_t[k, H + j]
+                                           + cn[j] * (w_t[k, 2 * H + j] * r[k] + Q[j, k]))
+                            J[j, j] += z[j]
+                    live[bb] = propagate_tangent(J, M, bb, Mn, cutoff)
+                for j in range(H):
+                    h[bb, j] = (one - z[j]) * n[j] + z[j] * h[bb, j]
+
+    return SimpleNamespace(scan=scan, prev_states=prev_states, walk=walk, tangent=tangent)
+
+
+class GRUCell(Cell):
+    """A GRU; ``reset_after`` chooses the form (see the module docstring).
+
+    Examples
+    --------
+    >>> from daskgru.cells import GRUCell
+    >>> GRUCell(reset_after=False)
+    GRUCell(reset_after=False)
+    """
+
+    name = "gru"
+    gates = 3
+    gate_names = ("r", "z", "n")
+    keras_gate_order = (1, 0, 2)  # Keras columns z, r, h
+
+    def __init__(self, reset_after=True):
+        self.reset_after = bool(reset_after)
+
+    def options(self):
+        return {"reset_after": self.reset_after}
+
+    def clip(self, state, start):
+        """h' is a convex combination of h and tanh(.): |h| <= max(1, max|h0|) always."""
+        R = max(1.0, float(np.abs(start).max())) if start.size else 1.0
+        return np.clip(state, -R, R)
+
+    def keras_bias(self, b_ih, b_hh):
+        return np.stack([b_ih, b_hh]) if self.reset_after else b_ih + b_hh
+
+    def scan(self, w: Prepared, gi, state, steps: Steps, out=None):
+        T, B, _ = gi.shape
+        dt = w.w_hh_t.dtype
+        h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
+        out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
+        _k.scan(np.ascontiguousarray(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
+                steps.reverse, steps.zero_masked, self.reset_after, h, out)
+        return out, h
+
+    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
+        """Gates of every step at once from the start states (products over the whole
+        chunk, the tiles again, so the pre-activations equal the forward's bit for bit;
+        NumPy's exp/tanh on top), then the sequential walk."""
+        T, B, G = gi.shape
+        H = w.hidden_size
+        dt = w.w_hh.dtype
+        c = np.ascontiguousarray
+        gi = c(gi, dtype=dt)
+        h0 = c(state, dtype=dt).reshape(B, H)
+        if out is None:  # recompute: the one sequential forward pass of the chunk
+            out, _ = self.scan(w, gi, h0, steps)
+        hk = np.empty((T, B, H), dt)
+        _k.prev_states(c(out, dtype=dt), h0, steps.lengths, steps.mask, steps.t0,
+                       steps.reverse, hk)
+        hk2, gi2 = hk.reshape(T * B, H), gi.reshape(T * B, G)
+        gates = np.empty((T * B, 4 * H), dt)
+        a = np.empty((T * B, G), dt)
+        with np.errstate(over="ignore"):
+            rz = gates[:, :2 * H]
+            if self.reset_after:
+                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G, a, 0)
+                np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
+                sigmoid_(rz)
+                gates[:, 3 * H:] = a[:, 2 * H:]
+                pre = gates[:, :H] * a[:, 2 * H:]
+            else:
+                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, 2 * H, a, 0)
+                np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
+                sigmoid_(rz)
+                rh = gates[:, :H] * hk2
+                product(rh, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0)
+                pre = a[:, 2 * H:]
+                gates[:, 3 * H:] = pre
+            pre += gi2[:, 2 * H:]
+            np.tanh(pre, out=gates[:, 2 * H:3 * H])
+        dh = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, H)
+        d_gi, d_a = np.empty((T, B, G), dt), np.empty((T, B, G), dt)
+        _k.walk(gates.reshape(T, B, 4 * H), w.w_hh, steps.lengths, steps.mask, steps.t0,
+                steps.reverse, steps.zero_masked, self.reset_after, hk, c(d_out, dtype=dt),
+                dh, d_gi, d_a)
+        da2 = d_a.reshape(T * B, G)
+        dW_hh = np.empty((G, H), dt)
+        if self.reset_after:
+            np.dot(da2.T, hk2, out=dW_hh)
+        else:
+            dW_hh[:2 * H] = da2[:, :2 * H].T @ hk2
+            dW_hh[2 * H:] = da2[:, 2 * H:].T @ rh
+        return d_gi, dh, dW_hh, da2.sum(axis=0)
+
+    def tangent(self, w: Prepared, gi, state, steps: Steps, cutoff=0.0, M=None):
+        T, B, _ = gi.shape
+        dt = w.w_hh_t.dtype
+        h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
+        H = h.shape[1]
+        M = (np.repeat(np.eye(H, dtype=dt)[None], B, axis=0) if M is None
+             else np.array(M, dtype=dt, order="C", copy=True))
+        _k.tangent(np.ascontiguousarray(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask,
+                   steps.t0, steps.reverse, self.reset_after, dt.type(cutoff), h, M)
+        return h, M

@@ -1,0 +1,137 @@
+"""The NumPy path: a stack over canonical arrays x (T, B, I), calling the cells' kernels.
+
+The dask graph (:mod:`daskgru.graph`) calls the very same per-chunk functions
+(:func:`run_direction`), which is why the two agree bit for bit. Batch rows are
+independent, so a call splits its rows over threads (the kernels release the GIL); with
+row-invariant kernels that is bit-identical to one thread.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from .cells import Cell, Prepared, Steps, project
+
+__all__ = ["run_stack", "run_direction", "layer_input", "get_num_threads", "batch_parts"]
+
+# Eager calls walk time in blocks of this many steps so that the projected inputs of a
+# whole long sequence never sit in memory at once. Results do not depend on it.
+EAGER_BLOCK = 2048
+# Projected inputs of one time block take at most this many bytes, so they stay in cache
+# and the buffer is reused (fresh pages cost more than the arithmetic on some machines).
+BLOCK_BYTES = 16 << 20
+# Below this much work (multiply-adds) a call is not worth splitting over threads.
+MIN_SPLIT_WORK = 2_000_000
+
+_BUFFERS = threading.local()
+
+
+def get_num_threads() -> int:
+    """Threads of the eager path: ``DASKGRU_NUM_THREADS``, else the CPUs this process may use."""
+    env = os.environ.get("DASKGRU_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def batch_parts(B, work):
+    """Contiguous batch slices, one per thread, each of at least 4 rows."""
+    n = min(get_num_threads(), B // 4)
+    if n <= 1 or work * B < MIN_SPLIT_WORK:
+        return [slice(0, B)]
+    edges = np.linspace(0, B, n + 1).round().astype(int)
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _gi_buffer(steps, B, G, dtype):
+    """This thread's reusable buffer for ``steps`` steps of projected inputs (steps, B, G).
+
+    Projecting every block into a fresh array costs page faults; under dask.distributed
+    (whose nanny sets MALLOC_TRIM_THRESHOLD_, so every large allocation is a fresh mmap)
+    those alone cost ~30% of a task at H = 32.
+    """
+    cache = getattr(_BUFFERS, "arrays", None)
+    if cache is None:
+        cache = _BUFFERS.arrays = {}
+    n = steps * B * G
+    dt = np.dtype(dtype)
+    buf = cache.get(dt)
+    if buf is None or buf.size < n:
+        buf = cache[dt] = np.empty(n, dt)
+    return buf[:n].reshape(steps, B, G)
+
+
+def layer_input(parts):
+    """The input of the next layer: the directions' outputs side by side [forward, backward]."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
+    """One layer and direction over x (T, B, I) from ``state`` (B, S): project and scan block
+    by block (``EAGER_BLOCK`` steps, at most ``BLOCK_BYTES`` of projected inputs) through a
+    reused per-thread buffer. Returns (outputs (T, B, H), end state). Blocks are whole
+    steps, so the result is the same for any block size."""
+    T, B = x.shape[0], x.shape[1]
+    H, G = w.hidden_size, w.w_hh_t.shape[1]
+    dt = w.w_hh_t.dtype
+    out = np.empty((T, B, H), dt) if out is None else out
+    if T == 0:
+        return out, np.array(state, dtype=dt, copy=True).reshape(B, -1)
+    step = max(1, min(EAGER_BLOCK, T, BLOCK_BYTES // max(1, B * G * dt.itemsize)))
+    buf = _gi_buffer(step, B, G, dt)
+    starts = range(0, T, step)
+    for a in (reversed(starts) if steps.reverse else starts):
+        b = min(a + step, T)
+        gi = project(w, x[a:b], out=buf[:b - a])
+        _, state = cell.scan(w, gi, state, steps.block(a, b), out=out[a:b])
+    return out, state
+
+
+def _stack(x, ps, states, lengths, mask, zero_masked):
+    """The layers on x (T, B, I) contiguous; returns (output, [final states (D, B, S) per
+    layer])."""
+    T, B, _ = x.shape
+    layer_in, finals, i = x, [], 0
+    for l, cell in enumerate(ps.cells):
+        outs, ends = [], []
+        for d, w in enumerate(ps.weights[l]):
+            steps = Steps.make(B, T, lengths=lengths, mask=mask, reverse=d == 1,
+                               zero_masked=zero_masked[l])
+            o, s = run_direction(cell, w, layer_in, states[i], steps)
+            outs.append(o)
+            ends.append(s)
+            i += 1
+        layer_in = layer_input(outs)
+        finals.append(np.stack(ends))
+    return layer_in, finals
+
+
+def run_stack(x, stack, states, lengths, mask, zero_masked):
+    """A stack over canonical NumPy arrays: x (T, B, I); ``states`` one (B, S) array per
+    (layer, direction); ``lengths`` (B,) int64; ``mask`` (T, B) or None; ``zero_masked``
+    one flag per layer. Returns (output (T, B, D*H), [final states (D, B, S) per layer])."""
+    T, B, I = x.shape
+    dt = stack.dtype
+    x = np.ascontiguousarray(x, dtype=dt)
+    ps = stack.prepare()
+    work = T * sum(lay.hidden_size * (lay.hidden_size + lay.input_size) * lay.num_directions
+                   for lay in stack.layers)
+    parts = batch_parts(B, work)
+    if len(parts) == 1:
+        return _stack(x, ps, states, lengths, mask, zero_masked)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def part(s):
+        return _stack(x[:, s], ps, [st[s] for st in states], lengths[s],
+                      None if mask is None else mask[:, s], zero_masked)
+
+    with ThreadPoolExecutor(len(parts)) as ex:
+        res = list(ex.map(part, parts))
+    out = np.concatenate([r[0] for r in res], axis=1)
+    finals = [np.concatenate([r[1][l] for r in res], axis=1) for l in range(len(res[0][1]))]
+    return out, finals

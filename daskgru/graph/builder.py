@@ -1,0 +1,262 @@
+"""The one graph builder: a call's inputs in task form, its keys, and its layers.
+
+Every method (the scan, the parallel-in-time methods, the backward pass) builds its graph
+on a :class:`Graph`: for each layer ``l`` of the stack, direction ``d`` and batch chunk
+``j`` it adds a chain of tasks over the time chunks (in :meth:`Graph.order`: forward, or
+reversed for the backward direction), each taking its chunk's input pieces
+(:meth:`Graph.parts`: a block of x for layer 0, else the blocks of layer ``l - 1``'s
+outputs, both directions) and a boundary state. Layer ``l + 1``'s chunk ``k`` thus needs
+only layer ``l``'s chunk ``k``: layers run as a wavefront.
+
+Layers of the graph (attached with ``HighLevelGraph.from_collections``):
+
+* ``{cell}-weights-{token}``: one key, the kernel-ready weights of the whole stack;
+* ``{cell}-{stage}-l{l}-{token}``: the tasks of layer ``l``'s chains, one graph layer per
+  stack layer (the chain runs through its stages, e.g. scan and state tasks);
+* ``{cell}-chunkout-l{l}-{token}`` (``{cell}-output-{token}`` for the top layer): a dask
+  array (T, B, D*H) whose block (k, j, d) is direction d's outputs on chunk (k, j), so that
+  its feature chunks are the directions, and the next layer's input of a chunk is a row of
+  blocks;
+* ``{cell}-final-l{l}-{token}``: a dask array (D, B, S) of the layer's final states.
+
+Keys are deterministic: the token covers the inputs, the stack, every option that changes
+the graph (its resolved :mod:`~daskgru.graph.options` included) and the method's own.
+Every task calls the same per-chunk functions as the eager path, so results equal it bit
+for bit for any chunking and any scheduler.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..api import as_mask, canonical, check_lengths, is_dask, uncanonical
+from ..cells import Steps
+from .options import resolve
+
+__all__ = ["Graph", "Where", "chunk_steps", "start_state"]
+
+
+class Where(NamedTuple):
+    """Which chunk of which chain a task works on, and how its steps count."""
+
+    l: int
+    d: int
+    t0: int              # global index of the chunk's first step
+    T: int               # steps of the whole series (checks dask lengths in-task)
+    zero_masked: bool
+
+
+def chunk_steps(where: Where, lengths, mask, B, n) -> Steps:
+    """The :class:`~daskgru.cells.Steps` of a chunk of ``n`` steps and ``B`` rows; dask
+    lengths are checked here, in the task."""
+    if lengths is not None:
+        lengths = check_lengths(lengths, where.T)
+    return Steps.make(B, n, lengths=lengths, mask=None if mask is None else as_mask(mask),
+                      t0=where.t0, reverse=where.d == 1, zero_masked=where.zero_masked)
+
+
+def start_state(ps, where: Where, state, B):
+    """A chunk's start state: the given one, or zeros."""
+    if state is not None:
+        return state
+    lay = ps.cells[where.l], ps.weights[where.l][where.d]
+    return np.zeros((B, lay[0].state_size(lay[1].hidden_size)), lay[1].w_hh.dtype)
+
+
+class Graph:
+    """One call's graph under construction (see the module docstring).
+
+    ``kind`` and ``extra`` (hashable options of the method) go into the token. ``states``:
+    None or one (B, S) array per (layer, direction), NumPy or dask; ``lengths`` (B,);
+    ``mask`` in the caller's layout. The backward adds ``d_output`` (shaped like the
+    output) and ``adjoints`` (like ``states``: the gradients of the final states).
+    """
+
+    def __init__(self, x, call, states=None, lengths=None, mask=None, *, kind="scan",
+                 extra=(), d_output=None, adjoints=None):
+        import dask.array as da
+        from dask.base import tokenize
+        from dask.delayed import Delayed
+        from dask.highlevelgraph import HighLevelGraph
+
+        self.call, self.stack = call, call.stack
+        self.opts = resolve()
+        self.x = canonical(da.asarray(x), call).astype(call.dtype).rechunk({2: -1})
+        self.tchunks, self.bchunks = self.x.chunks[0], self.x.chunks[1]
+        self.t_starts = np.concatenate([[0], np.cumsum(self.tchunks)[:-1]]).astype(int).tolist()
+        self.b_edges = np.cumsum((0,) + self.bchunks)
+        self.collections = [self.x]
+        literal = []
+        self._state = self._per_state(states, literal)
+        self._lengths = self._per_batch(lengths, literal)
+        self._mask = self._per_block(mask, literal)
+        if d_output is not None:  # the backward's output gradient, chunked like the output
+            self.d_output = canonical(da.asarray(d_output), call).astype(call.dtype).rechunk(
+                (self.tchunks, self.bchunks, -1))
+            self.collections.append(self.d_output)
+        self._adjoint = self._per_state(adjoints, literal)
+        # what the options decide for this graph (not the options themselves: settings
+        # that give the same graph give the same keys)
+        self.fuse, self.group = self.opts.fuse(len(self.bchunks)), self.opts.group(len(self.tchunks))
+        self.token = tokenize(kind, [c.name for c in self.collections], self.stack,
+                              call.zero_masked, literal, self.fuse, self.group, *extra)
+        names = {lay.cell.name for lay in self.stack.layers}
+        self.root = names.pop() if len(names) == 1 else "rnn"
+        wkey = f"{self.root}-weights-{self.token}"
+        self.weights = Delayed(wkey, HighLevelGraph.from_collections(
+            wkey, {wkey: self.stack.prepare()}, dependencies=()))
+        self.outputs, self.finals = [], []
+
+    def info(self) -> dict:
+        """What this graph's options resolved to, for ``return_info``."""
+        return dict(scheduler=self.opts.scheduler, slots=self.opts.slots,
+                    fuse_projection=self.fuse, verify_group=self.group)
+
+    # -------------------------------------------------------------- inputs in task form
+    def _per_state(self, states, literal):
+        import dask.array as da
+
+        if states is None:
+            return lambda ld, j: None
+        pieces = []
+        for s in states:
+            if is_dask(s):
+                s = da.asarray(s).astype(self.call.dtype).rechunk((self.bchunks, -1))
+                self.collections.append(s)
+                pieces.append(lambda j, n=s.name: (n, j, 0))
+            else:
+                s = np.asarray(s, dtype=self.call.dtype)
+                literal.append(s)
+                e = self.b_edges
+                pieces.append(lambda j, s=s: s[e[j]:e[j + 1]])
+        return lambda ld, j: pieces[ld](j)
+
+    def _per_batch(self, lengths, literal):
+        import dask.array as da
+
+        if lengths is None:
+            return lambda j: None
+        if is_dask(lengths):
+            lengths = da.asarray(lengths).reshape(-1).rechunk((self.bchunks,))
+            self.collections.append(lengths)
+            return lambda j, n=lengths.name: (n, j)
+        lnp, e = check_lengths(lengths, self.call.T), self.b_edges
+        literal.append(lnp)
+        return lambda j: lnp[e[j]:e[j + 1]]
+
+    def _per_block(self, mask, literal):
+        import dask.array as da
+
+        if mask is None:
+            return lambda j, k: None
+        if is_dask(mask):
+            m = canonical(da.asarray(mask), self.call).rechunk((self.tchunks, self.bchunks))
+            self.collections.append(m)
+            return lambda j, k, n=m.name: (n, k, j)
+        m = as_mask(canonical(np.asarray(mask), self.call))
+        literal.append(m)
+        t, b = self.t_starts + [self.call.T], self.b_edges
+        return lambda j, k: m[t[k]:t[k + 1], b[j]:b[j + 1]]
+
+    def state(self, l, d, j):
+        """The start state of layer l, direction d, batch chunk j: a key, an array or None."""
+        return self._state(sum(lay.num_directions for lay in self.stack.layers[:l]) + d, j)
+
+    def adjoint(self, l, d, j):
+        """The backward's adjoint of the final state of (l, d, j): a key, an array or None."""
+        return self._adjoint(sum(lay.num_directions for lay in self.stack.layers[:l]) + d, j)
+
+    def lengths(self, j):
+        return self._lengths(j)
+
+    def mask(self, j, k):
+        return self._mask(j, k)
+
+    # -------------------------------------------------------------- keys and chains
+    @property
+    def nt(self) -> int:
+        return len(self.tchunks)
+
+    @property
+    def nb(self) -> int:
+        return len(self.bchunks)
+
+    def name(self, stage, l) -> str:
+        return f"{self.stack.layers[l].cell.name}-{stage}-l{l}-{self.token}"
+
+    def key(self, stage, l, *idx) -> tuple:
+        return (self.name(stage, l), *idx)
+
+    def order(self, d) -> list:
+        """The time chunks of a chain in traversal order."""
+        return list(range(self.nt - 1, -1, -1)) if d else list(range(self.nt))
+
+    def where(self, l, d, k) -> Where:
+        return Where(l, d, self.t_starts[k], self.call.T, self.call.zero_masked[l])
+
+    def parts(self, l, j, k) -> list:
+        """Keys of layer l's input pieces on chunk (k, j), side by side."""
+        if l == 0:
+            return [(self.x.name, k, j, 0)]
+        below = self.outputs[l - 1]
+        return [(below.name, k, j, d) for d in range(len(below.chunks[2]))]
+
+    def chains(self, l):
+        """(d, j) of every chain of layer l."""
+        return [(d, j) for j in range(self.nb) for d in range(self.stack.layers[l].num_directions)]
+
+    # -------------------------------------------------------------- layers
+    def add(self, name, tasks, *dependencies):
+        """Attach a layer of tasks depending on ``dependencies`` (collections) and on the
+        inputs; returns it as a collection to depend on."""
+        from dask.delayed import Delayed
+        from dask.highlevelgraph import HighLevelGraph
+
+        deps = [self.weights, *self.collections, *dependencies]
+        return Delayed(next(iter(tasks)), HighLevelGraph.from_collections(name, tasks, deps),
+                       layer=name)
+
+    def chain_layer(self, l, stage, tasks):
+        """Layer l's chain tasks as one graph layer (it depends on layer l-1's outputs)."""
+        return self.add(self.name(stage, l), tasks, *self.outputs[l - 1:l])
+
+    def add_outputs(self, l, chain, block):
+        """Layer l's outputs: ``block(d, j, k)`` is the task giving direction d's outputs
+        of chunk (k, j) (within ``chain``)."""
+        import dask.array as da
+        from dask.highlevelgraph import HighLevelGraph
+
+        lay = self.stack.layers[l]
+        top = l == self.stack.num_layers - 1
+        name = f"{self.root}-output-{self.token}" if top else self.name("chunkout", l)
+        tasks = {(name, k, j, d): block(d, j, k)
+                 for d, j in self.chains(l) for k in range(self.nt)}
+        hlg = HighLevelGraph.from_collections(name, tasks, [chain])
+        arr = da.Array(hlg, name, (self.tchunks, self.bchunks, (lay.hidden_size,) * len(lay.weights)),
+                       meta=np.empty((0, 0, 0), self.call.dtype))
+        self.outputs.append(arr)
+        return arr
+
+    def add_finals(self, l, chain, block):
+        """Layer l's final states: ``block(d, j)`` gives the (1, B_j, S) block."""
+        import dask.array as da
+        from dask.highlevelgraph import HighLevelGraph
+
+        lay = self.stack.layers[l]
+        name = self.name("final", l)
+        tasks = {(name, d, j, 0): block(d, j) for d, j in self.chains(l)}
+        hlg = HighLevelGraph.from_collections(name, tasks, [chain])
+        arr = da.Array(hlg, name, ((1,) * len(lay.weights), self.bchunks, (lay.state_size,)),
+                       meta=np.empty((0, 0, 0), self.call.dtype))
+        self.finals.append(arr)
+        return arr
+
+    def result(self):
+        """The output in the caller's layout and the per-layer final states."""
+        return uncanonical(self.outputs[-1], self.call), list(self.finals)
+
+
+def state_block(state):
+    """A (B, S) state as one (1, B, S) block of a finals array."""
+    return state[None]

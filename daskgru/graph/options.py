@@ -1,0 +1,113 @@
+"""Choices that change a graph's shape (never its results), resolved once per call.
+
+Two options, each a dask config key (``dask.config.set({"daskgru.fuse-projection":
+True})``) whose default is ``"auto"``:
+
+``daskgru.fuse-projection`` (True, False or "auto")
+    Whether a chunk's input projection (``b_ih + x W_ih^T``, G numbers a step) is computed
+    inside its scan task, block by block, or as a task of its own that runs ahead of the
+    chain. "auto": separate where a layer has a single chain (one batch chunk and one
+    direction... per layer) and results stay in one process (threaded or synchronous
+    scheduler), so the projections of later chunks run in parallel with the chain;
+    fused otherwise (several chains keep the workers busy anyway, and on a cluster moving
+    the projected inputs costs more than computing them where the chain runs).
+
+``daskgru.verify-group`` (an int >= 1 or "auto")
+    How many consecutive chunks one fix-up task of ``method="speculative"``/"newton"
+    verifies (see :mod:`daskgru.graph.parallel_time`). "auto": 1 where results stay in one
+    process; where they travel, ``min(8, 2 * task slots)`` so that the fix-up chain keeps
+    pace with the speculative tasks.
+
+"auto" looks at the scheduler dask would use now through :func:`scheduler_in_use`, the one
+place that does. The resolved values are logged (logger ``daskgru.graph``, debug level),
+are part of the graph's token (so two shapes never share keys) and are reported in
+``return_info``'s ``"graph"`` entry. A graph built before a ``Client`` exists is built for
+the threaded scheduler: build it after creating the client, or set the options.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import NamedTuple
+
+__all__ = ["GraphOptions", "resolve", "scheduler_in_use"]
+
+log = logging.getLogger("daskgru.graph")
+MAX_VERIFY_GROUP = 8
+
+
+def scheduler_in_use():
+    """``(kind, slots)``: the scheduler dask would use now (``dask.base.get_scheduler``:
+    the configured one, else a distributed client's, else threads) — ``"sync"``,
+    ``"threads"``, ``"processes"`` or ``"distributed"`` — and how many tasks it runs at
+    once (threads of a client's workers, else the configured worker count or the CPUs)."""
+    import dask
+    import dask.local
+    import dask.multiprocessing
+    from dask.base import get_scheduler
+
+    scheduler = get_scheduler()
+    if "distributed" in sys.modules:
+        from distributed import Client
+
+        client = getattr(scheduler, "__self__", None)
+        if isinstance(client, Client):
+            try:
+                return "distributed", max(1, sum(client.nthreads().values()))
+            except Exception:  # noqa: BLE001 - a client that cannot answer (closed)
+                return "distributed", 1
+    if scheduler is dask.multiprocessing.get:
+        kind = "processes"
+    elif scheduler is dask.local.get_sync:
+        kind = "sync"
+    else:
+        kind = "threads"
+    return kind, int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+
+
+class GraphOptions(NamedTuple):
+    """The resolved options of one call (see the module docstring)."""
+
+    scheduler: str
+    slots: int
+    fuse_projection: object  # True, False, or "auto" (decided per layer: fuse(chains))
+    verify_group: int
+
+    @property
+    def results_travel(self) -> bool:
+        """Whether a task's result moves to another process to reach its dependents."""
+        return self.scheduler in ("processes", "distributed")
+
+    def fuse(self, chains: int) -> bool:
+        """Whether projections go into the scan tasks of a layer with ``chains`` chains."""
+        if self.fuse_projection == "auto":
+            return chains > 1 or self.results_travel
+        return bool(self.fuse_projection)
+
+    def group(self, K: int) -> int:
+        """Chunks per fix-up task for K chunks in a chain."""
+        return max(1, min(self.verify_group, K))
+
+
+def _config(name, default="auto"):
+    import dask
+
+    return dask.config.get(f"daskgru.{name}", default)
+
+
+def resolve() -> GraphOptions:
+    """Read the options, resolve "auto" (probing the scheduler once), log them."""
+    fuse, group = _config("fuse-projection"), _config("verify-group")
+    if fuse not in (True, False, "auto"):
+        raise ValueError(f"dask config daskgru.fuse-projection must be True, False or 'auto', "
+                         f"got {fuse!r}")
+    if group != "auto" and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise ValueError(f"dask config daskgru.verify-group must be an int >= 1 or 'auto', "
+                         f"got {group!r}")
+    kind, slots = scheduler_in_use()
+    if group == "auto":
+        group = min(MAX_VERIFY_GROUP, 2 * slots) if kind in ("processes", "distributed") else 1
+    opts = GraphOptions(kind, slots, fuse, int(group))
+    log.debug("daskgru graph options: %s", opts)
+    return opts

@@ -1,0 +1,240 @@
+"""How a kernel is declared, and the scalar functions every cell's kernels share.
+
+Every Numba kernel of the package is declared with :func:`kernel` inside a builder that
+:func:`build` calls with :data:`CACHE_KEY`::
+
+    @build
+    def _kernels(cache_key):
+        @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1]))
+        def double(x, out):
+            cache_key  # noqa: B018 (part of Numba's cache key, see below)
+            ...
+        return SimpleNamespace(double=double)
+
+Why: kernels are compiled once per float type (explicit signatures, float32 and float64)
+and cached on disk. Numba keys that cache on the kernel's own module source, not on the
+modules it calls into (:mod:`daskgru.kernels.tiles` and this one), so an edit there would
+serve stale machine code. Numba does include closure variables in the key, so each kernel
+closes over ``cache_key`` (a hash of those modules and the tile shape); :func:`kernel`
+refuses, at import, a function that does not, so no kernel can forget it.
+
+The scalar functions (``sigmoid``, ``tanh``, ``vexp``, ``typed``) are inlined into the
+kernels; ``vexp`` is an exponential that LLVM vectorizes (libm's does not).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic, overload
+
+from . import tiles
+
+__all__ = ["CACHE_KEY", "kernel", "build", "typed", "vexp", "sigmoid", "tanh", "skip_step",
+           "skip_adjoint", "propagate_tangent"]
+
+# What identifies the code the kernels call into, for their on-disk caches.
+CACHE_KEY = "{}-{}-{}".format(
+    hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (tiles,))
+                   + Path(__file__).read_bytes()).hexdigest()[:16],
+    tiles.VECTOR_BYTES, tiles.TILE_ROWS)
+
+# Options of every kernel: no GIL (eager threads and dask workers run kernels side by side),
+# on-disk cache, NumPy's error model (no ZeroDivisionError checks), no bounds checks, and no
+# fastmath: every operation is rounded as written, which is what keeps results
+# bit-identical for any chunking.
+OPTIONS = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+def kernel(signature):
+    """Declare a kernel: ``signature(f)`` gives its Numba signature for a float type ``f``;
+    it is compiled for float32 and float64 with :data:`OPTIONS`. The function must close
+    over ``cache_key`` (see the module docstring)."""
+
+    def declare(func):
+        cells = dict(zip(func.__code__.co_freevars, func.__closure__ or ()))
+        if "cache_key" not in cells or cells["cache_key"].cell_contents != CACHE_KEY:
+            raise TypeError(
+                f"kernel {func.__qualname__} must be defined in a builder decorated with "
+                "daskgru.kernels.jit.build and name its cache_key in its body")
+        return numba.njit([signature(numba.float32), signature(numba.float64)],
+                          **OPTIONS)(func)
+
+    return declare
+
+
+def build(builder):
+    """Call ``builder(CACHE_KEY)``; it defines the kernels (closures over the key)."""
+    return builder(CACHE_KEY)
+
+
+# ----------------------------------------------------------------------------- scalars
+@intrinsic
+def _bits_to_float32(typingctx, i):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _bits_to_float64(typingctx, i):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return types.float64(types.int64), codegen
+
+
+def typed(arr, value):
+    """``value`` as a scalar of ``arr``'s dtype (in kernels: typed constants, so that
+    float32 arithmetic is never promoted to float64)."""
+    return arr.dtype.type(value)
+
+
+@overload(typed, inline="always")
+def _typed_impl(arr, value):
+    t = arr.dtype
+    return lambda arr, value: t(value)
+
+
+def _exp_constants(dtype):
+    """Cody-Waite split of ln 2, clamp range and Taylor degree for a float type."""
+    if dtype == np.float32:
+        return dict(lo=-87.0, hi=88.0, ln2hi=0.693359375, ln2lo=-2.12194440e-4, bias=127,
+                    shift=23, deg=7, as_int=np.int32, to_float=_bits_to_float32)
+    return dict(lo=-708.0, hi=709.0, ln2hi=6.93147180369123816490e-01,
+                ln2lo=1.90821492927058770002e-10, bias=1023, shift=52, deg=13,
+                as_int=np.int64, to_float=_bits_to_float64)
+
+
+def vexp(x):
+    """exp that LLVM vectorizes (libm's does not); see the Numba implementation below."""
+    return math.exp(x)
+
+
+@overload(vexp, inline="always")
+def _vexp_impl(x):
+    """exp(x) = 2**n * e**r with n = round(x / ln 2) and r = x - n ln 2 (Cody-Waite split),
+    e**r by its Taylor series (below 1 ulp on |r| <= ln 2 / 2), 2**n built from its bits.
+    Branch-free, so it vectorizes. The argument is clamped to the normal range: exp(-1e30)
+    is tiny rather than 0 and exp(1e30) large rather than inf; NaN stays NaN."""
+    if not isinstance(x, types.Float):
+        return None
+    dt = np.float32 if x == types.float32 else np.float64
+    k = _exp_constants(dt)
+    lo, hi, ln2hi, ln2lo = dt(k["lo"]), dt(k["hi"]), dt(k["ln2hi"]), dt(k["ln2lo"])
+    log2e, half = dt(1 / math.log(2)), dt(0.5)
+    c = [dt(1 / math.factorial(i)) for i in range(14)]
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13 = c
+    as_int, to_float = k["as_int"], k["to_float"]
+    bias, shift = as_int(k["bias"]), as_int(k["shift"])
+
+    # Horner written out (a loop here trips Numba's inliner); min(max(x, lo), hi) keeps NaN.
+    if dt == np.float32:
+        def poly(r):
+            return ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+    else:
+        def poly(r):
+            p = ((((((c13 * r + c12) * r + c11) * r + c10) * r + c9) * r + c8) * r + c7)
+            return ((((((p * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+    poly = numba.njit(inline="always")(poly)
+
+    def impl(x):
+        x = min(max(x, lo), hi)
+        n = np.floor(x * log2e + half)  # np.floor keeps the float type (math.floor: int)
+        r = (x - n * ln2hi) - n * ln2lo
+        return poly(r) * to_float((as_int(n) + bias) << shift)
+
+    return impl
+
+
+def _one(v):
+    return type(v)(1)
+
+
+@overload(_one, inline="always")
+def _one_impl(v):
+    t = v
+    return lambda v: t(1)
+
+
+@numba.njit(inline="always")
+def sigmoid(v):
+    """Stable and branch-free: exp(-v) is huge for v << 0 and the quotient tiny, never NaN."""
+    one = _one(v)
+    return one / (one + vexp(-v))
+
+
+@numba.njit(inline="always")
+def tanh(v):
+    """tanh from vexp, with the sign restored (absolute error of a few ulp)."""
+    one = _one(v)
+    e = vexp(-(one + one) * abs(v))
+    return math.copysign((one - e) / (one + e), v)
+
+
+@numba.njit(inline="always")
+def skip_step(t, tl, bb, lengths, mask, zero_masked, h, out):
+    """Whether row ``bb`` skips local step ``tl`` (global ``t``), writing its output if so.
+
+    Padding (``t >= lengths[bb]``, torch's packed sequences) outputs 0. A masked step
+    (``mask[tl, bb] == 0``; ``mask`` is empty when no mask was given: Keras's masking)
+    outputs the current state ``h[bb]``, or 0 with ``zero_masked``. Either way the state
+    is left unchanged."""
+    if t >= lengths[bb]:
+        zero = typed(out, 0)
+    elif mask.shape[0] and mask[tl, bb] == 0:
+        if not zero_masked:
+            for j in range(out.shape[2]):
+                out[tl, bb, j] = h[bb, j]
+            return True
+        zero = typed(out, 0)
+    else:
+        return False
+    for j in range(out.shape[2]):
+        out[tl, bb, j] = zero
+    return True
+
+
+@numba.njit(inline="always")
+def skip_adjoint(t, tl, bb, lengths, mask, zero_masked, d_out, dh):
+    """The backward of :func:`skip_step`: whether row ``bb`` skipped local step ``tl``; at
+    a masked step whose output was the state, that output's gradient joins the state's
+    adjoint ``dh[bb]`` (which otherwise passes through unchanged)."""
+    if t >= lengths[bb]:
+        return True
+    if mask.shape[0] and mask[tl, bb] == 0:
+        if not zero_masked:
+            for j in range(dh.shape[1]):
+                dh[bb, j] += d_out[tl, bb, j]
+        return True
+    return False
+
+
+@numba.njit(inline="always")
+def propagate_tangent(J, M, bb, Mn, cutoff):
+    """``M[bb] <- J @ M[bb]`` (S x S), then zero it if every entry is below ``cutoff`` (the
+    start state is forgotten). Returns whether the row's tangent is still live."""
+    S = J.shape[0]
+    zero = typed(M, 0)
+    big = zero
+    for j in range(S):
+        for m in range(S):
+            Mn[j, m] = zero
+        for k in range(S):
+            c = J[j, k]
+            for m in range(S):
+                Mn[j, m] += c * M[bb, k, m]
+        for m in range(S):
+            a = abs(Mn[j, m])
+            if not (a <= big):  # NaN counts as big
+                big = a
+    live = not (big < cutoff)
+    for j in range(S):
+        for m in range(S):
+            M[bb, j, m] = Mn[j, m] if live else zero
+    return live

@@ -1,0 +1,421 @@
+"""GRURegressor: a recurrent stack with a linear readout, trained with MSE and Adam.
+
+The gradient of a training step is :func:`window_grad` on the step's sequences: the eager
+forward keeps a tape, the readout's gradient is formed, and the backward through the tape
+gives the stack's (:mod:`daskgru.train.backward`). With an active ``dask.distributed``
+client the same function runs on the workers, one batch chunk each, and their sums are
+added up here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..cells import Weights
+from ..params import GRUParams
+from ..stack import float_dtype
+from .backward import backward_tape, forward_tape
+
+__all__ = ["GRURegressor", "Adam", "NotFittedError"]
+
+
+# ----------------------------------------------------------------------------- optimiser
+class Adam:
+    """Adam (Kingma & Ba 2015) over a flat list of NumPy arrays, updated in place."""
+
+    def __init__(self, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.learning_rate, self.beta1, self.beta2, self.eps = learning_rate, beta1, beta2, eps
+        self.t = 0
+        self.m = self.v = None
+
+    def step(self, params, grads):
+        if self.m is None:
+            self.m = [np.zeros_like(p) for p in params]
+            self.v = [np.zeros_like(p) for p in params]
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            p -= (self.learning_rate / c1) * m / (np.sqrt(v / c2) + self.eps)
+        return params
+
+
+# ----------------------------------------------------------------------------- estimator
+class NotFittedError(ValueError, AttributeError):
+    """The estimator is used before ``fit`` (same bases as scikit-learn's)."""
+
+
+def _flat_to_params(flat, L, D, reset_after, dtype):
+    ws = [[Weights(*flat[4 * (l * D + d): 4 * (l * D + d) + 4]) for d in range(D)]
+          for l in range(L)]
+    return GRUParams(ws, reset_after=reset_after, bias=True, dtype=dtype)
+
+
+def _params_to_flat(p):
+    return [np.array(a) for layer in p.weights for w in layer for a in w]
+
+
+class _Bundle:
+    """One opaque object for scatter (a list would be scattered element by element)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __getstate__(self):
+        return self.value
+
+    def __setstate__(self, state):
+        self.value = state
+
+
+def window_grad(bundle, X, Y, idx, t0, t1, h0):
+    """Loss and gradient sums of the readout-on-GRU model on sequences ``idx``, steps t0:t1.
+
+    ``bundle.value = (flat GRU arrays, coef, intercept, L, D, reset_after)``; ``h0`` the
+    start states (L*D, B, H) (None: zeros). Returns ``(loss_sum, count, flat grads (GRU
+    arrays..., coef, intercept), final states (L*D, B, H))`` -- sums, not means, so that
+    results of batch chunks add up.
+    """
+    if isinstance(bundle, _Bundle):
+        bundle = bundle.value
+    flat, coef, intercept, L, D, reset_after = bundle
+    pp = _flat_to_params(flat, L, D, reset_after, coef.dtype)
+    dt = pp.dtype
+    x = np.ascontiguousarray(X[idx, t0:t1].transpose(1, 0, 2), dtype=dt)
+    y = np.asarray(Y[idx, t0:t1], dtype=dt).transpose(1, 0, 2)
+    T, B = x.shape[:2]
+    H = pp.hidden_size
+    states = [np.zeros((B, H), dt) for _ in range(L * D)] if h0 is None else list(h0)
+    lengths = np.full(B, T, np.int64)
+    zm = (False,) * L
+    tape = forward_tape(x, pp, states, lengths, None, zm)
+    out = tape.output
+    res = out @ coef.T + intercept - y
+    loss = float(np.sum(res * res))
+    d_y = 2 * res
+    d_coef = np.tensordot(d_y, out, axes=([0, 1], [0, 1]))
+    d_int = d_y.sum(axis=(0, 1))
+    d_out = np.ascontiguousarray(d_y @ coef)
+    grads, _, _ = backward_tape(tape, pp, lengths, None, zm, d_out,
+                                [np.zeros((B, H), dt) for _ in range(L * D)])
+    return (loss, res.size, [a for g in grads for a in g] + [d_coef, d_int],
+            np.concatenate(tape.finals, axis=0))
+
+
+def _active_client():
+    """The default dask.distributed client, if there is one."""
+    try:
+        from distributed import default_client
+    except ImportError:  # distributed is optional
+        return None
+    try:
+        return default_client()
+    except ValueError:  # no client
+        return None
+
+
+def _as_array(a, name):
+    """NumPy or dask data of an array, xarray DataArray or array-like (no compute for dask)."""
+    if a is None:
+        raise ValueError(f"{name} must be given")
+    if hasattr(a, "dims") and hasattr(a, "data") and hasattr(a, "coords"):
+        a = a.data
+    if not hasattr(a, "shape"):
+        a = np.asarray(a)
+    return a
+
+
+class GRURegressor:
+    """Sequence-to-sequence regression: a stacked GRU with a linear readout, trained with
+    MSE loss and Adam. Follows scikit-learn's estimator conventions (without needing it).
+
+    Parameters
+    ----------
+    hidden_size : int
+    num_layers : int
+    learning_rate : float
+        Adam step size.
+    max_epochs : int
+    batch_size : int
+        Sequences per step.
+    tbptt : int or None
+        Truncated BPTT: take a step every ``tbptt`` time steps, carrying the (detached)
+        hidden state into the next window; None backpropagates through whole sequences.
+    validation_fraction : float
+        Share of the sequences held out for early stopping (0 or None: stop on the
+        training loss instead).
+    patience : int
+        Epochs without improvement of the monitored loss before stopping; the best epoch's
+        weights are kept.
+    random_state : int or None
+    dtype : {"float32", "float64"}
+    verbose : bool
+        Show a tqdm progress bar with the loss.
+
+    Attributes
+    ----------
+    params_ : GRUParams
+        The trained GRU (``params_.to_torch_state_dict()`` loads into ``torch.nn.GRU``).
+    coef_ : array (n_targets, hidden_size), or (hidden_size,) when y was (n, T)
+    intercept_ : array (n_targets,), or a scalar when y was (n, T)
+    history_ : dict
+        ``"loss"`` (training MSE per epoch) and ``"val_loss"``.
+    n_epochs_, best_epoch_, n_features_in_
+
+    Data: X is (n_sequences, T, n_features) and y (n_sequences, T, n_targets) or
+    (n_sequences, T), as NumPy, dask or xarray DataArray (dims in that order). ``fit`` loads
+    the training data into memory; ``predict``/``transform`` stay lazy on dask input. With an
+    active ``dask.distributed`` Client, the gradient of every step is computed on its workers:
+    the training data are scattered once, the weights once per step, and each worker
+    computes the gradient sums of one batch chunk, which are added up here.
+
+    Examples
+    --------
+    >>> import numpy as np, daskgru as dg
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(64, 20, 1))
+    >>> y = (X[:, :, 0] + np.roll(X[:, :, 0], 1, axis=1)) / 2
+    >>> model = dg.GRURegressor(hidden_size=8, max_epochs=3, random_state=0).fit(X, y)
+    >>> model.predict(X).shape
+    (64, 20)
+    """
+
+    def __init__(self, hidden_size=32, num_layers=1, learning_rate=0.01, max_epochs=100,
+                 batch_size=32, tbptt=None, validation_fraction=0.1, patience=10,
+                 random_state=None, dtype="float32", verbose=False):
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.learning_rate = learning_rate
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.tbptt = tbptt
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.random_state = random_state
+        self.dtype = dtype
+        self.verbose = verbose
+
+    _estimator_type = "regressor"
+
+    # -------------------------------------------------------------- sklearn protocol
+    @classmethod
+    def _get_param_names(cls):
+        import inspect
+
+        sig = inspect.signature(cls.__init__)
+        return sorted(n for n in sig.parameters if n != "self")
+
+    def get_params(self, deep=True):
+        return {n: getattr(self, n) for n in self._get_param_names()}
+
+    def set_params(self, **params):
+        valid = self._get_param_names()
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"invalid parameter {k!r} for GRURegressor; valid: {valid}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"GRURegressor({args})"
+
+    def _check_hyper(self):
+        for name in ("hidden_size", "num_layers", "max_epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.tbptt is not None and (int(self.tbptt) != self.tbptt or self.tbptt < 1):
+            raise ValueError(f"tbptt must be a positive integer or None, got {self.tbptt!r}")
+        if not (self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        vf = self.validation_fraction or 0.0
+        if not 0.0 <= vf < 1.0:
+            raise ValueError(f"validation_fraction must lie in [0, 1), got {vf!r}")
+        return float_dtype(self.dtype)
+
+    def _check_X(self, X, fitted=True):
+        X = _as_array(X, "X")
+        if X.ndim != 3:
+            raise ValueError(f"X must be 3-D (n_sequences, T, n_features), got shape {X.shape}")
+        if fitted and X.shape[2] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[2]} features (last axis), the model was fitted with "
+                f"{self.n_features_in_}")
+        return X
+
+    def _check_fitted(self):
+        if not hasattr(self, "params_"):
+            raise NotFittedError("this GRURegressor is not fitted yet; call fit first")
+
+    # -------------------------------------------------------------- fit
+    def fit(self, X, y):
+        """Train on X (n, T, F) and y (n, T, n_targets) or (n, T); returns self."""
+        dt = self._check_hyper()
+        X = self._check_X(X, fitted=False)
+        y = _as_array(y, "y")
+        if y.ndim not in (2, 3) or tuple(y.shape[:2]) != tuple(X.shape[:2]):
+            raise ValueError(
+                f"y must have shape (n_sequences, T) or (n_sequences, T, n_targets) with "
+                f"n_sequences, T = {tuple(X.shape[:2])} as in X, got {tuple(y.shape)}")
+        X = np.asarray(X, dtype=dt)  # loads dask data into memory
+        y = np.asarray(y, dtype=dt)
+        self._y_1d = y.ndim == 2
+        Y = y[..., None] if self._y_1d else y
+        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(Y))):
+            raise ValueError("X and y must be finite (no NaN or infinity)")
+        n, T, F = X.shape
+        nt = Y.shape[2]
+        rng = np.random.default_rng(self.random_state)
+        n_val = int(round((self.validation_fraction or 0.0) * n))
+        n_val = n_val if 0 < n_val < n else 0
+        order = rng.permutation(n)
+        val_idx, tr_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        H, L, D = int(self.hidden_size), int(self.num_layers), 1
+        p = GRUParams.random(F, H, num_layers=L, dtype=dt, seed=int(rng.integers(2**31)))
+        k = 1.0 / np.sqrt(H)
+        coef = rng.uniform(-k, k, size=(nt, H)).astype(dt)
+        intercept = Y[tr_idx].mean(axis=(0, 1)).astype(dt)
+        flat = _params_to_flat(p) + [coef, intercept]
+        opt = Adam(self.learning_rate)
+        client = _active_client()
+        if client is not None:
+            nw = max(1, len(client.scheduler_info().get("workers", {})))
+            Xf, Yf = client.scatter([X, Y], broadcast=True)
+        else:
+            nw, Xf, Yf = 1, X, Y
+        win = T if self.tbptt is None else int(self.tbptt)
+        windows = [(t0, min(t0 + win, T)) for t0 in range(0, T, win)]
+        bs = int(self.batch_size)
+
+        def step_grads(idx, t0, t1, h0s):
+            """Summed loss/grads over batch chunks (one per worker) of one window."""
+            parts = np.array_split(np.arange(len(idx)), min(nw, len(idx)))
+            bundle = (flat[:-2], flat[-2], flat[-1], L, D, True)
+            if client is not None:
+                bf = client.scatter(_Bundle(bundle), broadcast=True)
+                futs = [client.submit(window_grad, bf, Xf, Yf, idx[c], t0, t1,
+                                      None if h0s is None else h0s[:, c], pure=False)
+                        for c in parts]
+                results = client.gather(futs)
+            else:
+                results = [window_grad(bundle, X, Y, idx[c], t0, t1,
+                                        None if h0s is None else h0s[:, c]) for c in parts]
+            loss = sum(r[0] for r in results)
+            count = sum(r[1] for r in results)
+            grads = [sum((r[2][i] for r in results[1:]), results[0][2][i].copy())
+                     for i in range(len(flat))]
+            h_n = np.concatenate([r[3] for r in results], axis=1)
+            return loss, count, grads, h_n
+
+        history = {"loss": [], "val_loss": []}
+        best, best_flat, best_epoch, waited = np.inf, [a.copy() for a in flat], 0, 0
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=int(self.max_epochs), desc="GRURegressor", unit="epoch")
+        try:
+            for epoch in range(int(self.max_epochs)):
+                perm = tr_idx[rng.permutation(len(tr_idx))]
+                tot, cnt = 0.0, 0
+                for b0 in range(0, len(perm), bs):
+                    idx = np.sort(perm[b0:b0 + bs])
+                    h = None
+                    for t0, t1 in windows:
+                        loss, count, grads, h = step_grads(idx, t0, t1, h)
+                        grads = [g / count for g in grads]
+                        if not all(np.all(np.isfinite(g)) for g in grads):
+                            raise FloatingPointError(
+                                f"non-finite gradient in epoch {epoch}; lower learning_rate")
+                        opt.step(flat, grads)
+                        tot, cnt = tot + loss, cnt + count
+                history["loss"].append(tot / cnt)
+                if n_val:
+                    vl = self._mse(flat, L, D, X[val_idx], Y[val_idx])
+                    history["val_loss"].append(vl)
+                monitored = history["val_loss"][-1] if n_val else history["loss"][-1]
+                if monitored < best:
+                    best, best_flat, best_epoch, waited = monitored, [a.copy() for a in flat], epoch, 0
+                else:
+                    waited += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{history['loss'][-1]:.4g}",
+                                    **({"val_loss": f"{history['val_loss'][-1]:.4g}"} if n_val else {}))
+                if waited >= int(self.patience):
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        self.params_ = _flat_to_params(best_flat[:-2], L, D, True, dt)
+        self._coef, self._intercept = best_flat[-2], best_flat[-1]
+        self.coef_ = self._coef[0].copy() if self._y_1d else self._coef.copy()
+        self.intercept_ = self._intercept[0].copy() if self._y_1d else self._intercept.copy()
+        self.history_ = history
+        self.n_epochs_ = len(history["loss"])
+        self.best_epoch_ = best_epoch
+        self.n_features_in_ = F
+        return self
+
+    @staticmethod
+    def _mse(flat, L, D, X, Y):
+        from ..api import gru
+
+        p = _flat_to_params(flat[:-2], L, D, True, flat[-1].dtype)
+        out, _ = gru(np.asarray(X), p, batch_first=True)
+        res = out @ flat[-2].T + flat[-1] - Y
+        return float(np.mean(res * res))
+
+    # -------------------------------------------------------------- inference
+    def transform(self, X):
+        """Top-layer hidden states (n, T, hidden_size); lazy for dask input."""
+        from ..api import gru
+
+        self._check_fitted()
+        Xa = self._check_X(X)
+        out, _ = gru(Xa.astype(self.params_.dtype), self.params_, batch_first=True)
+        return self._wrap(X, out, "hidden")
+
+    def predict(self, X):
+        """Predictions (n, T, n_targets), or (n, T) when fitted on 2-D y; lazy for dask."""
+        from ..api import gru
+
+        self._check_fitted()
+        Xa = self._check_X(X)
+        out, _ = gru(Xa.astype(self.params_.dtype), self.params_, batch_first=True)
+        pred = out @ self._coef.T + self._intercept
+        if self._y_1d:
+            pred = pred[..., 0]
+        return self._wrap(X, pred, None if self._y_1d else "target")
+
+    @staticmethod
+    def _wrap(X, a, last_dim):
+        if hasattr(X, "dims") and hasattr(X, "coords"):
+            import xarray as xr
+
+            dims = tuple(X.dims[:2]) + ((last_dim,) if last_dim else ())
+            coords = {d: X.coords[d] for d in X.dims[:2] if d in X.coords}
+            return xr.DataArray(a, dims=dims, coords=coords)
+        return a
+
+    def score(self, X, y):
+        """Coefficient of determination R² of the predictions (averaged over targets,
+        every sequence and step counted as one sample)."""
+        pred = _as_array(self.predict(X), "prediction")
+        pred = np.asarray(pred, dtype=np.float64)
+        y = np.asarray(_as_array(y, "y"), dtype=np.float64)
+        if y.shape != pred.shape:
+            raise ValueError(f"y must have shape {pred.shape}, got {y.shape}")
+        nt = 1 if y.ndim == 2 else y.shape[2]
+        y2, p2 = y.reshape(-1, nt), pred.reshape(-1, nt)
+        ss_res = ((y2 - p2) ** 2).sum(axis=0)
+        ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
+        r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                      np.where(ss_res == 0, 1.0, 0.0))
+        return float(r2.mean())
