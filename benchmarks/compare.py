@@ -1,6 +1,8 @@
-"""daskgru against torch.nn.GRU (and a plain NumPy loop) on the same CPU, side by side.
+"""daskgru against torch.nn.GRU and torch.nn.LSTM (and a plain NumPy loop) on the same CPU,
+side by side.
 
     python benchmarks/compare.py                      # the grid, float32 and float64, 1 and 2 threads
+    python benchmarks/compare.py --cells lstm         # the LSTM rows only
     python benchmarks/compare.py --quick              # smaller T, fewer repeats
     python benchmarks/compare.py --dask --cluster     # also dask chunks and LocalCluster scaling
 
@@ -8,7 +10,8 @@ Every contender is warmed up on the identical shape first (oneDNN compiles per s
 per dtype), then the contenders are run alternately (A, B, A, B, ...) and the medians of the
 repeats are reported, so that drifts of a shared machine hit both alike. The thread count is
 set the same for both: torch.set_num_threads, BLAS via threadpoolctl, DASKGRU_NUM_THREADS.
-GF/s counts 2 FLOPs per multiply-add of the input and recurrent products, 6*H*(I+H) a step.
+GF/s counts 2 FLOPs per multiply-add of the input and recurrent products: 2*G*(I+H) a step,
+G = 3H for a GRU and 4H for an LSTM.
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ import numpy as np
 GRID = [(4096, 1, 8, 32), (4096, 32, 16, 64), (1024, 64, 64, 256), (512, 256, 128, 512)]
 
 
-def flops(T, B, I, H):
-    return 2.0 * T * B * 3 * H * (I + H)
+def flops(T, B, I, H, gates=3):
+    return 2.0 * T * B * gates * H * (I + H)
 
 
 def sgemm_peak(threads, dtype="float32", n=2048, repeats=5):
@@ -76,7 +79,7 @@ def alternate(fns, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def eager_rows(threads, dtypes, repeats, quick, with_numpy):
+def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",)):
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -85,44 +88,51 @@ def eager_rows(threads, dtypes, repeats, quick, with_numpy):
     rows = []
     torch.set_num_threads(threads)
     os.environ["DASKGRU_NUM_THREADS"] = str(threads)
-    for dtype in dtypes:
-        peak = sgemm_peak(threads, dtype)
-        for T, B, I, H in GRID:
-            T = max(64, T // 8) if quick else T
-            p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
-            x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
-            m = torch.nn.GRU(I, H).to(getattr(torch, dtype))
-            m.load_state_dict({k: torch.from_numpy(v) for k, v in p.to_torch_state_dict().items()})
-            xt = torch.from_numpy(x)
+    for cell in cells:
+        Params = dg.GRUParams if cell == "gru" else dg.LSTMParams
+        run = dg.gru if cell == "gru" else dg.lstm
+        Torch = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+        gates = 3 if cell == "gru" else 4
+        for dtype in dtypes:
+            peak = sgemm_peak(threads, dtype)
+            for T, B, I, H in GRID:
+                T = max(64, T // 8) if quick else T
+                p = Params.random(I, H, seed=0, dtype=dtype)
+                x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
+                m = Torch(I, H).to(getattr(torch, dtype))
+                m.load_state_dict({k: torch.from_numpy(v)
+                                   for k, v in p.to_torch_state_dict().items()})
+                xt = torch.from_numpy(x)
 
-            def run_torch():
-                with torch.no_grad():
-                    m(xt)
+                def run_torch():
+                    with torch.no_grad():
+                        m(xt)
 
-            fns = {"daskgru": lambda: dg.gru(x, p), "torch": run_torch}
-            w = p.weights[0][0]
-            if with_numpy and T * B * H <= 4096 * 64 * 64:
-                fns["numpy"] = lambda: numpy_loop(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
-            with threadpool_limits(threads, user_api="blas"):
-                med = alternate(fns, repeats)
-            fl = flops(T, B, I, H)
-            row = dict(dtype=dtype, threads=threads, T=T, B=B, I=I, H=H,
-                       ms=med["daskgru"] * 1e3, torch_ms=med["torch"] * 1e3,
-                       gflops=fl / med["daskgru"] / 1e9, torch_gflops=fl / med["torch"] / 1e9,
-                       ratio=med["torch"] / med["daskgru"], peak=peak,
-                       pct_peak=100 * fl / med["daskgru"] / 1e9 / peak,
-                       numpy_ms=med.get("numpy", float("nan")) * 1e3)
-            rows.append(row)
-            print(fmt(row), flush=True)
+                fns = {"daskgru": lambda: run(x, p), "torch": run_torch}
+                w = p.weights[0][0]
+                if with_numpy and cell == "gru" and T * B * H <= 4096 * 64 * 64:
+                    fns["numpy"] = lambda: numpy_loop(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+                with threadpool_limits(threads, user_api="blas"):
+                    med = alternate(fns, repeats)
+                fl = flops(T, B, I, H, gates)
+                row = dict(cell=cell, dtype=dtype, threads=threads, T=T, B=B, I=I, H=H,
+                           ms=med["daskgru"] * 1e3, torch_ms=med["torch"] * 1e3,
+                           gflops=fl / med["daskgru"] / 1e9,
+                           torch_gflops=fl / med["torch"] / 1e9,
+                           ratio=med["torch"] / med["daskgru"], peak=peak,
+                           pct_peak=100 * fl / med["daskgru"] / 1e9 / peak,
+                           numpy_ms=med.get("numpy", float("nan")) * 1e3)
+                rows.append(row)
+                print(fmt(row), flush=True)
     return rows
 
 
-HEADER = (f"{'dtype':8} {'thr':>3} {'T':>5} {'B':>4} {'I':>4} {'H':>4} | {'daskgru ms':>10} "
+HEADER = (f"{'cell':4} {'dtype':8} {'thr':>3} {'T':>5} {'B':>4} {'I':>4} {'H':>4} | {'daskgru ms':>10} "
           f"{'GF/s':>6} {'%peak':>6} | {'torch ms':>9} {'GF/s':>6} | {'speedup':>7} | {'numpy ms':>9}")
 
 
 def fmt(r):
-    return (f"{r['dtype']:8} {r['threads']:>3} {r['T']:>5} {r['B']:>4} {r['I']:>4} {r['H']:>4} | "
+    return (f"{r['cell']:4} {r['dtype']:8} {r['threads']:>3} {r['T']:>5} {r['B']:>4} {r['I']:>4} {r['H']:>4} | "
             f"{r['ms']:>10.1f} {r['gflops']:>6.1f} {r['pct_peak']:>5.1f}% | {r['torch_ms']:>9.1f} "
             f"{r['torch_gflops']:>6.1f} | {r['ratio']:>6.2f}x | {r['numpy_ms']:>9.1f}")
 
@@ -206,6 +216,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    ap.add_argument("--cells", nargs="+", default=["gru", "lstm"], choices=["gru", "lstm"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="T/8 and fewer repeats")
     ap.add_argument("--numpy", action="store_true", help="also time the plain NumPy loop")
@@ -224,7 +235,7 @@ def main(argv=None):
     if not args.no_eager:
         print(HEADER)
         for threads in args.threads:
-            eager_rows(threads, args.dtypes, args.repeats, args.quick, args.numpy)
+            eager_rows(threads, args.dtypes, args.repeats, args.quick, args.numpy, args.cells)
     if args.dask:
         dask_rows(args.repeats, args.quick)
     if args.cluster:

@@ -22,8 +22,10 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     for page in ("index", "api", "concepts", "variants", "cli", "clusters", "performance",
+                 "architecture",
                  "notebooks/quickstart", "notebooks/climate_field", "notebooks/distributed"):
         assert (tmp_path / "html" / f"{page}.html").exists(), page
     api = (tmp_path / "html" / "api.html").read_text()
-    for name in ("GRUParams", "load_params", "gru", "apply_gru", "gru_backward", "GRURegressor"):
+    for name in ("GRUParams", "LSTMParams", "Stack", "load_params", "gru", "lstm", "apply_gru",
+                 "apply_rnn", "gru_backward", "lstm_backward", "GRURegressor"):
         assert f'id="daskgru.{name}"' in api, name

@@ -1,0 +1,114 @@
+"""Two revisions of daskgru side by side: did a change cost speed?
+
+    python benchmarks/compare_revisions.py --base cd2cf33            # base vs this checkout
+    python benchmarks/compare_revisions.py --base cd2cf33 --same     # base vs itself: noise
+
+The base revision is checked out into a temporary git worktree. Every row of compare.py's
+grid (eager: float32 and float64, 1 and 2 threads; dask: time chunks of 512 steps on the
+threaded scheduler) is timed in a fresh process per revision, the two revisions alternating
+(A, B, A, B, ...) for ``--rounds`` rounds; each process warms up on the same shape, then
+reports the median of ``--repeats`` calls. The table gives the median over rounds of each
+revision and their ratio (new / base: above 1 is slower). ``--same`` runs the base against
+a second copy of itself the same way, which measures the noise band of this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+
+GRID = [(4096, 1, 8, 32), (4096, 32, 16, 64), (1024, 64, 64, 256), (512, 256, 128, 512)]
+
+CHILD = r"""
+import os, sys, time, statistics
+import numpy as np
+kind, dtype, threads, T, B, I, H, repeats = sys.argv[1:]
+threads, T, B, I, H, repeats = map(int, (threads, T, B, I, H, repeats))
+os.environ["DASKGRU_NUM_THREADS"] = str(threads)
+import daskgru as dg
+p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
+x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
+if kind == "eager":
+    def f():
+        dg.gru(x, p)
+else:
+    import dask, dask.array as da
+    xd = da.from_array(x, chunks=(512, max(1, B // 2), I))
+    def f():
+        dask.compute(*dg.gru(xd, p), scheduler="threads", num_workers=threads)
+f()
+ts = []
+for _ in range(repeats):
+    t = time.perf_counter()
+    f()
+    ts.append(time.perf_counter() - t)
+print(statistics.median(ts))
+"""
+
+
+def worktree(rev, where):
+    subprocess.run(["git", "worktree", "add", "--detach", where, rev], check=True,
+                   capture_output=True)
+    return where
+
+
+def measure(path, row, repeats):
+    env = dict(os.environ, PYTHONPATH=path)
+    r = subprocess.run([sys.executable, "-c", CHILD, *map(str, row), str(repeats)],
+                       capture_output=True, text=True, env=env, cwd=path, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="git revision to compare against")
+    ap.add_argument("--same", action="store_true", help="base against itself (noise band)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="T / 8")
+    ap.add_argument("--no-dask", action="store_true")
+    args = ap.parse_args(argv)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rows = [("eager", dt, thr, *shape) for thr in (1, 2) for dt in ("float32", "float64")
+            for shape in GRID]
+    if not args.no_dask:
+        rows += [("dask", "float32", 2, *shape) for shape in GRID]
+    if args.quick:
+        rows = [(k, dt, thr, max(64, T // 8), B, I, H) for k, dt, thr, T, B, I, H in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(here)
+        try:
+            base = worktree(args.base, os.path.join(tmp, "base"))
+            new = worktree(args.base, os.path.join(tmp, "copy")) if args.same else here
+            print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+                  f"base {args.base} vs {'a copy of it' if args.same else 'this checkout'}; "
+                  f"{args.rounds} alternated rounds, median of {args.repeats} calls each")
+            print(f"{'kind':6} {'dtype':8} {'thr':>3} {'T':>5} {'B':>4} {'I':>4} {'H':>4} | "
+                  f"{'base ms':>9} {'new ms':>9} | {'new/base':>8}")
+            ratios = []
+            for row in rows:
+                a, b = [], []
+                for _ in range(args.rounds):
+                    a.append(measure(base, row, args.repeats))
+                    b.append(measure(new, row, args.repeats))
+                ma, mb = statistics.median(a), statistics.median(b)
+                ratios.append(mb / ma)
+                k, dt, thr, T, B, I, H = row
+                print(f"{k:6} {dt:8} {thr:>3} {T:>5} {B:>4} {I:>4} {H:>4} | {ma * 1e3:>9.2f} "
+                      f"{mb * 1e3:>9.2f} | {mb / ma:>8.3f}", flush=True)
+            print(f"new/base over all rows: min {min(ratios):.3f}, median "
+                  f"{statistics.median(ratios):.3f}, max {max(ratios):.3f}")
+        finally:
+            os.chdir(here)
+            subprocess.run(["git", "worktree", "prune"], capture_output=True)
+            os.chdir(cwd)
+
+
+if __name__ == "__main__":
+    main()
