@@ -5,6 +5,7 @@ side by side.
     python benchmarks/compare.py --cells lstm         # the LSTM rows only
     python benchmarks/compare.py --quick              # smaller T, fewer repeats
     python benchmarks/compare.py --dask --cluster     # also dask chunks and LocalCluster scaling
+    python benchmarks/compare.py --mask --no-eager    # what a mask with holes costs
 
 Every contender is warmed up on the identical shape first (oneDNN compiles per shape, Numba
 per dtype), then the contenders are run alternately (A, B, A, B, ...) and the medians of the
@@ -163,6 +164,30 @@ def dask_rows(repeats, quick):
               f"  dask {med['dask']*1e3:8.1f} ms  dask/eager {med['dask']/med['eager']:.2f}")
 
 
+def mask_rows(threads, repeats, quick):
+    """What a mask costs: the same call with and without a mask with holes (30% of the
+    steps masked, at random), alternated, for both cells."""
+    import daskgru as dg
+
+    os.environ["DASKGRU_NUM_THREADS"] = str(threads)
+    print(f"\nmask with holes (30% masked) against no mask, float32, {threads} thread(s):")
+    for cell in ("gru", "lstm"):
+        Params, run = (dg.GRUParams, dg.gru) if cell == "gru" else (dg.LSTMParams, dg.lstm)
+        for T, B, I, H in GRID:
+            if B < 32:
+                continue
+            T = max(64, T // 8) if quick else T
+            p = Params.random(I, H, seed=0)
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((T, B, I)).astype("float32")
+            mask = rng.random((T, B)) > 0.3
+            med = alternate({"plain": lambda: run(x, p), "mask": lambda: run(x, p, mask=mask)},
+                            repeats)
+            print(f"  {cell:4} T={T:5} B={B:4} I={I:4} H={H:4}: no mask {med['plain']*1e3:8.1f} ms"
+                  f"  mask {med['mask']*1e3:8.1f} ms  mask/no mask {med['mask']/med['plain']:.3f}",
+                  flush=True)
+
+
 def cluster_rows(repeats, quick):
     """LocalCluster, 2 batch chunks: 2 workers x 1 thread against 1 worker x 1 thread.
 
@@ -222,6 +247,7 @@ def main(argv=None):
     ap.add_argument("--numpy", action="store_true", help="also time the plain NumPy loop")
     ap.add_argument("--dask", action="store_true", help="also dask chunks against eager")
     ap.add_argument("--cluster", action="store_true", help="also LocalCluster 1 vs 2 workers")
+    ap.add_argument("--mask", action="store_true", help="also a mask with holes vs no mask")
     ap.add_argument("--no-eager", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -236,6 +262,9 @@ def main(argv=None):
         print(HEADER)
         for threads in args.threads:
             eager_rows(threads, args.dtypes, args.repeats, args.quick, args.numpy, args.cells)
+    if args.mask:
+        for threads in args.threads:
+            mask_rows(threads, args.repeats, args.quick)
     if args.dask:
         dask_rows(args.repeats, args.quick)
     if args.cluster:

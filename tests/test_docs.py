@@ -22,7 +22,7 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     for page in ("index", "api", "concepts", "variants", "cli", "clusters", "performance",
-                 "architecture",
+                 "architecture", "missing_data",
                  "notebooks/quickstart", "notebooks/climate_field", "notebooks/distributed"):
         assert (tmp_path / "html" / f"{page}.html").exists(), page
     api = (tmp_path / "html" / "api.html").read_text()

@@ -33,8 +33,8 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from ..kernels.jit import (build, kernel, propagate_tangent, sigmoid, skip_adjoint, skip_step,
-                           tanh, typed)
+from ..kernels.jit import (build, counts, kernel, propagate_tangent, sigmoid, skipped_adjoint,
+                           skipped, tanh, typed)
 from ..kernels.tiles import product
 from .base import Cell, Prepared, Steps, sigmoid_
 
@@ -56,6 +56,7 @@ def _k(cache_key):
         one = typed(h, 1)
         acc = np.empty((B, G), dtype=h.dtype)
         rh = np.empty((B, H), dtype=h.dtype)
+        has_mask = mask.shape[0] > 0
         for s in range(T):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
@@ -69,7 +70,8 @@ def _k(cache_key):
                         rh[bb, j] = sigmoid(gi[tl, bb, j] + acc[bb, j]) * h[bb, j]
                 product(rh, 0, B, w_t, b, 2 * H, G, acc, 0)
             for bb in range(B):
-                if skip_step(t, tl, bb, lengths, mask, zero_masked, h, out):
+                if not counts(t, tl, bb, lengths, mask, has_mask):
+                    skipped(t, tl, bb, lengths, zero_masked, h, out)
                     continue
                 for j in range(H):
                     z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
@@ -95,7 +97,7 @@ def _k(cache_key):
                 tl = T - 1 - s if reverse else s
                 for j in range(H):
                     hk[tl, bb, j] = out[src, bb, j] if src >= 0 else h_start[bb, j]
-                if t0 + tl < lengths[bb] and not (mask.shape[0] and mask[tl, bb] == 0):
+                if counts(t0 + tl, tl, bb, lengths, mask, mask.shape[0] > 0):
                     src = tl
 
     @kernel(lambda f: numba.void(
@@ -125,12 +127,14 @@ def _k(cache_key):
         no_bias = np.zeros(H, dtype=dh.dtype)
         drh = np.empty((B, H), dtype=dh.dtype)
         live = np.empty(B, dtype=np.bool_)
+        has_mask = mask.shape[0] > 0
         for s in range(T - 1, -1, -1):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
             for bb in range(B):
-                live[bb] = not skip_adjoint(t, tl, bb, lengths, mask, zero_masked, d_out, dh)
+                live[bb] = counts(t, tl, bb, lengths, mask, has_mask)
                 if not live[bb]:
+                    skipped_adjoint(t, tl, bb, lengths, zero_masked, d_out, dh)
                     for g in range(G):
                         d_gi[tl, bb, g] = zero
                         d_a[tl, bb, g] = zero
@@ -200,11 +204,12 @@ def _k(cache_key):
         live = np.empty(B, dtype=np.bool_)
         for bb in range(B):
             live[bb] = np.any(M[bb] != zero)
+        has_mask = mask.shape[0] > 0
         for s in range(T):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
             for bb in range(B):
-                if t >= lengths[bb] or (mask.shape[0] and mask[tl, bb] == 0):
+                if not counts(t, tl, bb, lengths, mask, has_mask):
                     continue
                 for g in range(G):
                     acc[g] = b[g]

@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from ..kernels.jit import (build, kernel, propagate_tangent, sigmoid, skip_adjoint, skip_step,
-                           tanh, typed)
+from ..kernels.jit import (build, counts, kernel, propagate_tangent, sigmoid, skipped_adjoint,
+                           skipped, tanh, typed)
 from ..kernels.tiles import product
 from .base import Cell, Prepared, Steps, sigmoid_
 
@@ -49,12 +49,15 @@ def _k(cache_key):
         h = np.ascontiguousarray(state[:, :H])
         c = np.ascontiguousarray(state[:, H:])
         acc = np.empty((B, G), dtype=state.dtype)
+        has_mask = mask.shape[0] > 0
         for s in range(T):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
             product(h, 0, B, w_t, b, 0, G, acc, 0)
             for bb in range(B):
-                if not skip_step(t, tl, bb, lengths, mask, zero_masked, h, out):
+                if not counts(t, tl, bb, lengths, mask, has_mask):
+                    skipped(t, tl, bb, lengths, zero_masked, h, out)
+                else:
                     for j in range(H):
                         i = sigmoid(gi[tl, bb, j] + acc[bb, j])
                         f = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
@@ -92,12 +95,14 @@ def _k(cache_key):
         back = np.empty((B, H), dtype=dp.dtype)
         no_bias = np.zeros(H, dtype=dp.dtype)
         live = np.empty(B, dtype=np.bool_)
+        has_mask = mask.shape[0] > 0
         for s in range(T - 1, -1, -1):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
             for bb in range(B):
-                live[bb] = not skip_adjoint(t, tl, bb, lengths, mask, zero_masked, d_out, dh)
+                live[bb] = counts(t, tl, bb, lengths, mask, has_mask)
                 if not live[bb]:
+                    skipped_adjoint(t, tl, bb, lengths, zero_masked, d_out, dh)
                     for g in range(G):
                         dp[tl, bb, g] = zero
                     continue
@@ -136,11 +141,12 @@ def _k(cache_key):
         live = np.empty(B, dtype=np.bool_)
         for bb in range(B):
             live[bb] = np.any(M[bb] != zero)
+        has_mask = mask.shape[0] > 0
         for s in range(T):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
             for bb in range(B):
-                if t >= lengths[bb] or (mask.shape[0] and mask[tl, bb] == 0):
+                if not counts(t, tl, bb, lengths, mask, has_mask):
                     continue
                 for g in range(G):
                     acc[g] = b[g]

@@ -73,13 +73,14 @@ class _Bundle:
         self.value = state
 
 
-def window_grad(bundle, X, Y, idx, t0, t1, h0):
+def window_grad(bundle, X, Y, M, idx, t0, t1, h0):
     """Loss and gradient sums of the readout-on-GRU model on sequences ``idx``, steps t0:t1.
 
-    ``bundle.value = (flat GRU arrays, coef, intercept, L, D, reset_after)``; ``h0`` the
-    start states (L*D, B, H) (None: zeros). Returns ``(loss_sum, count, flat grads (GRU
-    arrays..., coef, intercept), final states (L*D, B, H))`` -- sums, not means, so that
-    results of batch chunks add up.
+    ``bundle.value = (flat GRU arrays, coef, intercept, L, D, reset_after)``; ``Y`` holds
+    NaN where a target does not count; ``M`` (n, T) bool marks the valid input steps (None:
+    all); ``h0`` the start states (L*D, B, H) (None: zeros). Returns ``(loss_sum, count,
+    flat grads (GRU arrays..., coef, intercept), final states (L*D, B, H))`` -- sums over the
+    counted targets, not means, so that results of batch chunks add up.
     """
     if isinstance(bundle, _Bundle):
         bundle = bundle.value
@@ -93,17 +94,19 @@ def window_grad(bundle, X, Y, idx, t0, t1, h0):
     states = [np.zeros((B, H), dt) for _ in range(L * D)] if h0 is None else list(h0)
     lengths = np.full(B, T, np.int64)
     zm = (False,) * L
-    tape = forward_tape(x, pp, states, lengths, None, zm)
+    mask = None if M is None else np.ascontiguousarray(M[idx, t0:t1].T, dtype=np.uint8)
+    tape = forward_tape(x, pp, states, lengths, mask, zm)
     out = tape.output
-    res = out @ coef.T + intercept - y
+    counted = ~np.isnan(y)
+    res = np.where(counted, out @ coef.T + intercept - y, dt.type(0))
     loss = float(np.sum(res * res))
     d_y = 2 * res
     d_coef = np.tensordot(d_y, out, axes=([0, 1], [0, 1]))
     d_int = d_y.sum(axis=(0, 1))
     d_out = np.ascontiguousarray(d_y @ coef)
-    grads, _, _ = backward_tape(tape, pp, lengths, None, zm, d_out,
+    grads, _, _ = backward_tape(tape, pp, lengths, mask, zm, d_out,
                                 [np.zeros((B, H), dt) for _ in range(L * D)])
-    return (loss, res.size, [a for g in grads for a in g] + [d_coef, d_int],
+    return (loss, int(counted.sum()), [a for g in grads for a in g] + [d_coef, d_int],
             np.concatenate(tape.finals, axis=0))
 
 
@@ -156,6 +159,10 @@ class GRURegressor:
     dtype : {"float32", "float64"}
     verbose : bool
         Show a tqdm progress bar with the loss.
+    skipna : bool
+        Treat an input step with a NaN feature as missing (masked: the state carries across
+        it, see :func:`daskgru.gru`'s ``mask``); such a step's target does not count, and
+        ``predict``/``transform`` give NaN there. Without it, NaN in X is refused.
 
     Attributes
     ----------
@@ -168,7 +175,10 @@ class GRURegressor:
     n_epochs_, best_epoch_, n_features_in_
 
     Data: X is (n_sequences, T, n_features) and y (n_sequences, T, n_targets) or
-    (n_sequences, T), as NumPy, dask or xarray DataArray (dims in that order). ``fit`` loads
+    (n_sequences, T), as NumPy, dask or xarray DataArray (dims in that order). A NaN target
+    is missing: it counts neither in the loss nor in its normalisation (the mean over the
+    observed targets), as hydrological models train on gappy observations; ``score`` counts
+    the observed targets only. ``fit`` loads
     the training data into memory; ``predict``/``transform`` stay lazy on dask input. With an
     active ``dask.distributed`` Client, the gradient of every step is computed on its workers:
     the training data are scattered once, the weights once per step, and each worker
@@ -187,7 +197,7 @@ class GRURegressor:
 
     def __init__(self, hidden_size=32, num_layers=1, learning_rate=0.01, max_epochs=100,
                  batch_size=32, tbptt=None, validation_fraction=0.1, patience=10,
-                 random_state=None, dtype="float32", verbose=False):
+                 random_state=None, dtype="float32", verbose=False, skipna=False):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.learning_rate = learning_rate
@@ -199,6 +209,7 @@ class GRURegressor:
         self.random_state = random_state
         self.dtype = dtype
         self.verbose = verbose
+        self.skipna = skipna
 
     _estimator_type = "regressor"
 
@@ -267,8 +278,9 @@ class GRURegressor:
         y = np.asarray(y, dtype=dt)
         self._y_1d = y.ndim == 2
         Y = y[..., None] if self._y_1d else y
-        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(Y))):
-            raise ValueError("X and y must be finite (no NaN or infinity)")
+        X, Y, M = self._missing(X, Y)
+        if not np.any(~np.isnan(Y)):
+            raise ValueError("y has no observed (non-NaN) target at a valid input step")
         n, T, F = X.shape
         nt = Y.shape[2]
         rng = np.random.default_rng(self.random_state)
@@ -280,15 +292,16 @@ class GRURegressor:
         p = GRUParams.random(F, H, num_layers=L, dtype=dt, seed=int(rng.integers(2**31)))
         k = 1.0 / np.sqrt(H)
         coef = rng.uniform(-k, k, size=(nt, H)).astype(dt)
-        intercept = Y[tr_idx].mean(axis=(0, 1)).astype(dt)
+        with np.errstate(invalid="ignore"):
+            intercept = np.nan_to_num(np.nanmean(Y[tr_idx], axis=(0, 1))).astype(dt)
         flat = _params_to_flat(p) + [coef, intercept]
         opt = Adam(self.learning_rate)
         client = _active_client()
         if client is not None:
             nw = max(1, len(client.scheduler_info().get("workers", {})))
-            Xf, Yf = client.scatter([X, Y], broadcast=True)
+            Xf, Yf, Mf = client.scatter([X, Y, M], broadcast=True)
         else:
-            nw, Xf, Yf = 1, X, Y
+            nw, Xf, Yf, Mf = 1, X, Y, M
         win = T if self.tbptt is None else int(self.tbptt)
         windows = [(t0, min(t0 + win, T)) for t0 in range(0, T, win)]
         bs = int(self.batch_size)
@@ -299,12 +312,12 @@ class GRURegressor:
             bundle = (flat[:-2], flat[-2], flat[-1], L, D, True)
             if client is not None:
                 bf = client.scatter(_Bundle(bundle), broadcast=True)
-                futs = [client.submit(window_grad, bf, Xf, Yf, idx[c], t0, t1,
+                futs = [client.submit(window_grad, bf, Xf, Yf, Mf, idx[c], t0, t1,
                                       None if h0s is None else h0s[:, c], pure=False)
                         for c in parts]
                 results = client.gather(futs)
             else:
-                results = [window_grad(bundle, X, Y, idx[c], t0, t1,
+                results = [window_grad(bundle, X, Y, M, idx[c], t0, t1,
                                         None if h0s is None else h0s[:, c]) for c in parts]
             loss = sum(r[0] for r in results)
             count = sum(r[1] for r in results)
@@ -329,15 +342,18 @@ class GRURegressor:
                     h = None
                     for t0, t1 in windows:
                         loss, count, grads, h = step_grads(idx, t0, t1, h)
+                        if not count:  # no observed target in this window: no step
+                            continue
                         grads = [g / count for g in grads]
                         if not all(np.all(np.isfinite(g)) for g in grads):
                             raise FloatingPointError(
                                 f"non-finite gradient in epoch {epoch}; lower learning_rate")
                         opt.step(flat, grads)
                         tot, cnt = tot + loss, cnt + count
-                history["loss"].append(tot / cnt)
+                history["loss"].append(tot / cnt if cnt else np.nan)
                 if n_val:
-                    vl = self._mse(flat, L, D, X[val_idx], Y[val_idx])
+                    vl = self._mse(flat, L, D, X[val_idx], Y[val_idx],
+                                   None if M is None else M[val_idx])
                     history["val_loss"].append(vl)
                 monitored = history["val_loss"][-1] if n_val else history["loss"][-1]
                 if monitored < best:
@@ -363,32 +379,59 @@ class GRURegressor:
         self.n_features_in_ = F
         return self
 
+    def _missing(self, X, Y):
+        """Zero-filled X, Y with NaN where a target does not count, and the valid input
+        steps M (n, T) (None without skipna); refuses what cannot be honoured."""
+        if np.isinf(Y).any():
+            raise ValueError("y must not hold infinity (NaN marks a missing target)")
+        if np.isinf(X).any():
+            raise ValueError("X must not hold infinity")
+        nan = np.isnan(X)
+        if not self.skipna:
+            if nan.any():
+                raise ValueError("X holds NaN; pass skipna=True to treat steps with a NaN "
+                                 "feature as missing")
+            return X, Y, None
+        M = ~nan.any(axis=-1)
+        X = np.where(nan, X.dtype.type(0), X)
+        Y = np.where(M[..., None], Y, np.nan).astype(Y.dtype)
+        return X, Y, M
+
     @staticmethod
-    def _mse(flat, L, D, X, Y):
+    def _mse(flat, L, D, X, Y, M=None):
         from ..api import gru
 
         p = _flat_to_params(flat[:-2], L, D, True, flat[-1].dtype)
-        out, _ = gru(np.asarray(X), p, batch_first=True)
-        res = out @ flat[-2].T + flat[-1] - Y
-        return float(np.mean(res * res))
+        out, _ = gru(np.asarray(X), p, batch_first=True, mask=M)
+        counted = ~np.isnan(Y)
+        res = np.where(counted, out @ flat[-2].T + flat[-1] - Y, 0)
+        return float(np.sum(res * res) / max(1, counted.sum()))
 
     # -------------------------------------------------------------- inference
+    def _hidden(self, X):
+        """The top layer's states on X (lazy for dask), NaN at missing steps with skipna."""
+        from ..api import gru, is_dask
+
+        self._check_fitted()
+        Xa = self._check_X(X).astype(self.params_.dtype)
+        mask, xp = None, np
+        if is_dask(Xa):
+            import dask.array as xp
+        if getattr(self, "skipna", False):
+            mask = ~xp.isnan(Xa).any(axis=-1)
+        out, _ = gru(Xa, self.params_, batch_first=True, mask=mask)
+        if mask is not None:
+            out = xp.where(mask[..., None], out, np.nan).astype(out.dtype)
+        return out
+
     def transform(self, X):
         """Top-layer hidden states (n, T, hidden_size); lazy for dask input."""
-        from ..api import gru
-
-        self._check_fitted()
-        Xa = self._check_X(X)
-        out, _ = gru(Xa.astype(self.params_.dtype), self.params_, batch_first=True)
-        return self._wrap(X, out, "hidden")
+        return self._wrap(X, self._hidden(X), "hidden")
 
     def predict(self, X):
-        """Predictions (n, T, n_targets), or (n, T) when fitted on 2-D y; lazy for dask."""
-        from ..api import gru
-
-        self._check_fitted()
-        Xa = self._check_X(X)
-        out, _ = gru(Xa.astype(self.params_.dtype), self.params_, batch_first=True)
+        """Predictions (n, T, n_targets), or (n, T) when fitted on 2-D y; lazy for dask.
+        With ``skipna``, NaN at the steps whose input is missing."""
+        out = self._hidden(X)
         pred = out @ self._coef.T + self._intercept
         if self._y_1d:
             pred = pred[..., 0]
@@ -406,7 +449,8 @@ class GRURegressor:
 
     def score(self, X, y):
         """Coefficient of determination R² of the predictions (averaged over targets,
-        every sequence and step counted as one sample)."""
+        every sequence and step counted as one sample; steps whose target is NaN, or whose
+        input is missing with ``skipna``, do not count)."""
         pred = _as_array(self.predict(X), "prediction")
         pred = np.asarray(pred, dtype=np.float64)
         y = np.asarray(_as_array(y, "y"), dtype=np.float64)
@@ -414,8 +458,13 @@ class GRURegressor:
             raise ValueError(f"y must have shape {pred.shape}, got {y.shape}")
         nt = 1 if y.ndim == 2 else y.shape[2]
         y2, p2 = y.reshape(-1, nt), pred.reshape(-1, nt)
+        counted = ~(np.isnan(y2) | np.isnan(p2))
+        if not counted.any(axis=0).all():
+            raise ValueError("some target has no observed value at a valid step to score on")
+        y2, p2 = np.where(counted, y2, 0.0), np.where(counted, p2, 0.0)
+        mean = y2.sum(axis=0) / counted.sum(axis=0)
         ss_res = ((y2 - p2) ** 2).sum(axis=0)
-        ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
+        ss_tot = (np.where(counted, y2 - mean, 0.0) ** 2).sum(axis=0)
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
                       np.where(ss_res == 0, 1.0, 0.0))
         return float(r2.mean())
