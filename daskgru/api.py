@@ -97,7 +97,7 @@ def _array_like(a, name):
 
 
 def validate(x, stack, *, lengths=None, mask=None, batch_first=False, method="scan",
-             zero_output_for_mask=False) -> Call:
+             zero_output_for_mask=False, input_size=None) -> Call:
     """Check shapes, dtypes and options before any work; works on NumPy and dask arrays
     alike (only shapes and dtypes are read, never values of dask arrays)."""
     if method not in METHODS:
@@ -118,8 +118,10 @@ def validate(x, stack, *, lengths=None, mask=None, batch_first=False, method="sc
         raise ValueError(
             f"x must be 3-D ({'B, T, I' if batch_first else 'T, B, I'}) or 2-D (T, I), "
             f"got shape {tuple(shape)}")
-    if I != stack.input_size:
-        raise ValueError(f"x has input size {I} (last axis), but p.input_size is {stack.input_size}")
+    want = stack.input_size if input_size is None else input_size
+    if I != want:
+        what = "p.input_size" if input_size is None else "the model's input size"
+        raise ValueError(f"x has input size {I} (last axis), but {what} is {want}")
     if lengths is not None:
         lengths = _array_like(lengths, "lengths")
         ls = tuple(lengths.shape)
@@ -185,13 +187,14 @@ def uncanonical(a, call):
 
 
 def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", warmup=None,
-        tol=None):
+        tol=None, model=None):
     """The validated call on NumPy (eager) or dask (lazy) input.
 
     ``states``: None, or one array per (layer, direction) of shape (B, S) (or (S,)
     unbatched), NumPy or dask. Returns ``(output, finals, info)``: the output in the
     caller's layout, the final states as one array (D, B, S) per layer ((D, S) unbatched),
-    and the info dict (a ``Delayed`` for dask input).
+    and the info dict (a ``Delayed`` for dask input). A ``model`` brings per-step layers
+    applied to x before the stack (x then has the model's input size).
     """
     lazy = any(is_dask(a) for a in (x, lengths, mask, *(states or ())))
     if states is not None and call.unbatched:
@@ -200,13 +203,13 @@ def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", w
         from .graph import parallel_time, scan
 
         if method == "scan":
-            out, finals, info = scan.build(x, call, states, lengths, mask)
+            out, finals, info = scan.build(x, call, states, lengths, mask, model)
         elif lazy:
             out, finals, info = parallel_time.build(x, call, states, lengths, mask, method,
-                                                    warmup, tol)
+                                                    warmup, tol, model)
         else:
             out, finals, info = parallel_time.run_numpy(x, call, states, lengths, mask, method,
-                                                        warmup, tol)
+                                                        warmup, tol, model)
     else:
         from .eager import run_stack
 
@@ -218,7 +221,8 @@ def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", w
                    else check_lengths(lengths, call.T))
         if mask is not None:
             mask = as_mask(canonical(np.asarray(mask), call))
-        out, finals = run_stack(xc, call.stack, states, lengths, mask, call.zero_masked)
+        out, finals = run_stack(xc, call.stack, states, lengths, mask, call.zero_masked,
+                                None if model is None else model.prepare())
         out = uncanonical(out, call)
         info = dict(method="scan", sweeps=0, chunks=None, chunks_recomputed=0,
                     max_mismatch=0.0)

@@ -12,9 +12,11 @@ import threading
 
 import numpy as np
 
+from . import layers
 from .cells import Cell, Prepared, Steps, project
 
-__all__ = ["run_stack", "run_direction", "layer_input", "get_num_threads", "batch_parts"]
+__all__ = ["run_stack", "run_direction", "layer_input", "chunk_input", "get_num_threads",
+           "batch_parts"]
 
 # Eager calls walk time in blocks of this many steps so that the projected inputs of a
 # whole long sequence never sit in memory at once. Results do not depend on it.
@@ -66,9 +68,26 @@ def _gi_buffer(steps, B, G, dtype):
     return buf[:n].reshape(steps, B, G)
 
 
-def layer_input(parts):
-    """The input of the next layer: the directions' outputs side by side [forward, backward]."""
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+def layer_input(parts, merge="concat"):
+    """A layer's output from its directions' outputs: side by side [forward, backward], or
+    their sum, product or mean (Keras's ``Bidirectional`` merge modes)."""
+    if len(parts) == 1:
+        return parts[0]
+    if merge == "concat":
+        return np.concatenate(parts, axis=-1)
+    a, b = parts
+    if merge == "sum":
+        return a + b
+    if merge == "mul":
+        return a * b
+    return (a + b) / a.dtype.type(2)
+
+
+def chunk_input(ps, l, parts):
+    """Layer l's input from its pieces: the lower layer's directions side by side, or for
+    layer 0 the model's input through its per-step layers before the stack (``ps.pre``)."""
+    x = layer_input(parts)
+    return layers.apply(ps.pre, x) if l == 0 and ps.pre else x
 
 
 def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
@@ -96,7 +115,7 @@ def _stack(x, ps, states, lengths, mask, zero_masked):
     """The layers on x (T, B, I) contiguous; returns (output, [final states (D, B, S) per
     layer])."""
     T, B, _ = x.shape
-    layer_in, finals, i = x, [], 0
+    layer_in, finals, i = chunk_input(ps, 0, [x]), [], 0
     for l, cell in enumerate(ps.cells):
         outs, ends = [], []
         for d, w in enumerate(ps.weights[l]):
@@ -106,19 +125,21 @@ def _stack(x, ps, states, lengths, mask, zero_masked):
             outs.append(o)
             ends.append(s)
             i += 1
-        layer_in = layer_input(outs)
+        layer_in = layer_input(outs, ps.merges[l])
         finals.append(np.stack(ends))
     return layer_in, finals
 
 
-def run_stack(x, stack, states, lengths, mask, zero_masked):
+def run_stack(x, stack, states, lengths, mask, zero_masked, ps=None):
     """A stack over canonical NumPy arrays: x (T, B, I); ``states`` one (B, S) array per
     (layer, direction); ``lengths`` (B,) int64; ``mask`` (T, B) or None; ``zero_masked``
-    one flag per layer. Returns (output (T, B, D*H), [final states (D, B, S) per layer])."""
+    one flag per layer; ``ps`` the prepared weights (default ``stack.prepare()``; a model's
+    carry its per-step layers). Returns (output (T, B, D*H), [final states (D, B, S) per
+    layer])."""
     T, B, I = x.shape
     dt = stack.dtype
     x = np.ascontiguousarray(x, dtype=dt)
-    ps = stack.prepare()
+    ps = stack.prepare() if ps is None else ps
     work = T * sum(lay.hidden_size * (lay.hidden_size + lay.input_size) * lay.num_directions
                    for lay in stack.layers)
     parts = batch_parts(B, work)

@@ -43,11 +43,17 @@ def float_dtype(dtype, name="dtype"):
     return dt
 
 
+MERGES = ("concat", "sum", "mul", "ave")
+
+
 class Layer(NamedTuple):
-    """One layer: a cell and its weights, one record per direction."""
+    """One layer: a cell and its weights, one record per direction; ``merge`` says how the
+    two directions' outputs make the layer's output (Keras's ``Bidirectional`` merge modes:
+    side by side, their sum, product or mean)."""
 
     cell: Cell
     weights: tuple
+    merge: str = "concat"
 
     @property
     def input_size(self) -> int:
@@ -63,6 +69,8 @@ class Layer(NamedTuple):
 
     @property
     def output_size(self) -> int:
+        if self.merge != "concat":
+            return self.hidden_size
         return self.num_directions * self.hidden_size
 
     @property
@@ -72,19 +80,21 @@ class Layer(NamedTuple):
 
 class PreparedStack:
     """Kernel-ready weights of every layer: ``cells[l]`` and ``weights[l][d]`` (a
-    :class:`~daskgru.cells.Prepared`). An opaque object, so that a task graph holds it as
-    one value (dask would walk into nested tuples)."""
+    :class:`~daskgru.cells.Prepared`), and a model's per-step layers before (``pre``) and
+    after (``post``) the stack. An opaque object, so that a task graph holds it as one value
+    (dask would walk into nested tuples)."""
 
-    __slots__ = ("cells", "weights")
+    __slots__ = ("cells", "weights", "pre", "post", "merges")
 
-    def __init__(self, cells, weights):
-        self.cells, self.weights = cells, weights
+    def __init__(self, cells, weights, pre=(), post=(), merges=None):
+        self.cells, self.weights, self.pre, self.post = cells, weights, pre, post
+        self.merges = merges or ("concat",) * len(cells)
 
     def __getstate__(self):
-        return self.cells, self.weights
+        return self.cells, self.weights, self.pre, self.post, self.merges
 
     def __setstate__(self, state):
-        self.cells, self.weights = state
+        self.cells, self.weights, self.pre, self.post, self.merges = state
 
     @property
     def nbytes(self):
@@ -122,8 +132,8 @@ class Stack:
         if not layers:
             raise ValueError("weights must hold at least one layer")
         # Tensors (even ones that require grad) become arrays once, before anything reads them.
-        layers = [Layer(lay.cell, tuple(Weights(*[to_numpy(a) for a in w]) for w in lay.weights))
-                  for lay in layers]
+        layers = [lay._replace(weights=tuple(Weights(*[to_numpy(a) for a in w])
+                                             for w in lay.weights)) for lay in layers]
         if dtype is None:
             dtype = np.result_type(*[a.dtype for a in layers[0].weights[0]])
             if dtype not in FLOATS:
@@ -138,6 +148,8 @@ class Stack:
             nd = len(lay.weights)
             if nd not in (1, 2):
                 raise ValueError(f"each layer must hold 1 or 2 directions, got {nd}")
+            if lay.merge not in MERGES:
+                raise ValueError(f"layer {li}: merge must be one of {MERGES}, got {lay.merge!r}")
             if uniform and nd != ndir:
                 raise ValueError(f"layer {li} has {nd} directions, layer 0 has {ndir}")
             G, w0 = lay.cell.gates, lay.weights[0]
@@ -165,8 +177,8 @@ class Stack:
                     if not np.all(np.isfinite(a)):
                         raise ValueError(f"{where}: {field} holds NaN or infinite values")
                 ws.append(w)
-            out.append(Layer(lay.cell, tuple(ws)))
-            I = nd * H
+            out.append(Layer(lay.cell, tuple(ws), lay.merge))
+            I = out[-1].output_size
         self.layers = tuple(out)
 
     # ------------------------------------------------------------------ properties
@@ -194,7 +206,9 @@ class Stack:
     def __repr__(self):
         parts = ", ".join(
             f"{lay.cell.name.upper()}({lay.input_size}->{lay.hidden_size}"
-            f"{', bidirectional' if lay.num_directions == 2 else ''})" for lay in self.layers)
+            f"{', bidirectional' if lay.num_directions == 2 else ''}"
+            f"{', ' + lay.merge if lay.num_directions == 2 and lay.merge != 'concat' else ''})"
+            for lay in self.layers)
         return f"Stack([{parts}], dtype={self.dtype})"
 
     def __eq__(self, other):
@@ -202,7 +216,8 @@ class Stack:
             return NotImplemented
         return (self.dtype == other.dtype and len(self.layers) == len(other.layers)
                 and self._extra() == other._extra()
-                and all(a.cell == b.cell and len(a.weights) == len(b.weights)
+                and all(a.cell == b.cell and a.merge == b.merge
+                        and len(a.weights) == len(b.weights)
                         and all(np.array_equal(x, y) for wa, wb in zip(a.weights, b.weights)
                                 for x, y in zip(wa, wb))
                         for a, b in zip(self.layers, other.layers)))
@@ -217,7 +232,7 @@ class Stack:
         from dask.base import normalize_token
 
         return (type(self).__name__, str(self.dtype), self._extra(),
-                [(lay.cell, normalize_token([list(w) for w in lay.weights]))
+                [(lay.cell, lay.merge, normalize_token([list(w) for w in lay.weights]))
                  for lay in self.layers])
 
     # ------------------------------------------------------------------ transforms
@@ -233,11 +248,13 @@ class Stack:
 
     def map(self, func):
         """Apply ``func`` to every array (used for gradients and optimisers)."""
-        return self._rebuild([Layer(lay.cell, [Weights(*[func(a) for a in w]) for w in lay.weights])
+        return self._rebuild([lay._replace(weights=[Weights(*[func(a) for a in w])
+                                                    for w in lay.weights])
                               for lay in self.layers])
 
     def prepare(self) -> PreparedStack:
         """Kernel-ready weights; built once per call."""
         return PreparedStack(tuple(lay.cell for lay in self.layers),
                              tuple(tuple(Prepared.of(w) for w in lay.weights)
-                                   for lay in self.layers))
+                                   for lay in self.layers),
+                             merges=tuple(lay.merge for lay in self.layers))

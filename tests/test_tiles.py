@@ -124,11 +124,13 @@ def test_cached_kernels_are_keyed_on_the_tiles():
     """Numba's disk cache keys a kernel on its own module and its closure variables: every
     kernel closes over jit.CACHE_KEY (a hash of tiles.py and jit.py), so editing those
     recompiles them; a kernel declared without it is refused at import."""
+    from daskgru import layers
     from daskgru.cells import base, gru, lstm
     from daskgru.kernels import jit
 
-    kernels = [base._project_kernel, *vars(gru._k).values(), *vars(lstm._k).values()]
-    assert len(kernels) == 8
+    kernels = [base._project_kernel, *vars(gru._k).values(), *vars(lstm._k).values(),
+               *layers._k]
+    assert len(kernels) == 12
     for k in kernels:
         cells = [c.cell_contents for c in k.py_func.__closure__ or ()]
         assert jit.CACHE_KEY in cells, k

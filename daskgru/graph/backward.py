@@ -25,7 +25,7 @@ import numpy as np
 
 from ..api import uncanonical
 from ..cells import Weights, chunk_backward
-from ..eager import layer_input, run_direction
+from ..eager import chunk_input, layer_input, run_direction
 from .builder import Graph, chunk_steps, start_state, state_block
 from .scan import outputs_of, scan_chains, state_of
 
@@ -44,7 +44,7 @@ def _chunk_input(ps, where, x0, starts, lengths, mask):
     """Layer l's input on one time chunk, recomputed from the chunk's layer-0 input ``x0``
     by running layers 0..l-1 from their stored start states ``starts[m][dd]`` (the same
     kernels as the forward tasks, so the values are bit-identical to theirs)."""
-    x = x0
+    x = chunk_input(ps, 0, [x0])
     for m in range(where.l):
         parts = []
         for dd, w in enumerate(ps.weights[m]):

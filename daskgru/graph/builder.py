@@ -32,6 +32,7 @@ import numpy as np
 
 from ..api import as_mask, canonical, check_lengths, is_dask, uncanonical
 from ..cells import Steps
+from ..eager import layer_input
 from .options import resolve
 
 __all__ = ["Graph", "Where", "chunk_steps", "start_state"]
@@ -70,11 +71,13 @@ class Graph:
     ``kind`` and ``extra`` (hashable options of the method) go into the token. ``states``:
     None or one (B, S) array per (layer, direction), NumPy or dask; ``lengths`` (B,);
     ``mask`` in the caller's layout. The backward adds ``d_output`` (shaped like the
-    output) and ``adjoints`` (like ``states``: the gradients of the final states).
+    output) and ``adjoints`` (like ``states``: the gradients of the final states). A
+    ``model`` (:class:`daskgru.Model`) brings per-step layers that the chunk tasks apply to
+    the input of layer 0 (x then has the model's input size).
     """
 
     def __init__(self, x, call, states=None, lengths=None, mask=None, *, kind="scan",
-                 extra=(), d_output=None, adjoints=None):
+                 extra=(), d_output=None, adjoints=None, model=None):
         import dask.array as da
         from dask.base import tokenize
         from dask.delayed import Delayed
@@ -99,13 +102,14 @@ class Graph:
         # what the options decide for this graph (not the options themselves: settings
         # that give the same graph give the same keys)
         self.fuse, self.group = self.opts.fuse(len(self.bchunks)), self.opts.group(len(self.tchunks))
-        self.token = tokenize(kind, [c.name for c in self.collections], self.stack,
+        self.token = tokenize(kind, [c.name for c in self.collections], self.stack, model,
                               call.zero_masked, literal, self.fuse, self.group, *extra)
         names = {lay.cell.name for lay in self.stack.layers}
         self.root = names.pop() if len(names) == 1 else "rnn"
         wkey = f"{self.root}-weights-{self.token}"
+        ps = self.stack.prepare() if model is None else model.prepare()
         self.weights = Delayed(wkey, HighLevelGraph.from_collections(
-            wkey, {wkey: self.stack.prepare()}, dependencies=()))
+            wkey, {wkey: ps}, dependencies=()))
         self.outputs, self.finals = [], []
 
     def info(self) -> dict:
@@ -230,10 +234,16 @@ class Graph:
         lay = self.stack.layers[l]
         top = l == self.stack.num_layers - 1
         name = f"{self.root}-output-{self.token}" if top else self.name("chunkout", l)
-        tasks = {(name, k, j, d): block(d, j, k)
-                 for d, j in self.chains(l) for k in range(self.nt)}
+        if lay.merge == "concat" or len(lay.weights) == 1:
+            tasks = {(name, k, j, d): block(d, j, k)
+                     for d, j in self.chains(l) for k in range(self.nt)}
+            widths = (lay.hidden_size,) * len(lay.weights)
+        else:  # the directions meet in one task per block
+            tasks = {(name, k, j, 0): (_merged, lay.merge, block(0, j, k), block(1, j, k))
+                     for j in range(self.nb) for k in range(self.nt)}
+            widths = (lay.hidden_size,)
         hlg = HighLevelGraph.from_collections(name, tasks, [chain])
-        arr = da.Array(hlg, name, (self.tchunks, self.bchunks, (lay.hidden_size,) * len(lay.weights)),
+        arr = da.Array(hlg, name, (self.tchunks, self.bchunks, widths),
                        meta=np.empty((0, 0, 0), self.call.dtype))
         self.outputs.append(arr)
         return arr
@@ -255,6 +265,10 @@ class Graph:
     def result(self):
         """The output in the caller's layout and the per-layer final states."""
         return uncanonical(self.outputs[-1], self.call), list(self.finals)
+
+
+def _merged(merge, a, b):
+    return layer_input([a, b], merge)
 
 
 def state_block(state):

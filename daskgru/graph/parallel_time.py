@@ -71,7 +71,7 @@ import numpy as np
 
 from ..api import check_lengths
 from ..cells import project
-from ..eager import layer_input, run_direction
+from ..eager import chunk_input, run_direction
 from .builder import Graph, chunk_steps, start_state, state_block
 
 __all__ = ["build", "run_numpy", "DEFAULT_WARMUP", "DEFAULT_TOL", "NUMPY_CHUNK"]
@@ -147,9 +147,9 @@ def _span(n, pos, m, reverse):
 
 
 # ----------------------------------------------------------------------------- tasks
-def _tail_task(reverse, w, *parts):
+def _tail_task(ps, l, reverse, w, *parts):
     """The last ``w`` steps of a chunk's input in traversal order (first w when reversed)."""
-    x = layer_input(parts)
+    x = chunk_input(ps, l, parts)
     return np.ascontiguousarray(x[:w] if reverse else x[x.shape[0] - w:])
 
 
@@ -158,7 +158,7 @@ def _spec_task(ps, where, start, tail, tail_where, tail_mask, h0, lengths, mask,
     state warmed up over ``tail`` from h0, or h0 itself. The chunk is scanned block by block
     (``_blocks``; same bits as one call), keeping the checkpoints."""
     cell, w = ps.cells[where.l], ps.weights[where.l][where.d]
-    x = layer_input(parts)
+    x = chunk_input(ps, where.l, parts)
     n, B = x.shape[:2]
     if start is not None:
         h = np.array(start[0], dtype=w.w_hh.dtype)
@@ -242,7 +242,7 @@ def _fix_chunk(ps, where, tol, true_start, spec, lengths, mask, *parts):
     accepted = float(delta[check | exact].max()) if (check | exact).any() else 0.0
     if not (bad.any() or check.any()):
         return end, None, FixStats(accepted, 0, 0)
-    x = layer_input(parts)
+    x = chunk_input(ps, where.l, parts)
     n = x.shape[0]
     steps = chunk_steps(where, lengths, mask, B, n)
     scanned, patches = 0, []
@@ -315,7 +315,7 @@ def _newton_eval(ps, where, cutoff, bstate, lengths, mask, *parts):
     if done:
         return None
     cell, w = ps.cells[where.l], ps.weights[where.l][where.d]
-    x = layer_input(parts)
+    x = chunk_input(ps, where.l, parts)
     steps = chunk_steps(where, lengths, mask, x.shape[1], x.shape[0])
     f, J = cell.tangent(w, project(w, x), s, steps, cutoff)
     return J, f - np.einsum("bij,bj->bi", J, s)
@@ -385,7 +385,7 @@ def _info_task(meta, nchains, K, nfix, *parts):
 
 
 # ----------------------------------------------------------------------------- graph
-def run_numpy(x, call, states, lengths, mask, method, warmup, tol):
+def run_numpy(x, call, states, lengths, mask, method, warmup, tol, model=None):
     """NumPy input: the same graph over time chunks of ``NUMPY_CHUNK`` steps, computed
     with the synchronous scheduler."""
     import dask
@@ -394,7 +394,7 @@ def run_numpy(x, call, states, lengths, mask, method, warmup, tol):
     x = np.asarray(x)
     taxis = 1 if (call.batch_first and not call.unbatched) else 0
     xd = da.from_array(x, chunks={taxis: NUMPY_CHUNK}, name=False)
-    out, finals, info = build(xd, call, states, lengths, mask, method, warmup, tol)
+    out, finals, info = build(xd, call, states, lengths, mask, method, warmup, tol, model)
     return dask.compute(out, finals, info, scheduler="synchronous")
 
 
@@ -438,7 +438,7 @@ def _newton_chain(g, tasks, l, d, j, cutoff, tol):
     return key("summary"), lambda q: key("state", K - 1, q)
 
 
-def build(x, call, states, lengths, mask, method, warmup, tol):
+def build(x, call, states, lengths, mask, method, warmup, tol, model=None):
     """The lazy graph of a parallel-in-time call; returns (output, finals, info)."""
     dt = call.dtype
     tol = float(DEFAULT_TOL[dt] if tol is None else tol)
@@ -449,7 +449,7 @@ def build(x, call, states, lengths, mask, method, warmup, tol):
                 raise ValueError(f"method='newton' needs the tangent of the "
                                  f"{lay.cell.name.upper()} cell, which it does not have; "
                                  "use method='speculative'")
-    g = Graph(x, call, states, lengths, mask, kind=method, extra=(warmup, tol))
+    g = Graph(x, call, states, lengths, mask, kind=method, extra=(warmup, tol), model=model)
     K = g.nt
     G = g.group  # changes what a fix key holds, so it is in the token
     w = g.weights.key
@@ -469,7 +469,7 @@ def build(x, call, states, lengths, mask, method, warmup, tol):
                 if method == "speculative" and q and warmup:
                     pk = order[q - 1]
                     n = min(warmup, int(g.tchunks[pk]))
-                    tail = (_tail_task, d == 1, n, *g.parts(l, j, pk))
+                    tail = (_tail_task, w, l, d == 1, n, *g.parts(l, j, pk))
                     if l:  # a whole chunk of outputs is worth a task not to move
                         tasks[key("tail", q)] = tail
                         tail = key("tail", q)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..cells import project
-from ..eager import layer_input, run_direction
+from ..eager import chunk_input, run_direction
 from .builder import Graph, chunk_steps, start_state, state_block
 
 __all__ = ["build", "ScanResult"]
@@ -49,7 +49,7 @@ def final_of(res):
 
 
 def _fused_task(ps, where, start, lengths, mask, *parts):
-    x = layer_input(parts)
+    x = chunk_input(ps, where.l, parts)
     B = x.shape[1]
     steps = chunk_steps(where, lengths, mask, B, x.shape[0])
     state = start_state(ps, where, state_of(start), B)
@@ -60,7 +60,7 @@ def _fused_task(ps, where, start, lengths, mask, *parts):
 def _inproj_task(ps, where, after, *parts):
     # ``after`` (a boundary state two chunks back, unused) keeps the projections from
     # running far ahead of the chain and piling up in memory.
-    return project(ps.weights[where.l][where.d], layer_input(parts))
+    return project(ps.weights[where.l][where.d], chunk_input(ps, where.l, parts))
 
 
 def _scan_task(ps, where, gi, start, lengths, mask):
@@ -104,11 +104,11 @@ def scan_chains(g: Graph, l, stage="scan"):
     return g.chain_layer(l, stage, tasks), result
 
 
-def build(x, call, states=None, lengths=None, mask=None):
+def build(x, call, states=None, lengths=None, mask=None, model=None):
     """The lazy scan of a validated call; returns (output, finals, info)."""
     import dask
 
-    g = Graph(x, call, states, lengths, mask, kind="scan")
+    g = Graph(x, call, states, lengths, mask, kind="scan", model=model)
     for l in range(call.stack.num_layers):
         chain, result = scan_chains(g, l)
         g.add_outputs(l, chain, lambda d, j, k, r=result: (outputs_of, r(d, j, k)))

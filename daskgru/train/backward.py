@@ -128,6 +128,12 @@ def backward(x, call, d_output, d_states=None, states=None, lengths=None, mask=N
     direction) (a ``Delayed`` list for dask input), the input gradient in the caller's
     layout, and the start states' gradients as one array (D, B, S) per layer.
     """
+    merged = [l for l, lay in enumerate(call.stack.layers)
+              if lay.num_directions == 2 and lay.merge != "concat"]
+    if merged:
+        raise ValueError(f"gradients through layers whose directions are merged other than side "
+                         f"by side (layer {merged[0]}: {call.stack.layers[merged[0]].merge}) "
+                         "are not implemented")
     if any(is_dask(a) for a in (x, d_output, lengths, mask, *(d_states or ()), *(states or ()))):
         from ..graph.backward import build
 
