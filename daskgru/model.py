@@ -113,6 +113,61 @@ class Model:
                 raise ValueError(f"{name} names {len(names)} features, the model has {size}")
         self.description = description
 
+    # -------------------------------------------------------------- importers
+    @classmethod
+    def from_keras(cls, model) -> "Model":
+        """The whole of a Keras model: a ``Sequential`` or functional chain of ``Input``,
+        ``Masking``, ``Normalization``, ``GRU``, ``LSTM``, ``Bidirectional`` (merge modes
+        concat, sum, mul, ave), ``Dense``, ``TimeDistributed(Dense)``, ``Dropout`` (identity
+        at inference), ``Activation`` and ``LayerNormalization``. Anything else — an unknown
+        layer, a branch, several inputs, ``go_backwards``, a stateful layer, an activation
+        daskgru cannot compute — is refused with an error that names the layer and the
+        option. Each recurrent layer keeps its own ``zero_output_for_mask``; the model is
+        batch-first, as Keras is.
+
+        Examples
+        --------
+        >>> import keras, numpy as np, daskgru as dg
+        >>> km = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(0.0),
+        ...                        keras.layers.GRU(8, return_sequences=True),
+        ...                        keras.layers.Dense(1)])
+        >>> m = dg.Model.from_keras(km)
+        >>> x = np.random.default_rng(0).normal(size=(2, 6, 3)).astype("float32")
+        >>> bool(np.allclose(m(x), km(x), atol=1e-6))
+        True
+        """
+        from .importers import from_keras
+
+        return from_keras(model)
+
+    @classmethod
+    def from_torch(cls, rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
+                   batch_first=None, inputs=None, targets=None) -> "Model":
+        """A model from torch modules: ``rnn`` an ``nn.GRU``/``nn.LSTM`` (or a state_dict,
+        whose RNN may sit under a prefix); ``pre`` and ``head`` per-step modules
+        (``nn.Linear``, ``nn.LayerNorm``, ``nn.ReLU``/``Tanh``/``Sigmoid``/``Softplus``/
+        ``ELU``/``GELU``/``SiLU``, ``nn.Dropout`` (identity at inference), ``nn.Sequential``
+        of them), or lists of :mod:`daskgru.layers` records — a head's activations have no
+        tensors, so a state_dict cannot carry them. ``batch_first`` defaults to the
+        module's; ``return_sequences=False`` applies the head to the last valid step only.
+
+        Examples
+        --------
+        >>> import torch, numpy as np, daskgru as dg
+        >>> gru, head = torch.nn.GRU(3, 8, batch_first=True), torch.nn.Linear(8, 2)
+        >>> m = dg.Model.from_torch(gru, head=head)
+        >>> x = np.random.default_rng(0).normal(size=(2, 6, 3)).astype("float32")
+        >>> with torch.no_grad():
+        ...     want = head(gru(torch.from_numpy(x))[0]).numpy()
+        >>> bool(np.allclose(m(x), want, atol=1e-6))
+        True
+        """
+        from .importers import from_torch
+
+        return from_torch(rnn, pre=pre, head=head, prefix=prefix,
+                          return_sequences=return_sequences, batch_first=batch_first,
+                          inputs=inputs, targets=targets)
+
     # -------------------------------------------------------------- identity
     @property
     def dtype(self):

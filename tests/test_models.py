@@ -1,0 +1,222 @@
+"""Whole models as their users have them (the table of issue 14): Keras and torch models with
+masking, normalisation, heads, mixed widths and cells, against the frameworks' own
+predictions; refusals by name; dask bit-identity; files."""
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+import daskgru as dg
+from daskgru import layers as L
+
+keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+
+F32 = dict(rtol=2e-6, atol=2e-6)
+
+
+def padded_with_gaps(rng, B=3, T=14, F=3):
+    """Batch-first input with zero rows: padding at the end and a gap in the middle (the
+    Masking(0) convention)."""
+    x = rng.normal(size=(B, T, F)).astype("float32")
+    x[0, 10:] = 0.0
+    x[1, 4:7] = 0.0
+    x[2, :2] = 0.0
+    return x
+
+
+def check_dask(m, x, chunks):
+    eager = m(x)
+    lazy = m(da.from_array(x, chunks=chunks))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(), eager)
+    return eager
+
+
+@pytest.mark.parametrize("widths", [(16, 8), (16, 16)])
+def test_keras_masking_stacked_gru_time_distributed_dense(rng, widths):
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(0.0),
+                           keras.layers.GRU(widths[0], return_sequences=True, seed=1),
+                           keras.layers.GRU(widths[1], return_sequences=True, seed=2),
+                           keras.layers.TimeDistributed(keras.layers.Dense(1))])
+    x = padded_with_gaps(rng)
+    m = dg.Model.from_keras(km)
+    assert m.mask_value == 0.0 and m.output_size == 1 and m.batch_first
+    np.testing.assert_allclose(m(x), np.asarray(km(x)), **F32)
+    check_dask(m, x, (2, 5, 3))
+
+
+def test_keras_functional_normalization_bidirectional_dense_relu(rng):
+    x = rng.normal(loc=3.0, scale=2.0, size=(4, 12, 3)).astype("float32")
+    norm = keras.layers.Normalization()
+    norm.adapt(x.reshape(-1, 3))
+    inp = keras.Input((None, 3))
+    h = keras.layers.Bidirectional(keras.layers.GRU(6, return_sequences=True, seed=3))(norm(inp))
+    h = keras.layers.Dense(5, activation="relu")(h)
+    out = keras.layers.Dense(2)(h)
+    km = keras.Model(inp, out)
+    m = dg.Model.from_keras(km)
+    assert isinstance(m.pre[0], L.Scale) and [type(p) for p in m.post] == [L.Dense, L.Dense]
+    np.testing.assert_allclose(m(x), np.asarray(km(x)), **F32)
+    check_dask(m, x, (3, 4, 3))
+
+
+@pytest.mark.parametrize("merge", ["sum", "mul", "ave"])
+def test_keras_bidirectional_merge_modes_sequence_to_one(rng, merge):
+    x = padded_with_gaps(rng)
+    km = keras.Sequential([
+        keras.Input((None, 3)), keras.layers.Masking(0.0),
+        keras.layers.Bidirectional(keras.layers.LSTM(5, return_sequences=True, seed=4),
+                                   merge_mode=merge),
+        keras.layers.GRU(4, seed=5),                      # return_sequences=False
+        keras.layers.Dense(3, activation="gelu"), keras.layers.Activation("softplus")])
+    m = dg.Model.from_keras(km)
+    assert not m.return_sequences
+    y = check_dask(m, x, (1, 14, 3))
+    assert y.shape == (3, 3)
+    np.testing.assert_allclose(y, np.asarray(km(x)), **F32)
+
+
+def test_keras_layer_norm_elu_silu_and_a_gru_lstm_stack(rng):
+    x = rng.normal(size=(2, 9, 4)).astype("float32")
+    km = keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(6, activation="elu"),
+                           keras.layers.LayerNormalization(),
+                           keras.layers.GRU(7, return_sequences=True, reset_after=False, seed=6),
+                           keras.layers.Dropout(0.5),
+                           keras.layers.LSTM(3, return_sequences=True, seed=7),
+                           keras.layers.Dense(2, activation="silu")])
+    m = dg.Model.from_keras(km)
+    assert [lay.cell.name for lay in m.rnn.layers] == ["gru", "lstm"]
+    np.testing.assert_allclose(m(x), np.asarray(km(x)), **F32)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, go_backwards=True)]),
+     "go_backwards"),
+    (lambda: keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, activation="relu")]),
+     "activation must be 'tanh', got 'relu'"),
+    (lambda: keras.Sequential([keras.Input((None, 3)),
+                               keras.layers.LSTM(4, recurrent_activation="hard_sigmoid")]),
+     "recurrent_activation must be 'sigmoid'"),
+    (lambda: keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4),
+                               keras.layers.Dense(2, activation="softmax")]),
+     "layer 'dense.*activation 'softmax'"),
+    (lambda: keras.Sequential([keras.Input((None, 3)), keras.layers.Conv1D(4, 2),
+                               keras.layers.GRU(4)]), r"'conv1d.*\(Conv1D\) is not supported"),
+    (lambda: keras.Sequential([keras.Input((None, 3)),
+                               keras.layers.Bidirectional(keras.layers.GRU(4), merge_mode=None)]),
+     "merge_mode=None"),
+])
+def test_keras_refusals_name_the_part(make, match):
+    with pytest.raises(ValueError, match=match):
+        dg.Model.from_keras(make())
+
+
+def test_keras_branches_are_refused_never_stacked(rng):
+    a, b = keras.Input((None, 3)), keras.Input((None, 2))
+    ga = keras.layers.GRU(4, return_sequences=True, name="ga")(a)
+    gb = keras.layers.GRU(4, return_sequences=True, name="gb")(b)
+    km = keras.Model([a, b], keras.layers.Concatenate()([ga, gb]))
+    for f in (dg.Model.from_keras, dg.GRUParams.from_keras):
+        with pytest.raises(ValueError, match="inputs"):
+            f(km)
+    inp = keras.Input((None, 3))
+    g1 = keras.layers.GRU(4, return_sequences=True, name="g1")(inp)
+    g2 = keras.layers.GRU(4, return_sequences=True, name="g2")(inp)
+    km = keras.Model(inp, keras.layers.Add()([g1, g2]))
+    with pytest.raises(ValueError, match="not a chain.*'g2'"):
+        dg.GRUParams.from_keras(km)
+
+
+def test_gru_params_from_a_whole_keras_model_refuses_layer_options():
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, return_sequences=True),
+                           keras.layers.GRU(4, go_backwards=True)])
+    with pytest.raises(ValueError, match="go_backwards"):
+        dg.GRUParams.from_keras(km)
+
+
+# ----------------------------------------------------------------------------- torch
+class Net(torch.nn.Module):
+    def __init__(self, cell="GRU", bidirectional=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pre = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(),
+                                       torch.nn.LayerNorm(5))
+        self.rnn = getattr(torch.nn, cell)(5, 8, num_layers=2, batch_first=True,
+                                           bidirectional=bidirectional)
+        self.head = torch.nn.Sequential(torch.nn.Linear(8 * (1 + bidirectional), 4),
+                                        torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                        torch.nn.Linear(4, 2))
+
+    def forward(self, x):
+        return self.head(self.rnn(self.pre(x))[0])
+
+
+@pytest.mark.parametrize("cell,bi", [("GRU", False), ("LSTM", True)])
+def test_torch_net_with_pre_and_head(rng, cell, bi):
+    net = Net(cell, bi).eval()
+    x = rng.normal(size=(3, 10, 3)).astype("float32")
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    m = dg.Model.from_torch(net.rnn, pre=net.pre, head=net.head)
+    assert m.batch_first
+    np.testing.assert_allclose(m(x), want, **F32)
+    check_dask(m, x, (2, 3, 3))
+    # the RNN from the whole net's state_dict (prefix found), heads given as modules
+    m2 = dg.Model.from_torch(net.state_dict(), pre=net.pre, head=net.head, prefix="rnn.",
+                             batch_first=True)
+    np.testing.assert_array_equal(m2(x), m(x))
+
+
+def test_torch_weight_norm_half_precision_and_missing_keys(rng):
+    torch.manual_seed(1)
+    g = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True)
+    torch.nn.utils.parametrizations.weight_norm(g, "weight_hh_l1")
+    x = rng.normal(size=(6, 2, 3)).astype("float32")
+    with torch.no_grad():
+        want = g(torch.from_numpy(x))[0].numpy()
+    p = dg.GRUParams.from_torch(g)
+    np.testing.assert_allclose(dg.gru(x, p)[0], want, **F32)
+    with pytest.raises(ValueError, match="parametrized weights.*pass the module"):
+        dg.GRUParams.from_torch(g.state_dict())
+    sd = {k: v for k, v in torch.nn.GRU(3, 4, num_layers=2, bidirectional=True).state_dict().items()}
+    for key in ("weight_ih_l1", "weight_ih_l0_reverse", "bias_hh_l1_reverse"):
+        broken = {k: v for k, v in sd.items() if k != key}
+        with pytest.raises(ValueError, match=f"lacks \\['{key}'\\]"):
+            dg.GRUParams.from_torch(broken)
+    half = torch.nn.LSTM(3, 4).half()
+    q = dg.LSTMParams.from_torch(half)
+    assert q.dtype == np.float32
+    bf = torch.nn.GRU(3, 4).to(torch.bfloat16)
+    assert dg.GRUParams.from_torch(bf).dtype == np.float32
+
+
+def test_torch_refusals():
+    with pytest.raises(ValueError, match="Conv1d is not supported"):
+        dg.Model.from_torch(torch.nn.GRU(3, 4), head=torch.nn.Conv1d(4, 2, 1))
+    with pytest.raises(ValueError, match="Softplus.beta=2"):
+        dg.Model.from_torch(torch.nn.GRU(3, 4), head=torch.nn.Softplus(beta=2))
+
+
+# ----------------------------------------------------------------------------- files
+@pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3")
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
+@pytest.mark.parametrize("ext", ["nc", "zarr"])
+def test_models_save_and_load(tmp_path, rng, ext):
+    pytest.importorskip("h5netcdf")
+    pytest.importorskip("zarr")
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(0.0),
+                           keras.layers.Dense(4, activation="tanh"),
+                           keras.layers.Bidirectional(keras.layers.GRU(5, seed=8),
+                                                      merge_mode="ave"),
+                           keras.layers.Dense(2)])
+    m = dg.Model.from_keras(km)
+    m.save(tmp_path / f"m.{ext}")
+    back = dg.load_model(tmp_path / f"m.{ext}")
+    assert back == m
+    x = padded_with_gaps(rng)
+    np.testing.assert_array_equal(back(x), m(x))
+    # a params file reads as a model of the recurrent layers alone
+    p = dg.GRUParams.random(3, 4, seed=0)
+    p.save(tmp_path / f"p.{ext}")
+    assert dg.load_model(tmp_path / f"p.{ext}").rnn == p
