@@ -224,7 +224,7 @@ def torch_layers(module, where):
 
 
 def from_torch(rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
-               batch_first=None, inputs=None, targets=None):
+               batch_first=None, inputs=None, targets=None, window=None):
     """A :class:`daskgru.Model` from torch modules (see :meth:`daskgru.Model.from_torch`)."""
     from .model import Model
 
@@ -252,4 +252,4 @@ def from_torch(rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
     bf = bool(getattr(rnn, "batch_first", False)) if batch_first is None else bool(batch_first)
     return Model(params, pre=torch_layers(pre, "pre"), post=torch_layers(head, "head"),
                  return_sequences=return_sequences, batch_first=bf, inputs=inputs,
-                 targets=targets, description=f"torch {type(rnn).__name__}")
+                 targets=targets, window=window, description=f"torch {type(rnn).__name__}")

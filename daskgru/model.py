@@ -66,6 +66,10 @@ class Model:
     inputs, targets : sequences of str, optional
         Names of the input features and of the outputs, in order (from the source, when it
         has them; :func:`daskgru.apply_rnn` selects Dataset variables by ``inputs``).
+    window : int, optional
+        The window its source evaluates it in (NeuralHydrology's ``seq_length``, darts's
+        ``input_chunk_length``): pass it to :meth:`windowed` or ``apply_rnn(window=...)`` to
+        reproduce that evaluation. None: the model runs continuously.
     description : str, optional
         Where the model came from.
 
@@ -84,7 +88,7 @@ class Model:
 
     def __init__(self, rnn, *, pre=(), post=(), return_sequences=True, mask_value=None,
                  zero_output_for_mask=False, batch_first=False, inputs=None, targets=None,
-                 description=None):
+                 window=None, description=None):
         if not isinstance(rnn, Stack):
             raise TypeError(f"rnn must be a GRUParams, LSTMParams or Stack, got "
                             f"{type(rnn).__name__}")
@@ -111,6 +115,10 @@ class Model:
                                   ("targets", self.targets, self.output_size)):
             if names is not None and len(names) != size:
                 raise ValueError(f"{name} names {len(names)} features, the model has {size}")
+        if window is not None and (isinstance(window, bool) or int(window) != window
+                                   or window < 1):
+            raise ValueError(f"window must be a positive number of steps, got {window!r}")
+        self.window = None if window is None else int(window)
         self.description = description
 
     # -------------------------------------------------------------- importers
@@ -142,14 +150,16 @@ class Model:
 
     @classmethod
     def from_torch(cls, rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
-                   batch_first=None, inputs=None, targets=None) -> "Model":
+                   batch_first=None, inputs=None, targets=None, window=None) -> "Model":
         """A model from torch modules: ``rnn`` an ``nn.GRU``/``nn.LSTM`` (or a state_dict,
         whose RNN may sit under a prefix); ``pre`` and ``head`` per-step modules
         (``nn.Linear``, ``nn.LayerNorm``, ``nn.ReLU``/``Tanh``/``Sigmoid``/``Softplus``/
         ``ELU``/``GELU``/``SiLU``, ``nn.Dropout`` (identity at inference), ``nn.Sequential``
         of them), or lists of :mod:`daskgru.layers` records — a head's activations have no
         tensors, so a state_dict cannot carry them. ``batch_first`` defaults to the
-        module's; ``return_sequences=False`` applies the head to the last valid step only.
+        module's; ``return_sequences=False`` applies the head to the last valid step only;
+        ``window`` records the window the model is evaluated in (darts:
+        ``input_chunk_length``, see the models page of the docs).
 
         Examples
         --------
@@ -166,7 +176,19 @@ class Model:
 
         return from_torch(rnn, pre=pre, head=head, prefix=prefix,
                           return_sequences=return_sequences, batch_first=batch_first,
-                          inputs=inputs, targets=targets)
+                          inputs=inputs, targets=targets, window=window)
+
+    @classmethod
+    def from_neuralhydrology(cls, run_dir, epoch=None) -> "Model":
+        """A NeuralHydrology run directory (its ``gru``, ``cudalstm`` and ``customlstm``
+        models): scaler, static attributes, embedding networks, regression head and output
+        un-scaling, with ``window`` its ``seq_length`` (see
+        :mod:`daskgru.neuralhydrology`). ``epoch``: which ``model_epochNNN.pt`` (default:
+        the last). Evaluate as NeuralHydrology does with ``dg.apply_rnn(ds, m,
+        window=m.window)``."""
+        from .neuralhydrology import from_neuralhydrology
+
+        return from_neuralhydrology(run_dir, epoch)
 
     # -------------------------------------------------------------- identity
     @property
@@ -175,7 +197,7 @@ class Model:
 
     def _flags(self):
         return (self.return_sequences, self.mask_value, self.zero_output_for_mask,
-                self.batch_first, self.inputs, self.targets)
+                self.batch_first, self.inputs, self.targets, self.window)
 
     def __eq__(self, other):
         if not isinstance(other, Model):
@@ -218,7 +240,7 @@ class Model:
         kw = dict(pre=self.pre, post=self.post, return_sequences=self.return_sequences,
                   mask_value=self.mask_value, zero_output_for_mask=self.zero_output_for_mask,
                   batch_first=self.batch_first, inputs=self.inputs, targets=self.targets,
-                  description=self.description)
+                  window=self.window, description=self.description)
         rnn = changes.pop("rnn", self.rnn)
         kw.update(changes)
         return Model(rnn, **kw)
@@ -259,16 +281,64 @@ class Model:
             sequence-to-one model; NumPy for NumPy input, lazy dask for dask input (the same
             bits for any chunking).
         """
+        y, out, _, _ = self.run(x, batch_first=batch_first, lengths=lengths, mask=mask,
+                                method=method, warmup=warmup, tol=tol)
+        return (y, out) if return_hidden else y
+
+    def run(self, x, *, batch_first=None, lengths=None, mask=None, states=None, method="scan",
+            warmup=None, tol=None):
+        """What :meth:`__call__` computes, with start states and everything it gives:
+        ``(prediction, top layer's outputs, final states (D, B, S) per layer, info)``
+        (info as ``return_info`` of :func:`daskgru.gru` gives it). ``states``: None or one
+        (B, S) array per (layer, direction)."""
         validate_method_options(method, warmup=warmup, tol=tol)
         bf = self.batch_first if batch_first is None else bool(batch_first)
         mask = self.step_mask(x, mask)
         call = validate(x, self.rnn, lengths=lengths, mask=mask, batch_first=bf, method=method,
                         zero_output_for_mask=self.zero_output_for_mask,
                         input_size=self.input_size)
-        out, finals, _ = run(x, call, None, lengths, mask, method=method, warmup=warmup, tol=tol,
-                             model=self)
+        out, finals, info = run(x, call, states, lengths, mask, method=method, warmup=warmup,
+                                tol=tol, model=self)
         y = self.head(out if self.return_sequences else self.last(finals, call))
-        return (y, out) if return_hidden else y
+        return y, out, finals, info
+
+    def windowed(self, x, window, *, batch_first=None, mask=None):
+        """Windowed inference, as NeuralHydrology (``seq_length``) and darts
+        (``input_chunk_length``) evaluate: at each step t, the prediction at the last step
+        of a run from zero states over steps t-window+1 .. t; NaN before step window-1.
+
+        Returns an array like :meth:`__call__`'s for a sequence-to-sequence model ((T, B,
+        n_out) in x's layout). The windows become extra batch rows, so the work stays
+        parallel and chunked along time (dask in, dask out: each time chunk of the output
+        reads its chunk of x and the window-1 steps before it).
+
+        Examples
+        --------
+        >>> import numpy as np, daskgru as dg
+        >>> m = dg.Model(dg.GRUParams.random(2, 4, seed=0, dtype="float64"))
+        >>> x = np.random.default_rng(0).normal(size=(30, 1, 2))
+        >>> y = m.windowed(x, 10)
+        >>> bool(np.isnan(y[:9]).all()), bool(np.allclose(y[29], m(x[20:])[-1]))
+        (True, True)
+        """
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+            raise ValueError(f"window must be a positive number of steps, got {window!r}")
+        bf = self.batch_first if batch_first is None else bool(batch_first)
+        unbatched = np.ndim(x) == 2
+        if mask is not None and not unbatched:
+            mask = mask.T if bf else mask
+        xc = x[:, None] if unbatched else (x.transpose(1, 0, 2) if bf else x)
+        if mask is not None and unbatched:
+            mask = mask[:, None]
+        validate(xc, self.rnn, input_size=self.input_size)  # before any work
+        if is_dask(xc) or is_dask(mask):
+            y = _windowed_dask(self, xc, int(window), mask)
+        else:
+            y = _windowed_block(self, np.asarray(xc), int(window), 0, xc.shape[0],
+                                None if mask is None else np.asarray(mask))
+        if unbatched:
+            return y[:, 0]
+        return y.transpose(1, 0, 2) if bf else y
 
     def last(self, finals, call: Call):
         """The top layer's output at each sequence's last valid step, (B, D*H) ((D*H,)
@@ -333,7 +403,7 @@ class Model:
         spec.update(return_sequences=self.return_sequences, mask_value=self.mask_value,
                     zero_output_for_mask=list(self.zero_output_for_mask),
                     batch_first=self.batch_first, inputs=self.inputs, targets=self.targets,
-                    description=self.description, dtype=str(self.dtype),
+                    window=self.window, description=self.description, dtype=str(self.dtype),
                     bias=getattr(self.rnn, "bias", True),
                     params=type(self.rnn).__name__)
         return xr.Dataset(data, attrs={"daskgru_model": json.dumps(spec),
@@ -381,12 +451,67 @@ class Model:
                    return_sequences=spec["return_sequences"], mask_value=spec["mask_value"],
                    zero_output_for_mask=spec["zero_output_for_mask"],
                    batch_first=spec["batch_first"], inputs=spec["inputs"],
-                   targets=spec["targets"], description=spec["description"])
+                   targets=spec["targets"], window=spec.get("window"),
+                   description=spec["description"])
 
     def save(self, path):
         """Write to netCDF, or to zarr when ``path`` ends in ``.zarr`` (under a temporary
         name first, renamed when complete); read back with :func:`daskgru.load_model`."""
         return save_dataset(self.to_dataset(), path)
+
+
+def _windowed_block(model, x, window, a, b, mask):
+    """Windowed predictions for output steps a..b-1 from canonical x (T', B, F) whose first
+    step is global step ``max(0, a - window + 1)``; NaN before step window - 1. Windows are
+    run in groups (extra batch rows) of bounded size."""
+    off = max(0, a - window + 1)
+    T, B, F = x.shape[0] + off, x.shape[1], x.shape[2]
+    dt = model.dtype
+    y = np.full((b - a, B, model.output_size), np.nan, dt)
+    first = max(a, window - 1)
+    if first >= b:
+        return y
+    width = max([lay.output_size for lay in model.rnn.layers] + [F, model.output_size])
+    group = max(1, (64 << 20) // max(1, window * B * width * dt.itemsize))
+    view = np.lib.stride_tricks.sliding_window_view
+    for t0 in range(first, b, group):
+        t1 = min(t0 + group, b)
+        xs = x[t0 - window + 1 - off:t1 - off]
+        xw = view(xs, window, axis=0).transpose(3, 0, 1, 2).reshape(window, -1, F)
+        mw = None
+        if mask is not None:
+            ms = mask[t0 - window + 1 - off:t1 - off]
+            mw = view(ms, window, axis=0).transpose(2, 0, 1).reshape(window, -1)
+        pred, _, _, _ = model.run(np.ascontiguousarray(xw), batch_first=False, mask=mw)
+        if model.return_sequences:
+            pred = pred[-1]
+        y[t0 - a:t1 - a] = pred.reshape(t1 - t0, B, -1)
+    return y
+
+
+def _windowed_dask(model, x, window, mask):
+    """The dask version: one task per time and batch chunk of x, reading its chunk and the
+    window-1 steps before it (a slice of x, rechunked into one block along time)."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    x = da.asarray(x)
+    if mask is not None:
+        mask = da.asarray(mask).rechunk((x.chunks[0], x.chunks[1]))
+    starts = np.concatenate([[0], np.cumsum(x.chunks[0])]).astype(int)
+    blocks = []
+    for a, b in zip(starts[:-1], starts[1:]):
+        lo = max(0, a - window + 1)
+        piece = x[lo:b].rechunk({0: -1, 2: -1})
+        args = [piece, "tbf"]
+        if mask is not None:
+            args += [mask[lo:b].rechunk({0: -1}), "tb"]
+        fn = (lambda xb, mb=None, a=a, b=b: _windowed_block(model, xb, window, a, b, mb))
+        name = "windowed-" + tokenize(model, window, a, b, *args[::2])
+        blocks.append(da.blockwise(fn, "tbo", *args, new_axes={"o": model.output_size},
+                                   adjust_chunks={"t": b - a}, dtype=model.dtype, name=name,
+                                   concatenate=True, meta=np.empty((0, 0, 0), model.dtype)))
+    return da.concatenate(blocks, axis=0)
 
 
 def load_model(path):

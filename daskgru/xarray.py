@@ -59,19 +59,25 @@ def _over_batch(value, name, lead_dims, lead_shape, batch_dims, batch_shape, tai
 
 
 def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hidden",
-              h0=None, c0=None, lengths=None, skipna=False, method="scan", features=None,
+              target_dim="target", h0=None, c0=None, lengths=None, skipna=False,
+              window="model", method="scan", features=None, return_hidden=False,
               **method_options):
-    """Run a GRU or an LSTM along ``time_dim`` of a labelled array; every other dim is batch.
+    """Run a GRU, an LSTM or a whole model along ``time_dim`` of a labelled array; every
+    other dim is batch.
 
     Parameters
     ----------
     obj : xr.DataArray or xr.Dataset
         A DataArray with dims ``time_dim`` and ``feature_dim`` plus any batch dims (lat, lon,
         station, ...), NumPy- or dask-backed; or a Dataset whose data variables ``features``
-        (default: all with ``time_dim``) are stacked as the features.
-    p : GRUParams or LSTMParams
-    time_dim, feature_dim, hidden_dim : str
-        Names of the time and feature dims of the input and of the hidden dim of the output.
+        are stacked as the features (default: the model's input names when it has them,
+        else every variable with ``time_dim``). Variables without ``time_dim`` (static
+        attributes such as elevation or soil type) are broadcast along time when named in
+        ``features``, as hydrology and land-surface models take them.
+    p : GRUParams, LSTMParams or Model
+    time_dim, feature_dim, hidden_dim, target_dim : str
+        Names of the time and feature dims of the input, of the hidden dim of ``output``
+        and of the target dim of a model's ``prediction``.
     h0 : DataArray (layer, direction, ...batch dims, hidden_dim) or array, optional
         Start states, e.g. the ``final_state`` of a previous call on the preceding stretch
         of time. A plain array has shape (num_layers * num_directions, *batch shape, H).
@@ -84,25 +90,35 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         state carries across it unchanged and the output there is NaN (missing in, missing
         out); a batch element that is all NaN keeps its start state. Without it, a NaN
         propagates through every later step of its sequence.
+    window : int, None or "model"
+        Windowed inference (:meth:`daskgru.Model.windowed`): at each step the prediction of
+        a run from zero states over the ``window`` steps up to it, as NeuralHydrology and
+        darts evaluate; NaN before step ``window - 1``. A NaN input reaches only the windows
+        that hold it (with ``skipna``, not even those). ``"model"`` (the default): the
+        model's own ``window`` (a NeuralHydrology model's ``seq_length``), None for params
+        and models that run continuously; None: one continuous run.
     method : str
         Passed to :func:`daskgru.gru`.
+    return_hidden : bool
+        For a model, also return the top layer's states as ``output``.
     **method_options
         ``warmup``, ``tol`` and ``return_info``, passed to :func:`daskgru.gru`. With
         ``return_info=True`` the result is ``(ds, info)``: ``info`` is the dict of
         :func:`daskgru.gru` (a ``Delayed`` for dask-backed input); for NumPy-backed input it
         is also put into ``ds.attrs[f"{cell}_info"]`` as a string.
-    features : list of str, optional
-        With a Dataset: the data variables to use as features, in this order.
 
     Returns
     -------
     xr.Dataset
-        ``output`` with dims (time_dim, ...batch dims, hidden_dim) — (time_dim, ...batch
-        dims, direction, hidden_dim) for a bidirectional stack — ``final_state`` with dims
-        (layer, direction, ...batch dims, hidden_dim), and for an LSTM ``final_cell`` like
-        it. Coords along time and batch dims and the input's attrs are kept; the model is
-        described in attrs. Dask-backed input gives a lazy Dataset, NumPy-backed input a
-        computed one.
+        For params: ``output`` with dims (time_dim, ...batch dims, hidden_dim) —
+        (time_dim, ...batch dims, direction, hidden_dim) for a bidirectional stack —
+        ``final_state`` with dims (layer, direction, ...batch dims, hidden_dim), and for an
+        LSTM ``final_cell`` like it. For a model: ``prediction`` with dims (time_dim,
+        ...batch dims, target_dim), or (...batch dims, target_dim) for a sequence-to-one
+        model, and the final states when its stack is a GRUParams or LSTMParams. Coords
+        along time and batch dims and the input's attrs are kept; the model is described
+        in attrs. Dask-backed input gives a lazy Dataset, NumPy-backed input a computed
+        one.
 
     Examples
     --------
@@ -119,33 +135,53 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
     """
     import xarray as xr
 
-    if not isinstance(p, RNNParams):
-        raise TypeError(f"p must be a GRUParams or LSTMParams, got {type(p).__name__}")
-    kind = p.model.lower()
-    is_lstm = isinstance(p, LSTMParams)
+    from .model import Model
+
+    if not isinstance(p, (RNNParams, Model)):
+        raise TypeError(f"p must be a GRUParams, LSTMParams or Model, got {type(p).__name__}")
+    model = p if isinstance(p, Model) else Model(p)
+    if isinstance(window, str):
+        if window != "model":
+            raise ValueError(f"window must be a number of steps, None or 'model', got {window!r}")
+        window = model.window
+    rnn = model.rnn
+    kind = p.model.lower() if isinstance(p, RNNParams) else "model"
+    stateful = isinstance(rnn, RNNParams) and window is None
+    is_lstm = isinstance(rnn, LSTMParams)
     if c0 is not None and not is_lstm:
         raise ValueError("c0 is the start cell state of an LSTM; a GRU has none")
-    for name, v in (("time_dim", time_dim), ("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
+    for name, v in (("time_dim", time_dim), ("feature_dim", feature_dim),
+                    ("hidden_dim", hidden_dim), ("target_dim", target_dim)):
         if not isinstance(v, str):
             raise TypeError(f"{name} must be a str, got {type(v).__name__}")
-    if not isinstance(skipna, (bool, np.bool_)):
-        raise TypeError(f"skipna must be a bool, got {type(skipna).__name__}")
+    for name, v in (("skipna", skipna), ("return_hidden", return_hidden)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    if window is not None and (h0 is not None or c0 is not None or lengths is not None):
+        raise ValueError("window= runs every window from zero states over whole steps: it "
+                         "takes no h0, c0 or lengths")
+    if (h0 is not None or c0 is not None) and not isinstance(rnn, RNNParams):
+        raise ValueError("h0/c0 need a GRUParams or LSTMParams stack (this model's layers "
+                         "differ in width or cell)")
     if isinstance(obj, xr.Dataset) and time_dim not in obj.dims:
         raise _dims_error("time_dim", time_dim, obj)
+    if features is None and isinstance(obj, xr.Dataset) and model.inputs is not None:
+        features = model.inputs
     da_in = _as_dataarray(obj, feature_dim, features, time_dim)
     for what, name in (("time_dim", time_dim), ("feature_dim", feature_dim)):
         if name not in da_in.dims:
             raise _dims_error(what, name, da_in)
     if hidden_dim in da_in.dims and hidden_dim != feature_dim:
         raise ValueError(f"hidden_dim {hidden_dim!r} clashes with a dim of the input {da_in.dims}")
-    if da_in.sizes[feature_dim] != p.input_size:
+    if da_in.sizes[feature_dim] != model.input_size:
+        what = "p.input_size" if isinstance(p, RNNParams) else "the model's input size"
         raise ValueError(f"dim {feature_dim!r} has size {da_in.sizes[feature_dim]}, "
-                         f"but p.input_size is {p.input_size}")
+                         f"but {what} is {model.input_size}")
     if not np.issubdtype(da_in.dtype, np.floating):
         raise TypeError(f"input data must be floating point, got dtype {da_in.dtype}")
 
     batch_dims = [d for d in da_in.dims if d not in (time_dim, feature_dim)]
-    clash = [d for d in batch_dims if d in ("layer", "direction")]
+    clash = [d for d in batch_dims if d in ("layer", "direction", target_dim)]
     if clash:
         raise ValueError(f"batch dims {clash} clash with the dims of the result "
                          "(final_state has dims layer and direction); rename them first")
@@ -154,9 +190,12 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         raise TypeError(f"apply_{kind if kind == 'gru' else 'rnn'} got unknown options "
                         f"{sorted(unknown)} (method options are warmup, tol, return_info)")
     validate_method_options(method, **method_options)
+    return_info = method_options.pop("return_info", False)
+    if window is not None and (method != "scan" or return_info):
+        raise ValueError("window= runs independent windows: it takes method='scan' only and "
+                         "no return_info")
     batch_shape = tuple(da_in.sizes[d] for d in batch_dims)
     B, T = math.prod(batch_shape), da_in.sizes[time_dim]
-    L, D, H = p.num_layers, p.num_directions, p.hidden_size
 
     x = da_in.transpose(time_dim, *batch_dims, feature_dim).data
     lazy = is_dask(x)
@@ -164,71 +203,110 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         import dask.array as dsa
 
         # Batch dims are flattened into one; merging their chunks keeps the graph exact.
-        x = dsa.reshape(x, (T, B, p.input_size), merge_chunks=True)
+        x = dsa.reshape(x, (T, B, model.input_size), merge_chunks=True)
     else:
-        x = np.asarray(x).reshape(T, B, p.input_size)
+        x = np.asarray(x).reshape(T, B, model.input_size)
+    xp = dsa if lazy else np
 
-    def state_arg(a, name):
-        if a is None:
-            return None
-        if isinstance(a, xr.DataArray) and "direction" not in a.dims and D == 1:
-            a = a.expand_dims("direction", axis=1)
-        if isinstance(a, xr.DataArray):
-            a = _over_batch(a, name, ("layer", "direction"), (L, D), batch_dims, batch_shape,
-                            (hidden_dim,), (H,))
-        else:
-            a = _over_batch(a, name, ("layer*direction",), (L * D,), batch_dims, batch_shape,
-                            (hidden_dim,), (H,))
-        return a.reshape(L * D, B, H)
+    states = None
+    if stateful:
+        L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
 
-    h0, c0 = state_arg(h0, "h0"), state_arg(c0, "c0")
+        def state_arg(a, name):
+            if a is None:
+                return None
+            if isinstance(a, xr.DataArray) and "direction" not in a.dims and D == 1:
+                a = a.expand_dims("direction", axis=1)
+            if isinstance(a, xr.DataArray):
+                a = _over_batch(a, name, ("layer", "direction"), (L, D), batch_dims,
+                                batch_shape, (hidden_dim,), (H,))
+            else:
+                a = _over_batch(a, name, ("layer*direction",), (L * D,), batch_dims,
+                                batch_shape, (hidden_dim,), (H,))
+            return a.reshape(L * D, B, H)
+
+        h0, c0 = state_arg(h0, "h0"), state_arg(c0, "c0")
+        if h0 is not None or c0 is not None:
+            from .api import _per_layer_states, validate
+
+            call = validate(x, rnn, input_size=model.input_size)
+            states = _per_layer_states(h0, c0, call)
     if lengths is not None:
         lengths = _over_batch(lengths, "lengths", (), (), batch_dims, batch_shape, (), ())
-    mask = None
-    if skipna:
-        import dask.array as dsa
-
-        mask = ~(dsa.isnan(x) if lazy else np.isnan(x)).any(axis=-1)
-    return_info = method_options.get("return_info", False)
-    from .api import gru, lstm
-
-    if is_lstm:
-        res = lstm(x, p, None if h0 is None and c0 is None else (h0, c0), lengths=lengths,
-                   mask=mask, method=method, **method_options)
-        out, (h_n, c_n) = res[0], res[1]
+    mask = ~xp.isnan(x).any(axis=-1) if skipna else None
+    info = None
+    if window is not None:
+        y, out, finals = model.windowed(x, window, batch_first=False, mask=mask), None, None
     else:
-        res = gru(x, p, h0=h0, lengths=lengths, mask=mask, method=method, **method_options)
-        out, h_n, c_n = res[0], res[1], None
+        y, out, finals, info = model.run(x, batch_first=False, lengths=lengths, mask=mask,
+                                         states=states, method=method, **method_options)
     if skipna:  # missing in, missing out
-        out = (dsa.where if lazy else np.where)(mask[..., None], out, np.nan).astype(out.dtype)
+        nan = np.nan
+        if window is None and model.return_sequences or window is not None:
+            keep = mask[..., None]
+        else:  # sequence to one: missing where the sequence had no valid step
+            keep = mask.any(axis=0)[:, None]
+        y = xp.where(keep, y, nan).astype(y.dtype)
+        if out is not None:
+            out = xp.where(mask[..., None], out, nan).astype(out.dtype)
 
-    # A bidirectional output gets a direction dim: one Dataset cannot hold a hidden dim of
-    # size 2H (output) beside one of size H (final_state). [forward, backward] is D-major.
-    out_dims = (time_dim, *batch_dims) + (("direction",) if D == 2 else ()) + (hidden_dim,)
-    out = out.reshape((T,) + batch_shape + ((D,) if D == 2 else ()) + (H,))
     coords = {k: v for k, v in da_in.coords.items() if feature_dim not in v.dims}
-    out_coords = dict(coords, direction=list(DIRECTIONS)) if D == 2 else coords
-    name = p.model
-    data = {"output": xr.DataArray(out, dims=out_dims, coords=out_coords,
-                                   attrs={"long_name": f"{name} output (top layer hidden state)"})}
     state_coords = {k: v for k, v in coords.items() if time_dim not in v.dims}
-    state_coords.update(layer=np.arange(L), direction=list(DIRECTIONS[:D]))
-    for var, arr, what in (("final_state", h_n, "hidden state"), ("final_cell", c_n, "cell state")):
-        if arr is not None:
+    name = type(rnn).__name__ if not isinstance(rnn, RNNParams) else rnn.model
+    data = {}
+    if isinstance(p, RNNParams) or return_hidden:
+        hidden = y if isinstance(p, RNNParams) else out
+        data["output"] = _output(xr, hidden, rnn, T, batch_shape, time_dim, batch_dims,
+                                 hidden_dim, coords, name)
+    if isinstance(p, Model):
+        seq = p.return_sequences or window is not None
+        dims = ((time_dim,) if seq else ()) + tuple(batch_dims) + (target_dim,)
+        pc = dict(coords if seq else state_coords)
+        if p.targets is not None:
+            pc[target_dim] = p.targets
+        data["prediction"] = xr.DataArray(
+            y.reshape(((T,) if seq else ()) + batch_shape + (p.output_size,)), dims=dims,
+            coords=pc, attrs={"long_name": "model prediction",
+                              **({"description": p.description} if p.description else {})})
+    if stateful and finals is not None:
+        L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
+        hc = (dsa.concatenate if lazy else np.concatenate)(finals, axis=0)
+        sc = dict(state_coords, layer=np.arange(L), direction=list(DIRECTIONS[:D]))
+        parts = [("final_state", hc[..., :H], "hidden state")]
+        if is_lstm:
+            parts.append(("final_cell", hc[..., H:], "cell state"))
+        for var, arr, what in parts:
             data[var] = xr.DataArray(arr.reshape((L, D) + batch_shape + (H,)),
                                      dims=("layer", "direction", *batch_dims, hidden_dim),
-                                     coords=state_coords,
+                                     coords=sc,
                                      attrs={"long_name": f"{name} {what} after the last valid step"})
     attrs = dict(da_in.attrs)
-    attrs.update({f"{kind}_{k}": v for k, v in {
-        "input_size": p.input_size, "hidden_size": H, "num_layers": L,
-        "bidirectional": int(p.bidirectional),
-        **{o: int(v) for o, v in p.cell.options().items()},
-        "method": method, "time_dim": time_dim, "skipna": int(skipna)}.items()})
-    if return_info and isinstance(res[2], dict):
-        attrs[f"{kind}_info"] = repr(res[2])
+    described = {"input_size": model.input_size, "method": method, "time_dim": time_dim,
+                 "skipna": int(skipna)}
+    if isinstance(p, RNNParams):
+        described.update(hidden_size=p.hidden_size, num_layers=p.num_layers,
+                         bidirectional=int(p.bidirectional),
+                         **{o: int(v) for o, v in p.cell.options().items()})
+    else:
+        described.update(output_size=p.output_size, window=-1 if window is None else window)
+    attrs.update({f"{kind}_{k}": v for k, v in described.items()})
+    if return_info and isinstance(info, dict):
+        attrs[f"{kind}_info"] = repr(info)
     ds = xr.Dataset(data, attrs=attrs)
-    return (ds, res[2]) if return_info else ds
+    return (ds, info) if return_info else ds
+
+
+def _output(xr, out, rnn, T, batch_shape, time_dim, batch_dims, hidden_dim, coords, name):
+    """The top layer's states as a DataArray; a bidirectional layer whose directions sit
+    side by side gets a direction dim (one Dataset cannot hold a hidden dim of size 2H
+    beside the final states' H)."""
+    lay = rnn.layers[-1]
+    split = lay.num_directions == 2 and lay.merge == "concat"
+    dims = (time_dim, *batch_dims) + (("direction",) if split else ()) + (hidden_dim,)
+    out = out.reshape((T,) + batch_shape + ((2,) if split else ()) + (lay.hidden_size,))
+    return xr.DataArray(out, dims=dims,
+                        coords=dict(coords, direction=list(DIRECTIONS)) if split else coords,
+                        attrs={"long_name": f"{name} output (top layer hidden state)"})
 
 
 def apply_gru(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hidden",

@@ -1,0 +1,154 @@
+"""NeuralHydrology run directories made by NeuralHydrology itself (a tiny generic dataset,
+two epochs of training), against its own windowed evaluation."""
+import pickle
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import daskgru as dg
+
+nh_run = pytest.importorskip("neuralhydrology.nh_run")
+pytest.importorskip("torch")
+
+BASINS = ["b1", "b2", "b3"]
+
+
+def make_data(root):
+    data = root / "data"
+    (data / "time_series").mkdir(parents=True)
+    (data / "attributes").mkdir()
+    rng = np.random.default_rng(0)
+    dates = pd.date_range("2000-01-01", periods=400, freq="D")
+    for i, b in enumerate(BASINS):
+        p = rng.gamma(1.0, 2.0, size=400)
+        t = 10 + 5 * np.sin(np.arange(400) / 58) + rng.normal(size=400)
+        q = np.convolve(p, np.exp(-np.arange(20) / 5))[:400] * 0.2 + 0.1 * i
+        ds = xr.Dataset({"prcp": ("date", p), "tmean": ("date", t), "qobs": ("date", q)},
+                        coords={"date": dates})
+        if b == "b2":
+            ds["prcp"][300] = np.nan  # a missing forcing value in the test period
+        ds.to_netcdf(data / "time_series" / f"{b}.nc")
+    pd.DataFrame({"gauge_id": BASINS, "elev": [100.0, 700.0, 350.0],
+                  "area": [10.0, 50.0, 30.0]}).set_index("gauge_id").to_csv(
+        data / "attributes" / "attrs.csv")
+    (root / "basins.txt").write_text("\n".join(BASINS))
+    return data
+
+
+def config(root, data, model, extra=""):
+    return f"""
+experiment_name: tiny
+run_dir: {root / 'runs'}
+train_basin_file: {root / 'basins.txt'}
+validation_basin_file: {root / 'basins.txt'}
+test_basin_file: {root / 'basins.txt'}
+train_start_date: "01/01/2000"
+train_end_date: "31/08/2000"
+validation_start_date: "01/09/2000"
+validation_end_date: "30/09/2000"
+test_start_date: "01/09/2000"
+test_end_date: "03/02/2001"
+device: cpu
+validate_every: 100
+metrics: [NSE]
+model: {model}
+head: regression
+hidden_size: 8
+initial_forget_bias: 3
+output_dropout: 0.1
+optimizer: Adam
+loss: MSE
+learning_rate: 0.01
+batch_size: 64
+epochs: 2
+seq_length: 30
+predict_last_n: 1
+num_workers: 0
+log_interval: 100
+log_tensorboard: False
+dataset: generic
+data_dir: {data}
+dynamic_inputs: [tmean, prcp]
+target_variables: [qobs]
+static_attributes: [elev, area]
+{extra}
+"""
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nh")
+    return root, make_data(root)
+
+
+def train_and_evaluate(root, data, model, extra):
+    (root / "runs").mkdir(exist_ok=True)
+    cfg = root / f"{model}.yml"
+    cfg.write_text(config(root, data, model, extra))
+    before = set((root / "runs").iterdir())
+    nh_run.start_run(config_file=cfg)
+    run_dir = (set((root / "runs").iterdir()) - before).pop()
+    nh_run.eval_run(run_dir=run_dir, period="test")
+    with open(run_dir / "test" / "model_epoch002" / "test_results.p", "rb") as f:
+        return run_dir, pickle.load(f)
+
+
+def basin(data, b):
+    ds = xr.open_dataset(data / "time_series" / f"{b}.nc").load()
+    attrs = pd.read_csv(data / "attributes" / "attrs.csv", index_col=0)
+    for a in attrs.columns:
+        ds[a] = attrs.loc[b, a]  # a static attribute: no time dim
+    return ds.astype("float32")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,extra", [
+    ("gru", "output_activation: softplus\n"
+            "statics_embedding: {type: fc, hiddens: [6, 4], activation: tanh, dropout: 0.1}\n"
+            "dynamics_embedding: {type: fc, hiddens: [5], activation: relu, dropout: 0.0}"),
+    ("cudalstm", "output_activation: relu"),
+    ("customlstm", "statics_embedding: {type: fc, hiddens: [3], activation: sigmoid}"),
+])
+def test_matches_neuralhydrology_evaluation(data_root, model, extra):
+    root, data = data_root
+    run_dir, results = train_and_evaluate(root, data, model, extra)
+    m = dg.Model.from_neuralhydrology(run_dir)
+    assert m.window == 30 and m.inputs == ["tmean", "prcp", "area", "elev"]
+    assert m.targets == ["qobs"] and m.batch_first
+    for b in BASINS:
+        ds = basin(data, b)
+        sim = results[b]["1D"]["xr"]["qobs_sim"][:, 0]
+        for obj in (ds, ds.chunk(date=50)):
+            got = dg.apply_rnn(obj, m, window=m.window, time_dim="date").prediction
+            got = got.sel(date=sim.date).isel(target=0).values
+            # NeuralHydrology's rule for a missing input: NaN for the windows holding it
+            assert np.array_equal(np.isnan(got), np.isnan(sim.values))
+            np.testing.assert_allclose(got, sim.values, rtol=2e-6, atol=2e-6)
+    assert np.isnan(results["b2"]["1D"]["xr"]["qobs_sim"]).sum() == 30
+    # the model file round trip keeps the window
+    m.save(root / f"{model}.nc")
+    assert dg.load_model(root / f"{model}.nc") == m
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"model": "ealstm"}, "model 'ealstm' is not supported"),
+    ({"head": "gmm"}, "head 'gmm' is not supported"),
+    ({"use_basin_id_encoding": True}, "use_basin_id_encoding.*one-hot"),
+    ({"evolving_attributes": ["x"]}, "evolving_attributes"),
+    ({"output_activation": "sigmoid"}, "output_activation 'sigmoid'"),
+])
+def test_refusals_name_the_option(tmp_path, change, match):
+    import yaml
+
+    cfg = {"model": "gru", "head": "regression", "hidden_size": 4, "seq_length": 5,
+           "dynamic_inputs": ["a"], "target_variables": ["q"]}
+    cfg.update(change)
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=match):
+        dg.Model.from_neuralhydrology(tmp_path)
+    shutil.rmtree(tmp_path)
+    with pytest.raises(ValueError, match="not a NeuralHydrology run directory"):
+        dg.Model.from_neuralhydrology(tmp_path)
