@@ -70,8 +70,16 @@ def _torch_file(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickled modules, corrupt files
+        first = str(e).splitlines()[0]
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CLIError(
+                f"{path!r} pickles Python objects besides tensors (a whole module, or a darts "
+                "or Lightning checkpoint), which daskgru does not unpickle: load it in Python "
+                "and build the model there — torch: torch.save(module.state_dict(), path); "
+                "darts: m = RNNModel.load(path); dg.Model.from_torch(m.model.rnn, "
+                "head=m.model.V, window=m.input_chunk_length).save('model.nc')") from None
         raise CLIError(f"cannot load {path!r} as a torch state_dict (save one with "
-                       f"torch.save(model.state_dict(), path)): {str(e).splitlines()[0]}") from None
+                       f"torch.save(model.state_dict(), path)): {first}") from None
     if hasattr(obj, "state_dict"):
         obj = obj.state_dict()
     if not hasattr(obj, "keys"):
@@ -132,10 +140,7 @@ _INERT = ("InputLayer", "Dropout", "SpatialDropout1D", "GaussianDropout", "Gauss
           "AlphaDropout")
 
 
-def _keras_params(path):
-    from . import convert
-    from .params import GRUParams, LSTMParams
-
+def _keras_model(path):
     if path.endswith(".weights.h5"):
         raise CLIError(f"{path!r} holds weights only, without the model; save the whole model "
                        f"with model.save('model.keras') and convert that")
@@ -145,9 +150,16 @@ def _keras_params(path):
     except ImportError as e:
         raise CLIError(f"reading {path!r} needs keras with a backend: {e}") from None
     try:
-        model = keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001
         raise CLIError(f"cannot load {path!r} as a Keras model: {str(e).splitlines()[0]}") from None
+
+
+def _keras_params(path, model):
+    """The recurrent layers of a Keras model as params (--rnn-only), listing the rest."""
+    from . import convert
+    from .params import GRUParams, LSTMParams
+
     chain = convert.keras_chain(model)
     rnns = [lay for lay in chain if convert.keras_kind(getattr(lay, "forward_layer", lay))]
     if not rnns:
@@ -155,7 +167,8 @@ def _keras_params(path):
     kinds = {convert.keras_kind(getattr(lay, "forward_layer", lay)) for lay in rnns}
     if len(kinds) > 1:
         raise CLIError(f"the Keras model in {path!r} mixes GRU and LSTM layers "
-                       f"{[lay.name for lay in rnns]}: not a GRUParams or LSTMParams stack")
+                       f"{[lay.name for lay in rnns]}: not a GRUParams or LSTMParams stack "
+                       "(convert it whole, without --rnn-only)")
     cls = GRUParams if kinds == {"gru"} else LSTMParams
     p = cls.from_keras(model)
     first, last = chain.index(rnns[0]), chain.index(rnns[-1])
@@ -170,25 +183,59 @@ def _keras_params(path):
     return Source(p, desc, unused)
 
 
-def load_source(path, prefix=None):
-    """The params in a params file, a torch state_dict file (.pt/.pth/.ckpt) or a Keras
-    model file (.keras/.h5), with what else the file held."""
-    from .params import load_params
+def _plain(m):
+    """A model that is its recurrent stack alone (what a params file holds)."""
+    from .params import RNNParams
+
+    return (not m.pre and not m.post and m.return_sequences and m.mask_value is None
+            and m.window is None and isinstance(m.rnn, RNNParams)
+            and not any(m.zero_output_for_mask))
+
+
+def _keras_source(path, rnn_only):
+    from .model import Model
+
+    model = _keras_model(path)
+    if rnn_only:
+        return _keras_params(path, model)
+    try:
+        m = Model.from_keras(model)
+    except ValueError as e:
+        raise CLIError(f"{path!r}: {e} (--rnn-only converts its recurrent layers alone)") from None
+    if _plain(m):
+        return _keras_params(path, model)
+    return Source(m, f"Keras model {model.name!r} ({len(m.rnn.layers)} recurrent layer(s), "
+                     f"{len(m.pre)} before, {len(m.post)} after)")
+
+
+def load_source(path, prefix=None, rnn_only=False):
+    """The params or model in a params/model file, a torch state_dict or checkpoint file
+    (.pt/.pth/.ckpt), a Keras model file (.keras/.h5) or a NeuralHydrology run directory,
+    with what else the file held that the result does not use."""
+    from .model import load_model
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CLIError(f"{path!r} does not exist")
     low = path.lower().rstrip("/")
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.yml")):
+        from .model import Model
+
+        return Source(Model.from_neuralhydrology(path), f"NeuralHydrology run {path}")
     if low.endswith(TORCH_EXTS):
         return _torch_params(path, prefix)
     if low.endswith(KERAS_EXTS):
-        return _keras_params(path)
+        return _keras_source(path, rnn_only)
     try:
-        return Source(load_params(path), "daskgru params file")
+        m = load_model(path)
     except Exception as e:  # noqa: BLE001
-        raise CLIError(f"cannot read {path!r} as a daskgru params file (.nc or .zarr; convert "
-                       f"torch .pt/.pth/.ckpt or Keras .keras/.h5 files with 'daskgru "
-                       f"convert'): {str(e).splitlines()[0]}") from None
+        raise CLIError(f"cannot read {path!r} as a daskgru params or model file (.nc or .zarr; "
+                       f"convert torch .pt/.pth/.ckpt or Keras .keras/.h5 files, or a "
+                       f"NeuralHydrology run directory, with 'daskgru convert'): "
+                       f"{str(e).splitlines()[0]}") from None
+    if _plain(m):
+        return Source(m.rnn, "daskgru params file")
+    return Source(m, "daskgru model file")
 
 
 def load_any_params(path, prefix=None):
@@ -198,20 +245,63 @@ def load_any_params(path, prefix=None):
 
 
 def convert_weights(weights, output, prefix=None, dtype=None, rnn_only=False):
-    """Convert a weights file to a params file; refuses (naming them) the tensors and
-    layers that the params would leave out, unless ``rnn_only``."""
-    src = load_source(weights, prefix)
+    """Convert a weights file to a params file, or a model file when the source is more than
+    its recurrent layers; refuses (naming them) the tensors and layers that would be left
+    out, unless ``rnn_only``."""
+    src = load_source(weights, prefix, rnn_only)
     if src.unused and not rnn_only:
         shown = ", ".join(src.unused[:12]) + (", ..." if len(src.unused) > 12 else "")
+        hint = ("; a torch head's activations are not in a state_dict: build the whole model "
+                "with daskgru.Model.from_torch(rnn, head=...) and save it"
+                if weights.lower().endswith(TORCH_EXTS) else "")
         raise CLIError(f"{weights} holds more than the recurrent layers: {shown} would be "
                        "left out. Running the params alone gives the RNN's hidden states, "
                        "not the model's output; pass --rnn-only to convert the recurrent "
-                       "layers anyway")
+                       f"layers anyway{hint}")
     p = src.params.astype(dtype) if dtype else src.params
     return p, src.description, p.save(output), src.unused
 
 
+def describe_model(m, source=None) -> str:
+    from . import layers as L
+
+    def step(lay):
+        if isinstance(lay, L.Dense):
+            act = lay.activation if isinstance(lay.activation, str) else "per-output"
+            return f"Dense {lay.w.shape[0]} -> {lay.w.shape[1]}, {act}"
+        if isinstance(lay, L.Scale):
+            return "un-scaling x * scale + center" if lay.invert else \
+                "scaling (x - center) / scale"
+        if isinstance(lay, L.LayerNorm):
+            return f"LayerNorm (eps {lay.eps:g})"
+        return f"Activation {lay.activation}"
+
+    lines = [] if source is None else [f"source:        {source}"]
+    lines += ["model:         daskgru Model",
+              f"input_size:    {m.input_size}" + (f" ({', '.join(m.inputs)})" if m.inputs else ""),
+              f"output_size:   {m.output_size}" + (f" ({', '.join(m.targets)})" if m.targets else ""),
+              f"sequence:      {'to sequence' if m.return_sequences else 'to one (last valid step)'}",
+              f"mask_value:    {m.mask_value}",
+              f"window:        {m.window if m.window else 'none (continuous)'}",
+              f"layout:        {'batch first (B, T, F)' if m.batch_first else '(T, B, F)'}",
+              f"dtype:         {m.dtype}"]
+    lines += [f"  before: {step(lay)}" for lay in m.pre]
+    for l, lay in enumerate(m.rnn.layers):
+        opts = "".join(f", {k}={v}" for k, v in lay.cell.options().items())
+        bi = f", bidirectional ({lay.merge})" if lay.num_directions == 2 else ""
+        lines.append(f"  layer {l}: {lay.cell.name.upper()} {lay.input_size} -> "
+                     f"{lay.hidden_size}{bi}{opts}")
+    lines += [f"  head:   {step(lay)}" for lay in m.post]
+    if m.description:
+        lines.append(f"from:          {m.description}")
+    return "\n".join(lines)
+
+
 def describe(p, source=None, unused=()) -> str:
+    from .model import Model
+
+    if isinstance(p, Model):
+        return describe_model(p, source)
     n = sum(a.size for layer in p.weights for w in layer for a in w)
     if not p.bias:
         n -= sum(w.b_ih.size + w.b_hh.size for layer in p.weights for w in layer)
@@ -258,6 +348,21 @@ def _cmd_demo(args):
          baseline=not args.no_baseline)
 
 
+def _window_arg(value):
+    if value in (None, "model"):
+        return "model"
+    if value == "none":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise CLIError(f"--window must be a number of steps, 'model' or 'none', got "
+                       f"{value!r}") from None
+    if n < 1:
+        raise CLIError(f"--window must be >= 1, got {n}")
+    return n
+
+
 def _cmd_run(args):
     from .run import run
 
@@ -273,7 +378,8 @@ def _cmd_run(args):
         res = run(args.input, args.params, args.output, time_dim=args.time_dim,
                   feature_dim=args.feature_dim, features=args.features,
                   variable=args.variable, chunks=args.chunks, method=args.method,
-                  skipna=args.skipna, overwrite=args.overwrite, progress=not args.no_progress)
+                  skipna=args.skipna, window=_window_arg(args.window), overwrite=args.overwrite,
+                  progress=not args.no_progress)
     finally:
         if client is not None:
             client.close()
@@ -351,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time chunk size (the unit of resumption), optionally batch chunks: "
                         "time=500,lat=8 (default: the input's time chunks, else 1000)")
     r.add_argument("--method", default="scan", help="time traversal method (scan)")
+    r.add_argument("--window", metavar="N|model|none", default="model",
+                   help="windowed inference: each step's prediction from a zero-state run over "
+                        "the N steps up to it (default 'model': the model's own window, e.g. a "
+                        "NeuralHydrology run's seq_length; 'none': one continuous run)")
     r.add_argument("--skipna", action="store_true",
                    help="a step with a NaN feature is missing: the state carries across it "
                         "and the output there is NaN")

@@ -206,8 +206,9 @@ def _clean(ds):
     return ds
 
 
-def _create_store(path, template, state_shape, state_dims, state_chunks, dtype, attrs):
-    """Write metadata and coords under a temporary name, then rename it to ``path``."""
+def _create_store(path, template, state, dtype, attrs):
+    """Write metadata and coords under a temporary name, then rename it to ``path``;
+    ``state``: (dims, shape, chunks) of the two state slots, or None."""
     import dask.array as da
     import xarray as xr
 
@@ -215,9 +216,10 @@ def _create_store(path, template, state_shape, state_dims, state_chunks, dtype, 
                        f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         ds = template.copy()
-        ds[STATE] = xr.Variable(("slot",) + state_dims,
-                                da.zeros((2,) + state_shape, dtype=dtype,
-                                         chunks=(1,) + state_chunks))
+        if state is not None:
+            dims, shape, chunks = state
+            ds[STATE] = xr.Variable(("slot",) + dims,
+                                    da.zeros((2,) + shape, dtype=dtype, chunks=(1,) + chunks))
         ds.attrs.update(attrs)
         ds.to_zarr(tmp, mode="w", compute=False, consolidated=False, zarr_format=2)
         os.replace(tmp, path)
@@ -229,8 +231,8 @@ def _create_store(path, template, state_shape, state_dims, state_chunks, dtype, 
 
 # ----------------------------------------------------------------------------- run
 def run(input, params, output, *, time_dim="time", feature_dim="feature", features=None,
-        variable=None, chunks=None, method="scan", skipna=False, overwrite=False,
-        progress=True, log=print) -> RunResult:
+        variable=None, chunks=None, method="scan", skipna=False, window="model",
+        overwrite=False, progress=True, log=print) -> RunResult:
     """Run a GRU or LSTM over a netCDF/zarr file into a zarr store, resumably (see the
     module doc).
 
@@ -239,8 +241,9 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     input : path
         netCDF file or zarr store with ``time_dim`` and either ``feature_dim`` (one data
         variable over both, or ``variable``) or data variables used as ``features``.
-    params : path, GRUParams or LSTMParams
-        A params file written by :meth:`GRUParams.save` (or the params themselves).
+    params : path, GRUParams, LSTMParams or Model
+        A params or model file (``daskgru convert``, ``save``), or the object itself. A
+        model's store holds ``prediction``; params' ``output`` and the final states.
     output : path
         The zarr store to write. An incomplete store from the same command is resumed;
         one from a different command is refused unless ``overwrite``.
@@ -249,6 +252,10 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
         chunk, else 1000), optionally with batch dims (``"time=N,lat=8"``).
     skipna : bool
         Steps with a NaN feature are missing (see :func:`daskgru.apply_rnn`).
+    window : int, None or "model"
+        Windowed inference as :func:`daskgru.apply_rnn` takes it (default: the model's own
+        window, e.g. a NeuralHydrology model's ``seq_length``). Each time chunk reads the
+        window - 1 steps before it; nothing is carried from chunk to chunk.
 
     Returns
     -------
@@ -257,20 +264,29 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     import dask
     import zarr
 
-    from .params import RNNParams, load_params
+    from .model import Model, load_model
+    from .params import RNNParams
     from .xarray import apply_rnn
 
     t_start = time.perf_counter()
     output = os.fspath(output).rstrip("/" + os.sep)
-    if isinstance(params, RNNParams):
+    if isinstance(params, (RNNParams, Model)):
         p = params
     else:
         if not os.path.exists(os.fspath(params)):
             raise RunError(f"params file {os.fspath(params)!r} does not exist")
         try:
-            p = load_params(params)
+            m = load_model(params)
         except Exception as e:  # noqa: BLE001
             raise RunError(f"cannot read params {os.fspath(params)!r}: {e}") from None
+        plain = (not m.pre and not m.post and m.return_sequences and m.mask_value is None
+                 and isinstance(m.rnn, RNNParams) and m.window is None)
+        p = m.rnn if plain else m
+    if isinstance(window, str):
+        if window != "model":
+            raise RunError(f"--window must be a number of steps, 'model' or 'none', got "
+                           f"{window!r}")
+        window = p.window if isinstance(p, Model) else None
     if isinstance(features, str):
         features = [f.strip() for f in features.split(",") if f.strip()]
     ds_in = open_input(input)
@@ -294,30 +310,40 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     # the layout of the store: the lazy result of the whole run, never computed.
     try:
         template = apply_rnn(obj, p, time_dim=time_dim, feature_dim=feature_dim,
-                             method=method, features=feats, skipna=skipna)
+                             method=method, features=feats, skipna=skipna, window=window)
     except (ValueError, TypeError) as e:
         raise RunError(str(e)) from None
-    L, D, H = p.num_layers, p.num_directions, p.hidden_size
-    out_da, fs_da = template["output"], template["final_state"]
-    batch_dims = [d for d in fs_da.dims if d not in ("layer", "direction", "hidden")]
+    rnn = p.rnn if isinstance(p, Model) else p
+    var = "prediction" if isinstance(p, Model) else "output"
+    out_da = template[var]
+    finals = [v for v in ("final_state", "final_cell") if v in template]
+    batch_dims = [d for d in obj.dims if d not in (time_dim, feature_dim)]
+    if feats is not None:  # a Dataset's variables are the features
+        batch_dims = [d for d in out_da.dims if d in obj.dims and d != time_dim]
     bchunks = {d: (obj.chunksizes[d][0] if d in obj.chunksizes else obj.sizes[d])
                for d in batch_dims}
-    out_chunks = {time_dim: N, **bchunks}
-    template["output"] = out_da.chunk(out_chunks)
-    finals = [v for v in ("final_state", "final_cell") if v in template]
+    timed = time_dim in out_da.dims
+    out_chunks = {**({time_dim: N} if timed else {}), **bchunks}
+    template[var] = out_da.chunk(out_chunks)
     for v in finals:
         template[v] = template[v].chunk({"layer": 1, "direction": 1, **bchunks})
     template = _clean(template)
     dtype = out_da.dtype
 
-    # Units of resumption: time chunks; a bidirectional GRU needs the whole series at once.
+    # Units of resumption: time chunks, carrying the states (params, and models whose
+    # stack is one GRUParams/LSTMParams) or reading the window before them (windowed
+    # runs). The whole series at once where neither works: a bidirectional stack (its
+    # reverse direction needs the end first), a sequence-to-one model, other stacks.
     edges = list(range(0, T, N)) + [T]
-    if D == 2:
+    whole = (not timed or (window is None and not finals)
+             or (window is None and any(lay.num_directions == 2 for lay in rnn.layers)))
+    if whole:
         edges = [0, T]
     units = len(edges) - 1
+    stateful = bool(finals) and window is None
     options = {"time_dim": time_dim, "feature_dim": feature_dim, "features": feats,
                "variable": variable, "chunks": chunk_req, "method": method, "units": edges,
-               "skipna": bool(skipna)}
+               "skipna": bool(skipna), "window": window}
     fp = fingerprint(input, obj, p, options)
 
     status = store_status(output)
@@ -339,13 +365,16 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
         log(f"{output} is already complete ({units} of {units} time chunks); nothing to do")
         return RunResult(output, units, units, True, time.perf_counter() - t_start)
     if status is None:
-        state_dims = ("part", "layer", "direction", *batch_dims, "hidden")
-        state_shape = (len(finals), L, D, *(obj.sizes[d] for d in batch_dims), H)
-        state_chunks = (1, 1, 1, *bchunks.values(), H)
+        state = None
+        if stateful:
+            L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
+            state = (("part", "layer", "direction", *batch_dims, "hidden"),
+                     (len(finals), L, D, *(obj.sizes[d] for d in batch_dims), H),
+                     (1, 1, 1, *bchunks.values(), H))
         attrs = {"daskgru_fingerprint": fp, "daskgru_units": units,
                  "daskgru_unit_edges": edges, "daskgru_completed_units": 0,
                  "daskgru_complete": 0, "daskgru_format": FORMAT_VERSION}
-        _create_store(output, template, state_shape, state_dims, state_chunks, dtype, attrs)
+        _create_store(output, template, state, dtype, attrs)
         done = 0
     else:
         done = int(status["completed_units"])
@@ -363,23 +392,34 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     try:
         for k in range(done, units):
             t0, t1 = edges[k], edges[k + 1]
-            start = {}
-            if k:
+            start, lo = {}, t0
+            if k and stateful:
                 slot = np.asarray(group[STATE][k % 2])
-                start = {("h0", "c0")[i]: slot[i].reshape(L * D, *fs_da.shape[2:-1], H)
+                start = {("h0", "c0")[i]: slot[i].reshape(rnn.num_layers * rnn.num_directions,
+                                                          *slot.shape[3:])
                          for i in range(len(finals))}
-            part = apply_rnn(obj.isel({time_dim: slice(t0, t1)}), p, time_dim=time_dim,
+            if window is not None:  # the steps before the chunk that its windows read
+                lo = max(0, t0 - window + 1)
+            part = apply_rnn(obj.isel({time_dim: slice(lo, t1)}), p, time_dim=time_dim,
                              feature_dim=feature_dim, method=method, features=feats,
-                             skipna=skipna, **start)
-            region = part[["output"]].drop_vars(no_time, errors="ignore")
-            region["output"] = region["output"].chunk(out_chunks)
-            region = _clean(region)
-            write = region.to_zarr(output, region={time_dim: slice(t0, t1)}, mode="r+",
-                                   compute=False, consolidated=False)
-            _, *ends = dask.compute(write, *[part[v].data for v in finals])
-            # Slot (k + 1) % 2 is not the one the counter points at: a kill while writing
-            # it leaves the previous boundary state intact.
-            group[STATE][(k + 1) % 2] = np.stack(ends).astype(dtype)
+                             skipna=skipna, window=window, **start)
+            if timed:
+                region = part[[var]].drop_vars(no_time, errors="ignore")
+                region = region.isel({time_dim: slice(t0 - lo, None)})
+                region[var] = region[var].chunk(out_chunks)
+                write = _clean(region).to_zarr(output, region={time_dim: slice(t0, t1)},
+                                               mode="r+", compute=False, consolidated=False)
+                _, *ends = dask.compute(write, *[part[v].data for v in finals])
+            else:  # a sequence-to-one prediction: one unit, written whole
+                pred, *ends = dask.compute(part[var].data, *[part[v].data for v in finals])
+                group[var][...] = np.asarray(pred, dtype=dtype)
+            if stateful:
+                # Slot (k + 1) % 2 is not the one the counter points at: a kill while
+                # writing it leaves the previous boundary state intact.
+                group[STATE][(k + 1) % 2] = np.stack(ends).astype(dtype)
+            elif ends:  # one unit: the final states directly
+                for v, e in zip(finals, ends):
+                    group[v][...] = np.asarray(e, dtype=dtype)
             group.attrs["daskgru_completed_units"] = k + 1
             if bar is not None:
                 bar.update(t1 - t0)

@@ -344,8 +344,16 @@ def test_convert_keras_model(tmp_path, capsys):
     g1, g2 = keras.layers.GRU(6, return_sequences=True), keras.layers.GRU(6)
     model = keras.Sequential([keras.Input((None, 3)), g1, g2, keras.layers.Dense(1)])
     model.save(tmp_path / "m.keras")
-    assert main(["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "p.nc")]) == 1
-    assert "(Dense) would be left out" in capsys.readouterr().err
+    # more than a stack of GRUs: written whole, as a model
+    assert main(["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.nc")]) == 0
+    whole = dg.load_model(tmp_path / "m.nc")
+    assert isinstance(whole, dg.Model) and whole.output_size == 1
+    xk = np.random.default_rng(1).normal(size=(2, 5, 3)).astype("float32")
+    np.testing.assert_allclose(whole(xk), np.asarray(model(xk)), rtol=2e-6, atol=2e-6)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "m.nc")]) == 0
+    assert "head:   Dense 6 -> 1, linear" in capsys.readouterr().out
+    # the recurrent layers alone, when asked for
     assert main(["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "p.nc"),
                  "--rnn-only"]) == 0
     p = dg.load_params(tmp_path / "p.nc")
@@ -358,7 +366,7 @@ def test_convert_keras_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(tmp_path / "m.keras")]) == 0  # info reads Keras files directly
     out = capsys.readouterr().out
-    assert "Keras model, GRU layers" in out and "not in these params: dense" in out
+    assert "Keras model 'sequential'" in out and "head:   Dense 6 -> 1" in out
 
 
 def test_convert_keras_refusals(tmp_path, capsys):
@@ -371,6 +379,9 @@ def test_convert_keras_refusals(tmp_path, capsys):
                               keras.layers.RepeatVector(2), keras.layers.GRU(4)])
     model.save(tmp_path / "gap.keras")
     assert main(["convert", str(tmp_path / "gap.keras"), "-o", str(tmp_path / "p.nc")]) == 1
+    assert "(RepeatVector) is not supported" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "gap.keras"), "-o", str(tmp_path / "p.nc"),
+                 "--rnn-only"]) == 1
     assert "return_sequences=False" in capsys.readouterr().err
     model.save_weights(tmp_path / "m.weights.h5")
     assert main(["convert", str(tmp_path / "m.weights.h5"), "-o", str(tmp_path / "p.nc")]) == 1

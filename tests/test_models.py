@@ -220,3 +220,81 @@ def test_models_save_and_load(tmp_path, rng, ext):
     p = dg.GRUParams.random(3, 4, seed=0)
     p.save(tmp_path / f"p.{ext}")
     assert dg.load_model(tmp_path / f"p.{ext}").rnn == p
+
+
+# ----------------------------------------------------------------------------- front ends
+def test_apply_rnn_with_a_model_statics_skipna_and_sequence_to_one(rng):
+    import xarray as xr
+
+    T = 40
+    ds = xr.Dataset({"rain": (("time", "site"), rng.gamma(1.0, 1.0, size=(T, 4))),
+                     "temp": (("time", "site"), rng.normal(size=(T, 4))),
+                     "elev": ("site", np.array([100.0, 300.0, 200.0, 50.0]))},
+                    coords={"site": ["a", "b", "c", "d"]}, attrs={"source": "test"})
+    ds["rain"][5:8, 1] = np.nan
+    torch.manual_seed(0)
+    gru, head = torch.nn.GRU(3, 6), torch.nn.Linear(6, 2)
+    m = dg.Model.from_torch(gru, head=head, inputs=["rain", "temp", "elev"],
+                            targets=["q", "et"])
+    out = dg.apply_rnn(ds.astype("float32"), m, skipna=True)
+    assert out.prediction.dims == ("time", "site", "target")
+    assert list(out.prediction.target.values) == ["q", "et"] and out.attrs["source"] == "test"
+    assert out.prediction.isel(site=1, time=slice(5, 8)).isnull().all()
+    assert out.prediction.isel(site=1, time=slice(8, None)).notnull().all()
+    # statics broadcast along time, features in the model's order
+    x = np.stack([ds.rain.fillna(0).values, ds.temp.values,
+                  np.broadcast_to(ds.elev.values, (T, 4))], axis=-1).astype("float32")
+    mask = ~np.isnan(ds.rain.values)
+    want = m(x, batch_first=False, mask=mask)
+    got = out.prediction.values
+    np.testing.assert_array_equal(got[mask], want[mask])
+    # sequence to one: (site, target)
+    last = dg.apply_rnn(ds.astype("float32").chunk(time=15), m._replace(return_sequences=False),
+                        skipna=True)
+    assert last.prediction.dims == ("site", "target")
+    np.testing.assert_allclose(last.prediction.values, want[-1], rtol=1e-6)
+    # continuation of a model whose stack is one GRU: bit for bit
+    a = dg.apply_rnn(ds.isel(time=slice(0, 17)).astype("float32"), m, window=None)
+    b = dg.apply_rnn(ds.isel(time=slice(17, None)).astype("float32"), m, h0=a.final_state)
+    whole = dg.apply_rnn(ds.astype("float32"), m)
+    np.testing.assert_array_equal(whole.prediction.values[17:], b.prediction.values)
+
+
+@pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3")
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
+@pytest.mark.parametrize("window", [None, 7])
+def test_command_runs_a_model_resumably(tmp_path, rng, window):
+    import xarray as xr
+
+    pytest.importorskip("zarr")
+    pytest.importorskip("h5netcdf")
+    from daskgru.cli import main
+
+    torch.manual_seed(0)
+    m = dg.Model.from_torch(torch.nn.LSTM(2, 5), head=torch.nn.Sequential(
+        torch.nn.Linear(5, 3), torch.nn.Softplus()), window=window)
+    m.save(tmp_path / "m.nc")
+    field = xr.DataArray(rng.normal(size=(60, 3, 2)).astype("float32"),
+                         dims=("time", "site", "feature"), name="x")
+    field.to_dataset().to_netcdf(tmp_path / "in.nc")
+    assert main(["run", str(tmp_path / "in.nc"), "--params", str(tmp_path / "m.nc"), "-o",
+                 str(tmp_path / "o.zarr"), "--chunks", "time=20", "--no-progress"]) == 0
+    got = xr.open_zarr(tmp_path / "o.zarr")
+    ref = dg.apply_rnn(field, m)
+    np.testing.assert_array_equal(got.prediction.values, ref.prediction.values)
+    assert got.attrs["daskgru_units"] == 3
+    if window:
+        assert np.isnan(got.prediction.values[:window - 1]).all()
+    else:
+        np.testing.assert_array_equal(got.final_cell.values, ref.final_cell.values)
+
+
+def test_regressor_model_runs_everywhere(rng, tmp_path):
+    X = rng.normal(size=(32, 20, 2))
+    y = X[:, :, 0] * 0.5
+    reg = dg.GRURegressor(hidden_size=4, max_epochs=2, random_state=0, dtype="float64").fit(X, y)
+    m = reg.model_
+    assert isinstance(m, dg.Model) and m.batch_first
+    np.testing.assert_array_equal(m(X)[..., 0], reg.predict(X))
+    m.save(tmp_path / "reg.nc")
+    np.testing.assert_array_equal(dg.load_model(tmp_path / "reg.nc")(X), m(X))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..cells import Weights
+from ..layers import Dense
+from ..model import Model
 from ..params import GRUParams
 from ..stack import float_dtype
 from .backward import backward_tape, forward_tape
@@ -166,6 +168,9 @@ class GRURegressor:
 
     Attributes
     ----------
+    model_ : daskgru.Model
+        The trained model, GRU and linear readout (batch first): it runs through every
+        front end (``apply_rnn``, ``daskgru run``) and saves with ``model_.save(path)``.
     params_ : GRUParams
         The trained GRU (``params_.to_torch_state_dict()`` loads into ``torch.nn.GRU``).
     coef_ : array (n_targets, hidden_size), or (hidden_size,) when y was (n, T)
@@ -371,6 +376,8 @@ class GRURegressor:
                 bar.close()
         self.params_ = _flat_to_params(best_flat[:-2], L, D, True, dt)
         self._coef, self._intercept = best_flat[-2], best_flat[-1]
+        self.model_ = Model(self.params_, post=[Dense(self._coef.T, self._intercept)],
+                            batch_first=True, description="daskgru.GRURegressor")
         self.coef_ = self._coef[0].copy() if self._y_1d else self._coef.copy()
         self.intercept_ = self._intercept[0].copy() if self._y_1d else self._intercept.copy()
         self.history_ = history
@@ -432,7 +439,7 @@ class GRURegressor:
         """Predictions (n, T, n_targets), or (n, T) when fitted on 2-D y; lazy for dask.
         With ``skipna``, NaN at the steps whose input is missing."""
         out = self._hidden(X)
-        pred = out @ self._coef.T + self._intercept
+        pred = self.model_.head(out)
         if self._y_1d:
             pred = pred[..., 0]
         return self._wrap(X, pred, None if self._y_1d else "target")
