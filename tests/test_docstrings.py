@@ -9,7 +9,8 @@ MODULES = ["daskgru.api", "daskgru.params", "daskgru.stack", "daskgru.convert", 
            "daskgru.kernels.jit", "daskgru.kernels.tiles", "daskgru.graph.builder",
            "daskgru.graph.options", "daskgru.graph.scan", "daskgru.graph.parallel_time",
            "daskgru.graph.backward", "daskgru.train.backward", "daskgru.train.regressor",
-           "daskgru.run", "daskgru.cli"]
+           "daskgru.run", "daskgru.cli", "daskgru.model", "daskgru.layers", "daskgru.importers",
+           "daskgru.neuralhydrology"]
 
 
 @pytest.mark.parametrize("name", MODULES)
