@@ -45,3 +45,32 @@ def test_rnn_model_historical_forecasts(cell):
     pred = dg.apply_rnn(xr.DataArray(x[0], dims=("time", "feature")), m).prediction.values[:, 0]
     got = pred[np.asarray(hf.time_index) - 1]
     np.testing.assert_allclose(got, hf.values()[:, 0], rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.slow
+def test_block_rnn_model_historical_forecasts():
+    """BlockRNNModel (darts >= 0.38): the RNN over input_chunk_length steps of the past
+    target, then its fully connected head on the last step: a sequence-to-one model."""
+    from darts import TimeSeries
+    from darts.models import BlockRNNModel
+
+    rng = np.random.default_rng(1)
+    y = np.cumsum(rng.normal(size=200)) * 0.1 + np.sin(np.arange(200) / 7)
+    target = TimeSeries.from_values(y.astype("float32"))
+    L = 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = BlockRNNModel(model="LSTM", input_chunk_length=L, output_chunk_length=1,
+                              hidden_dim=5, hidden_fc_sizes=[4], n_epochs=2, random_state=0,
+                              pl_trainer_kwargs={"enable_progress_bar": False, "logger": False,
+                                                 "enable_model_summary": False,
+                                                 "accelerator": "cpu"})
+        model.fit(target, verbose=False)
+        hf = model.historical_forecasts(target, forecast_horizon=1, retrain=False, start=50,
+                                        verbose=False)
+    m = dg.Model.from_torch(model.model.rnn, head=model.model.fc, return_sequences=False,
+                            window=L)
+    x = xr.DataArray(y[:-1, None].astype("float32"), dims=("time", "feature"))
+    pred = dg.apply_rnn(x, m).prediction.values[:, 0]   # pred[j]: rows j-L+1..j -> y[j+1]
+    got = pred[np.asarray(hf.time_index) - 1]
+    np.testing.assert_allclose(got, hf.values()[:, 0], rtol=2e-6, atol=2e-6)

@@ -298,3 +298,36 @@ def test_regressor_model_runs_everywhere(rng, tmp_path):
     np.testing.assert_array_equal(m(X)[..., 0], reg.predict(X))
     m.save(tmp_path / "reg.nc")
     np.testing.assert_array_equal(dg.load_model(tmp_path / "reg.nc")(X), m(X))
+
+
+def test_torch_net_as_its_users_save_it(tmp_path, rng):
+    """A Net with nn.GRU + nn.Linear saved as a state_dict: the GRU comes out of the net or
+    its state_dict (the prefix found); the command refuses to drop the head unless asked,
+    and TorchScript / torch.export files get what to do instead."""
+    from daskgru.cli import main
+
+    class GRUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(3, 16, batch_first=True)
+            self.head = torch.nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(self.gru(x)[0])
+
+    torch.manual_seed(0)
+    net = GRUNet().eval()
+    p = dg.GRUParams.from_torch(net)
+    assert p == dg.GRUParams.from_torch(net.state_dict()) == dg.GRUParams.from_torch(net.gru)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    assert main(["convert", str(tmp_path / "net.pt"), "-o", str(tmp_path / "p.nc")]) == 1
+    x = rng.normal(size=(2, 7, 3)).astype("float32")
+    m = dg.Model.from_torch(torch.load(tmp_path / "net.pt"), head=net.head, batch_first=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x), net(torch.from_numpy(x)).numpy(), **F32)
+    torch.jit.save(torch.jit.script(net), tmp_path / "scripted.pt")
+    assert main(["convert", str(tmp_path / "scripted.pt"), "-o", str(tmp_path / "q.nc")]) == 1
+    ep = torch.export.export(net, (torch.from_numpy(x),))
+    torch.export.save(ep, tmp_path / "exported.pt2")
+    assert main(["convert", str(tmp_path / "exported.pt2"), "-o", str(tmp_path / "q.nc")]) == 1
+    assert not (tmp_path / "q.nc").exists()

@@ -152,3 +152,24 @@ def test_refusals_name_the_option(tmp_path, change, match):
     shutil.rmtree(tmp_path)
     with pytest.raises(ValueError, match="not a NeuralHydrology run directory"):
         dg.Model.from_neuralhydrology(tmp_path)
+
+
+@pytest.mark.slow
+def test_command_converts_and_runs_a_run_directory(data_root, tmp_path, capsys):
+    from daskgru.cli import main
+
+    root, data = data_root
+    run_dir, results = train_and_evaluate(root, data, "gru", "output_activation: relu")
+    assert main(["convert", str(run_dir), "-o", str(tmp_path / "nh.nc")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "nh.nc")]) == 0
+    out = capsys.readouterr().out
+    assert "window:        30" in out and "tmean, prcp, area, elev" in out
+    ds = basin(data, "b2")
+    ds.to_netcdf(tmp_path / "b2.nc")
+    assert main(["run", str(tmp_path / "b2.nc"), "--params", str(tmp_path / "nh.nc"),
+                 "--time-dim", "date", "--features", "tmean,prcp,area,elev", "-o",
+                 str(tmp_path / "o.zarr"), "--chunks", "date=100", "--no-progress"]) == 0
+    got = xr.open_zarr(tmp_path / "o.zarr").prediction.isel(target=0)
+    sim = results["b2"]["1D"]["xr"]["qobs_sim"][:, 0]
+    np.testing.assert_allclose(got.sel(date=sim.date).values, sim.values, rtol=2e-6, atol=2e-6)
