@@ -3,51 +3,17 @@ one path every front end takes: validate before any work, bring the input to the
 canonical (T, B, I) layout, and hand it to the eager path (NumPy) or the graph (dask)."""
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
+from .layout import (Call, _array_like, as_mask, canonical, check_lengths, compute_dtype,
+                     is_dask, uncanonical, writable, zero_flags)
 from .params import GRUParams, LSTMParams
-from .stack import Stack
 
 __all__ = ["gru", "lstm", "run", "Call", "validate", "METHODS"]
 
 METHODS = ("scan", "speculative", "newton")
 # Options each method takes (besides return_info); see daskgru.graph.parallel_time.
 METHOD_OPTIONS = {"scan": (), "speculative": ("warmup", "tol"), "newton": ("tol",)}
-
-
-class Call(NamedTuple):
-    """A validated call: what every path needs besides the arrays."""
-
-    stack: Stack        # cast to the compute dtype
-    T: int
-    B: int
-    I: int
-    dtype: np.dtype
-    unbatched: bool
-    batch_first: bool
-    zero_masked: tuple  # one flag per layer
-
-
-def is_dask(a) -> bool:
-    """Whether ``a`` is a dask collection (without importing dask)."""
-    return hasattr(a, "__dask_graph__") and a.__dask_graph__() is not None
-
-
-def compute_dtype(dtype, name="x"):
-    """float32 and float64 are kept; float16 computes in float32; anything else is refused."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:  # e.g. a torch tensor: refuse by name rather than with NumPy's message
-        raise TypeError(
-            f"{name} must be a NumPy or dask array of real floating-point numbers, got dtype "
-            f"{dtype!r} (convert tensors with .numpy())"
-        ) from None
-    if dt.kind == "f":
-        return np.dtype(np.float32) if dt.itemsize < 4 else (
-            dt if dt.itemsize <= 8 else np.dtype(np.float64))
-    raise TypeError(f"{name} must hold real floating-point numbers, got dtype {dt}")
 
 
 def validate_method_options(method, *, warmup=None, tol=None, return_info=False):
@@ -73,35 +39,10 @@ def validate_method_options(method, *, warmup=None, tol=None, return_info=False)
         raise TypeError(f"return_info must be a bool, got {type(return_info).__name__}")
 
 
-def check_lengths(lengths, T):
-    """Values of lengths must lie in 0..T (called in-task for dask lengths)."""
-    lengths = np.asarray(lengths)
-    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-        bad = lengths[(lengths < 0) | (lengths > T)]
-        raise ValueError(f"lengths must lie in 0..{T} (the number of steps), got {bad[:5].tolist()}")
-    return np.ascontiguousarray(lengths, dtype=np.int64).reshape(-1)
-
-
-def as_mask(m):
-    """A (T, B) mask as contiguous uint8 0/1 (any nonzero counts as valid)."""
-    m = np.asarray(m)
-    return np.ascontiguousarray(m if m.dtype == np.uint8 and m.max(initial=0) <= 1
-                                else m != 0, dtype=np.uint8)
-
-
-def _array_like(a, name):
-    """``a`` itself if it has a shape and a NumPy dtype (NumPy, dask), else as NumPy."""
-    if getattr(a, "shape", None) is None or not isinstance(getattr(a, "dtype", None), np.dtype):
-        a = np.asarray(a)  # lists, and tensors
-    return a
-
-
-def validate(x, stack, *, lengths=None, mask=None, batch_first=False, method="scan",
+def validate(x, stack, *, lengths=None, mask=None, batch_first=False,
              zero_output_for_mask=False, input_size=None) -> Call:
     """Check shapes, dtypes and options before any work; works on NumPy and dask arrays
     alike (only shapes and dtypes are read, never values of dask arrays)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     shape = getattr(x, "shape", None)
     if shape is None:
         raise TypeError(f"x must be an array, got {type(x).__name__}")
@@ -118,6 +59,9 @@ def validate(x, stack, *, lengths=None, mask=None, batch_first=False, method="sc
         raise ValueError(
             f"x must be 3-D ({'B, T, I' if batch_first else 'T, B, I'}) or 2-D (T, I), "
             f"got shape {tuple(shape)}")
+    if B == 0:
+        raise ValueError(f"x holds no sequences (its batch axis has size 0, shape "
+                         f"{tuple(shape)})")
     want = stack.input_size if input_size is None else input_size
     if I != want:
         what = "p.input_size" if input_size is None else "the model's input size"
@@ -141,22 +85,17 @@ def validate(x, stack, *, lengths=None, mask=None, batch_first=False, method="sc
         if np.dtype(mask.dtype).kind not in "biu":
             raise TypeError(f"mask must be boolean (True where a step is valid), got dtype "
                             f"{mask.dtype}")
-    zm = zero_output_for_mask
-    zm = (tuple(bool(z) for z in zm) if isinstance(zm, (list, tuple))
-          else (bool(zm),) * stack.num_layers)
-    if len(zm) != stack.num_layers:
-        raise ValueError(f"zero_output_for_mask needs one flag per layer ({stack.num_layers}), "
-                         f"got {len(zm)}")
     return Call(stack.astype(dtype), int(T), int(B), int(I), dtype, unbatched,
-                bool(batch_first), zm)
+                bool(batch_first), zero_flags(zero_output_for_mask, stack.num_layers))
 
 
-def check_state(a, name, call, sizes):
-    """A start-state argument of torch's shape (L*D, B, H) or (L*D, H) unbatched, whose
-    per-layer widths are ``sizes``; returns it as given (checked), or None."""
+def check_state(a, name, call, H, LD=None):
+    """A start-state argument of torch's shape (L*D, B, H) ((L*D, H) unbatched); returns it
+    as given (checked), or None."""
     if a is None:
         return None
-    LD, H = len(sizes), sizes[0]
+    p = call.stack
+    LD = sum(lay.num_directions for lay in p.layers) if LD is None else LD
     hs = getattr(a, "shape", None)
     want = (LD, H) if call.unbatched else (LD, call.B, H)
     if hs is None or tuple(hs) != want:
@@ -165,24 +104,6 @@ def check_state(a, name, call, sizes):
             f"{name} must have shape {want} (num_layers * num_directions"
             f"{'' if call.unbatched else ', batch'}, hidden_size), got {got}")
     compute_dtype(a.dtype, name)
-    return a
-
-
-def canonical(a, call):
-    """An x-like array (NumPy or dask) in the (T, B, ...) layout."""
-    if call.unbatched:
-        return a[:, None]
-    if call.batch_first:
-        return a.transpose(1, 0, *range(2, a.ndim))
-    return a
-
-
-def uncanonical(a, call):
-    """Back from (T, B, ...) to the caller's layout."""
-    if call.unbatched:
-        return a[:, 0]
-    if call.batch_first:
-        return a.transpose(1, 0, *range(2, a.ndim))
     return a
 
 
@@ -202,6 +123,7 @@ def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", w
     if method != "scan" or lazy:
         from .graph import parallel_time, scan
 
+        model = None if model is None else model.astype(call.dtype)
         if method == "scan":
             out, finals, info = scan.build(x, call, states, lengths, mask, model)
         elif lazy:
@@ -222,7 +144,7 @@ def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", w
         if mask is not None:
             mask = as_mask(canonical(np.asarray(mask), call))
         out, finals = run_stack(xc, call.stack, states, lengths, mask, call.zero_masked,
-                                None if model is None else model.prepare())
+                                None if model is None else model.astype(dt).prepare())
         out = uncanonical(out, call)
         info = dict(method="scan", sweeps=0, chunks=None, chunks_recomputed=0,
                     max_mismatch=0.0)
@@ -241,18 +163,16 @@ def _stack_finals(finals):
 
 
 def _per_layer_states(h, c, call):
-    """torch's (L*D, B, H) start states (and c for an LSTM) as one (B, S) array per layer
-    and direction."""
+    """torch's (L*D, B, H) start states — h, and c for a cell whose state is (h, c) — as one
+    (B, S) array per layer and direction."""
     if h is None and c is None:
         return None
     p = call.stack
-    LD, B = p.num_layers * p.num_directions, call.B
-    shape = (LD, p.hidden_size) if call.unbatched else (LD, B, p.hidden_size)
-    parts = []
-    for a in (h, c)[: 1 if c is None and isinstance(p, GRUParams) else 2]:
-        if a is None:
-            a = np.zeros(shape, call.dtype)
-        parts.append(a)
+    LD, B, H = p.num_layers * p.num_directions, call.B, p.hidden_size
+    shape = (LD, H) if call.unbatched else (LD, B, H)
+    parts = [h if h is not None else np.zeros(shape, call.dtype)]
+    if p.cell.state_size(H) == 2 * H:  # the state is [h, c]
+        parts.append(c if c is not None else np.zeros(shape, call.dtype))
     if len(parts) == 1:
         return [parts[0][i] for i in range(LD)]
     if any(is_dask(a) for a in parts):
@@ -264,10 +184,13 @@ def _per_layer_states(h, c, call):
 
 
 def split_hx(hx):
-    """(h0, c0) of an LSTM's ``hx`` argument (None: both None)."""
+    """(h0, c0) of an LSTM's ``hx`` argument (None: both None; as torch, both or none)."""
     if hx is None:
         return None, None
     if isinstance(hx, (tuple, list)) and len(hx) == 2:
+        if (hx[0] is None) != (hx[1] is None):
+            raise ValueError("hx must give both h0 and c0 (an LSTM's state is the pair), or be "
+                             "None for zero states")
         return tuple(hx)
     raise TypeError(f"hx must be a pair (h0, c0) or None, got {type(hx).__name__}")
 
@@ -341,9 +264,9 @@ def gru(x, p, *, h0=None, lengths=None, mask=None, zero_output_for_mask=False,
     validate_method_options(method, warmup=warmup, tol=tol, return_info=return_info)
     if not isinstance(p, GRUParams):
         raise TypeError(f"p must be a GRUParams, got {type(p).__name__}")
-    call = validate(x, p, lengths=lengths, mask=mask, batch_first=batch_first, method=method,
+    call = validate(x, p, lengths=lengths, mask=mask, batch_first=batch_first,
                     zero_output_for_mask=zero_output_for_mask)
-    check_state(h0, "h0", call, call.stack.state_sizes)
+    check_state(h0, "h0", call, p.hidden_size)
     out, finals, info = run(x, call, _per_layer_states(h0, None, call), lengths, mask,
                             method=method, warmup=warmup, tol=tol)
     h_n = _stack_finals(finals)
@@ -361,7 +284,7 @@ def lstm(x, p, hx=None, *, lengths=None, mask=None, zero_output_for_mask=False,
     p : LSTMParams
     hx : (h0, c0), optional
         Start states, each (num_layers * num_directions, B, H) ((num_layers *
-        num_directions, H) unbatched); zeros by default, also for a None member.
+        num_directions, H) unbatched), both given (as torch takes them); zeros by default.
     lengths, mask, zero_output_for_mask, batch_first, method, warmup, tol, return_info
         As for :func:`daskgru.gru`; at masked steps both h and c are kept.
 
@@ -382,15 +305,12 @@ def lstm(x, p, hx=None, *, lengths=None, mask=None, zero_output_for_mask=False,
     validate_method_options(method, warmup=warmup, tol=tol, return_info=return_info)
     if not isinstance(p, LSTMParams):
         raise TypeError(f"p must be an LSTMParams, got {type(p).__name__}")
-    call = validate(x, p, lengths=lengths, mask=mask, batch_first=batch_first, method=method,
+    call = validate(x, p, lengths=lengths, mask=mask, batch_first=batch_first,
                     zero_output_for_mask=zero_output_for_mask)
     h0, c0 = split_hx(hx)
-    sizes = [p.hidden_size] * (p.num_layers * p.num_directions)
-    check_state(h0, "h0", call, sizes)
-    check_state(c0, "c0", call, sizes)
+    check_state(h0, "h0", call, p.hidden_size)
+    check_state(c0, "c0", call, p.hidden_size)
     out, finals, info = run(x, call, _per_layer_states(h0, c0, call), lengths, mask,
                             method=method, warmup=warmup, tol=tol)
-    hc = _stack_finals(finals)
-    H = p.hidden_size
-    res = (out, (hc[..., :H], hc[..., H:]))
+    res = (out, p.cell.split_state(_stack_finals(finals), p.hidden_size))
     return (*res, info) if return_info else res

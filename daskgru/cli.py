@@ -9,8 +9,7 @@ import argparse
 import os
 import sys
 
-__all__ = ["main", "build_parser", "convert_weights", "load_source", "load_any_params",
-           "describe"]
+__all__ = ["main", "build_parser", "convert_weights", "load_source", "describe"]
 
 TORCH_EXTS = (".pt", ".pth", ".ckpt", ".pt2")
 KERAS_EXTS = (".keras", ".h5", ".hdf5")
@@ -31,18 +30,17 @@ class Source:
 
 def _torch_kind(sd, pre):
     """GRUParams or LSTMParams, from the row count of the recurrent weight under ``pre``."""
-    from .params import GRUParams, LSTMParams
+    from .params import MODELS
 
     for tail in ("weight_hh_l0", "weight_hh", "weight_hh_l0_v"):
         w = sd.get(pre + tail)
         if w is not None and len(getattr(w, "shape", ())) == 2:
             rows, H = w.shape
-            if rows == 3 * H:
-                return GRUParams
-            if rows == 4 * H:
-                return LSTMParams
-            raise CLIError(f"{pre + tail} has shape {tuple(w.shape)}: neither a GRU (3H, H) nor "
-                           f"an LSTM (4H, H)")
+            kinds = {P.cell_class.gates * H: P for P in MODELS.values()}
+            if rows in kinds:
+                return kinds[rows]
+            raise CLIError(f"{pre + tail} has shape {tuple(w.shape)}: not the recurrent weight "
+                           f"of a {' or '.join(MODELS)} ({' or '.join(f'({g}H, H)' for g in sorted(P.cell_class.gates for P in MODELS.values()))})")
     raise CLIError(f"no recurrent weight (weight_hh_l0) under {pre or 'the top level'!r}")
 
 
@@ -122,29 +120,13 @@ def _is_bookkeeping(key):
     return str(key).endswith("num_batches_tracked")
 
 
-def _ensure_keras_backend():
-    """Keras 3 defaults to TensorFlow; pick an installed backend if none was chosen."""
-    if os.environ.get("KERAS_BACKEND"):
-        return
-    import importlib.util
-
-    for mod, name in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
-        if importlib.util.find_spec(mod) is not None:
-            os.environ["KERAS_BACKEND"] = name
-            return
-    os.environ["KERAS_BACKEND"] = "numpy"
-
-
-# Layers that compute nothing at inference: not a part a conversion could lose.
-_INERT = ("InputLayer", "Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise",
-          "AlphaDropout")
-
-
 def _keras_model(path):
     if path.endswith(".weights.h5"):
         raise CLIError(f"{path!r} holds weights only, without the model; save the whole model "
                        f"with model.save('model.keras') and convert that")
-    _ensure_keras_backend()
+    from .importers import ensure_keras_backend
+
+    ensure_keras_backend()
     try:
         import keras
     except ImportError as e:
@@ -158,6 +140,7 @@ def _keras_model(path):
 def _keras_params(path, model):
     """The recurrent layers of a Keras model as params (--rnn-only), listing the rest."""
     from . import convert
+    from .importers import KERAS_INERT
     from .params import GRUParams, LSTMParams
 
     chain = convert.keras_chain(model)
@@ -173,23 +156,14 @@ def _keras_params(path, model):
     p = cls.from_keras(model)
     first, last = chain.index(rnns[0]), chain.index(rnns[-1])
     unused = [f"{lay.name} ({type(lay).__name__})" for lay in chain
-              if lay not in rnns and type(lay).__name__ not in _INERT]
+              if lay not in rnns and type(lay).__name__ not in KERAS_INERT]
     between = [f"{lay.name} ({type(lay).__name__})" for lay in chain[first:last]
-               if lay not in rnns and type(lay).__name__ not in _INERT]
+               if lay not in rnns and type(lay).__name__ not in KERAS_INERT]
     if between:
         raise CLIError(f"the Keras model in {path!r} has layers between its recurrent layers "
                        f"({', '.join(between)}): the recurrent layers are not one stack")
     desc = f"Keras model, {cls.model} layers " + ", ".join(lay.name for lay in rnns)
     return Source(p, desc, unused)
-
-
-def _plain(m):
-    """A model that is its recurrent stack alone (what a params file holds)."""
-    from .params import RNNParams
-
-    return (not m.pre and not m.post and m.return_sequences and m.mask_value is None
-            and m.window is None and isinstance(m.rnn, RNNParams)
-            and not any(m.zero_output_for_mask))
 
 
 def _keras_source(path, rnn_only):
@@ -202,7 +176,7 @@ def _keras_source(path, rnn_only):
         m = Model.from_keras(model)
     except ValueError as e:
         raise CLIError(f"{path!r}: {e} (--rnn-only converts its recurrent layers alone)") from None
-    if _plain(m):
+    if m.rnn_only:
         return _keras_params(path, model)
     return Source(m, f"Keras model {model.name!r} ({len(m.rnn.layers)} recurrent layer(s), "
                      f"{len(m.pre)} before, {len(m.post)} after)")
@@ -229,19 +203,13 @@ def load_source(path, prefix=None, rnn_only=False):
     try:
         m = load_model(path)
     except Exception as e:  # noqa: BLE001
-        raise CLIError(f"cannot read {path!r} as a daskgru params or model file (.nc or .zarr; "
-                       f"convert torch .pt/.pth/.ckpt or Keras .keras/.h5 files, or a "
-                       f"NeuralHydrology run directory, with 'daskgru convert'): "
-                       f"{str(e).splitlines()[0]}") from None
-    if _plain(m):
+        from .run import unreadable
+
+        raise CLIError(unreadable(path, e) + " (convert torch .pt/.pth/.ckpt or Keras .keras/.h5 "
+                       "files, or a NeuralHydrology run directory, with 'daskgru convert')") from None
+    if m.rnn_only:
         return Source(m.rnn, "daskgru params file")
     return Source(m, "daskgru model file")
-
-
-def load_any_params(path, prefix=None):
-    """Params and a description of their source (see :func:`load_source`)."""
-    src = load_source(path, prefix)
-    return src.params, src.description
 
 
 def convert_weights(weights, output, prefix=None, dtype=None, rnn_only=False):
@@ -260,6 +228,12 @@ def convert_weights(weights, output, prefix=None, dtype=None, rnn_only=False):
                        f"layers anyway{hint}")
     p = src.params.astype(dtype) if dtype else src.params
     return p, src.description, p.save(output), src.unused
+
+
+VARIANT_NOTES = {
+    ("reset_after", True): " (torch / cuDNN / Keras default: r multiplies W_hn h + b_hn)",
+    ("reset_after", False): " (Cho et al. v3 / Keras reset_after=False: r multiplies h)",
+}
 
 
 def describe_model(m, source=None) -> str:
@@ -314,11 +288,8 @@ def describe(p, source=None, unused=()) -> str:
         f"directions:    {p.num_directions}",
         f"output_size:   {p.output_size}",
     ]
-    if p.model == "GRU":
-        lines.append("variant:       " + (
-            "reset_after=True (torch / cuDNN / Keras default: r multiplies W_hn h + b_hn)"
-            if p.reset_after else
-            "reset_after=False (Cho et al. v3 / Keras reset_after=False: r multiplies h)"))
+    for k, v in p.cell.options().items():
+        lines.append(f"{'variant:':15}{k}={v}{VARIANT_NOTES.get((k, v), '')}")
     lines += [
         f"bias:          {p.bias}",
         f"dtype:         {p.dtype}",
@@ -433,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a GRU or LSTM over a netCDF/zarr file into zarr, "
                                    "resumably",
-                       description="Run the GRU or LSTM in PARAMS over INPUT (netCDF or zarr) "
-                                   "and write a zarr store with 'output' and 'final_state' (and "
-                                   "'final_cell' for an LSTM). Time chunks are "
+                       description="Run the GRU, LSTM or model in PARAMS over INPUT (netCDF or "
+                                   "zarr) and write a zarr store: for params 'output' and "
+                                   "'final_state' (and 'final_cell' for an LSTM), for a model "
+                                   "its 'prediction'. Time chunks are "
                                    "written one by one with their boundary states: if the run is "
                                    "killed, the same command continues from the last completed "
                                    "chunk and gives the same bits. The store's attribute "
@@ -444,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "beginning.)")
     r.add_argument("input", metavar="INPUT", help="netCDF file or zarr store")
     r.add_argument("--params", required=True, metavar="P",
-                   help="params file (from 'daskgru convert', GRUParams.save or "
-                        "LSTMParams.save)")
+                   help="params or model file (from 'daskgru convert', or the save method of "
+                        "GRUParams, LSTMParams, Model)")
     r.add_argument("--output", "-o", required=True, metavar="OUT", help="zarr store to write")
     r.add_argument("--time-dim", default="time", help="name of the time dim (time)")
     r.add_argument("--feature-dim", default="feature", help="name of the feature dim (feature)")
@@ -470,10 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("convert", help="torch state_dict or Keras model -> daskgru params file",
+    c = sub.add_parser("convert", help="torch, Keras or NeuralHydrology model -> daskgru "
+                                       "params or model file",
                        description="Convert a torch state_dict or checkpoint file (.pt/.pth/"
-                                   ".ckpt, needs torch) or a Keras model file (.keras/.h5, needs "
-                                   "keras; its GRU or LSTM layers are taken as a stack) into a "
+                                   ".ckpt, needs torch), a Keras model file (.keras/.h5, needs "
+                                   "keras; written whole, as a model, when it has more than "
+                                   "recurrent layers) or a NeuralHydrology run directory into a "
                                    "params file (.nc, or .zarr). A file that holds more than the "
                                    "recurrent layers (a head, a normalisation) is refused, "
                                    "naming what would be left out, unless --rnn-only is given.")
@@ -486,9 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert the recurrent layers even though the file holds more")
     c.set_defaults(func=_cmd_convert)
 
-    i = sub.add_parser("info", help="describe a params file (or a torch/Keras weights file)",
-                       description="Print sizes, layers, variant, dtype and parameter count.")
-    i.add_argument("params", metavar="P", help="params file, or .pt/.pth/.keras/.h5 file")
+    i = sub.add_parser("info", help="describe a params or model file (or a torch/Keras/"
+                                    "NeuralHydrology model)",
+                       description="Print sizes, layers, variant, dtype and parameter count "
+                                   "(for a model: its layers, window, inputs and targets).")
+    i.add_argument("params", metavar="P", help="params or model file, a .pt/.pth/.keras/.h5 "
+                                               "file, or a NeuralHydrology run directory")
     i.add_argument("--prefix", help="state_dict prefix of the RNN in a torch file")
     i.set_defaults(func=_cmd_info)
     return ap

@@ -227,33 +227,50 @@ def keras_layers_of(model):
             yield layer
 
 
+def _keras_sources(obj):
+    """Names of the layers whose outputs a serialized Keras call reads (``keras_history``)."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            return [obj["config"]["keras_history"][0]]
+        return [n for v in obj.values() for n in _keras_sources(v)]
+    if isinstance(obj, (list, tuple)):
+        return [n for v in obj for n in _keras_sources(v)]
+    return []
+
+
 def keras_chain(model):
     """The layers of a Keras model that is one chain — a single input, every layer fed by
-    the layer before it alone (mask computations aside) — in order, inputs left out. A model
-    that branches or merges is refused with the name of the layer where it does: stacking
-    parallel branches would make a model that does not exist."""
+    the layer before it alone — in order, inputs left out. A model that branches or merges
+    is refused with the name of the layer where it does: stacking parallel branches would
+    make a model that does not exist. Read from the model's config (the serialized graph)."""
     if not hasattr(model, "layers"):
         raise TypeError(f"expected a Keras model, got {type(model).__name__}")
     layers = list(keras_layers_of(model))
+    by_name = {lay.name: lay for lay in layers}
     if type(model).__name__ == "Sequential" and not any(
             hasattr(lay, "layers") and not hasattr(lay, "forward_layer") for lay in model.layers):
         return [lay for lay in layers if type(lay).__name__ != "InputLayer"]
-    outputs = getattr(model, "outputs", None) or []
-    if len(outputs) > 1 or len(getattr(model, "inputs", None) or []) > 1:
-        raise ValueError(f"the Keras model has {len(model.inputs)} inputs and {len(outputs)} "
-                         "outputs; daskgru runs models with one of each")
-    known = {id(lay) for lay in layers}
+    cfg = model.get_config()
+    inputs, outputs = cfg.get("input_layers", []), cfg.get("output_layers", [])
+    n_in = len(inputs) if inputs and isinstance(inputs[0], list) else (1 if inputs else 0)
+    n_out = len(outputs) if outputs and isinstance(outputs[0], list) else (1 if outputs else 0)
+    if n_in > 1 or n_out > 1:
+        raise ValueError(f"the Keras model has {n_in} inputs and {n_out} outputs; daskgru "
+                         "runs models with one of each")
     chain = []
-    for lay in layers:
-        nodes = getattr(lay, "_inbound_nodes", [])
-        parents = [p.operation for n in nodes for p in n.parent_nodes if id(p.operation) in known]
-        if type(lay).__name__ == "InputLayer":
+    for entry in cfg.get("layers", []):
+        name, kind = entry.get("name"), entry.get("class_name")
+        nodes = entry.get("inbound_nodes", [])
+        sources = [n for node in nodes for n in _keras_sources(node)]
+        if kind == "InputLayer":
             if chain:
-                raise ValueError("the Keras model has several inputs; daskgru runs models with one")
-        elif chain and (len(nodes) != 1 or [id(p) for p in parents] != [id(chain[-1])]):
+                raise ValueError("the Keras model has several inputs; daskgru runs models "
+                                 "with one")
+        elif chain and (len(nodes) != 1 or sources != [chain[-1]]):
             raise ValueError(
-                f"the Keras model is not a chain of layers: layer {lay.name!r} takes its input "
-                f"from {[p.name for p in parents]} rather than from {chain[-1].name!r} alone "
-                "(branches and merges are not supported)")
-        chain.append(lay)
-    return [lay for lay in chain if type(lay).__name__ != "InputLayer"]
+                f"the Keras model is not a chain of layers: layer {name!r} takes its input "
+                f"from {sources} rather than from {chain[-1]!r} alone (branches and merges "
+                "are not supported)")
+        chain.append(name)
+    return [by_name[n] for n in chain if type(by_name.get(n)).__name__ != "InputLayer"
+            and n in by_name]

@@ -34,7 +34,11 @@ def get_num_threads() -> int:
     """Threads of the eager path: ``DASKGRU_NUM_THREADS``, else the CPUs this process may use."""
     env = os.environ.get("DASKGRU_NUM_THREADS")
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"DASKGRU_NUM_THREADS must be a number of threads, got "
+                             f"{env!r}") from None
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -138,7 +142,7 @@ def run_stack(x, stack, states, lengths, mask, zero_masked, ps=None):
     layer])."""
     T, B, I = x.shape
     dt = stack.dtype
-    x = np.ascontiguousarray(x, dtype=dt)
+    x = np.require(x, dt, ["C", "W"])
     ps = stack.prepare() if ps is None else ps
     work = T * sum(lay.hidden_size * (lay.hidden_size + lay.input_size) * lay.num_directions
                    for lay in stack.layers)

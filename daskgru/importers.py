@@ -73,6 +73,20 @@ def _keras_step_layer(layer):
         mean, var = _np(layer.mean).reshape(-1), _np(layer.variance).reshape(-1)
         scale = np.maximum(np.sqrt(var), keras.config.epsilon())
         return [(L.Scale.unscale if layer.invert else L.Scale.normalize)(mean, scale)]
+    if kind == "Rescaling":  # x * scale + offset
+        cfg = layer.get_config()
+        return [L.Scale.unscale(np.asarray(cfg.get("offset", 0.0), np.float64),
+                                np.asarray(cfg.get("scale", 1.0), np.float64))]
+    if kind == "BatchNormalization":  # at inference: the moving statistics
+        cfg = layer.get_config()
+        if cfg.get("axis", -1) not in (-1, 2, [-1], [2]):
+            raise ValueError(f"Keras layer {name!r}: BatchNormalization over axis "
+                             f"{cfg.get('axis')} is not supported (only the feature axis, -1)")
+        w = {v.path.split("/")[-1]: _np(v) for v in layer.weights}
+        n = w["moving_mean"].shape[-1]
+        gamma, beta = w.get("gamma", np.ones(n)), w.get("beta", np.zeros(n))
+        return [L.Scale.normalize(w["moving_mean"], np.sqrt(w["moving_variance"] + cfg["epsilon"])),
+                L.Dense(np.diag(gamma), beta)]
     if kind == "LayerNormalization":
         cfg = layer.get_config()
         axis = cfg.get("axis", -1)
@@ -87,7 +101,8 @@ def _keras_step_layer(layer):
         return [L.LayerNorm(gamma, beta, float(cfg["epsilon"]))]
     raise ValueError(f"Keras layer {name!r} ({kind}) is not supported by daskgru.Model "
                      "(per-step layers: Dense, TimeDistributed(Dense), Activation, "
-                     "Normalization, LayerNormalization, Dropout, Masking)")
+                     "Normalization, Rescaling, BatchNormalization, LayerNormalization, "
+                     "Dropout, Masking)")
 
 
 def _keras_rnn_layer(layer):
@@ -128,10 +143,32 @@ def _keras_rnn_layer(layer):
             bool(layer.return_sequences))
 
 
+def ensure_keras_backend():
+    """Keras 3 defaults to TensorFlow; pick an installed backend if none was chosen."""
+    import importlib.util
+    import os
+
+    if os.environ.get("KERAS_BACKEND"):
+        return
+    for mod in ("tensorflow", "jax", "torch"):
+        if importlib.util.find_spec(mod) is not None:
+            os.environ["KERAS_BACKEND"] = mod
+            return
+    os.environ["KERAS_BACKEND"] = "numpy"
+
+
 def from_keras(model):
-    """A :class:`daskgru.Model` from a Keras model (see :meth:`daskgru.Model.from_keras`)."""
+    """A :class:`daskgru.Model` from a Keras model or a saved one's path (see
+    :meth:`daskgru.Model.from_keras`)."""
+    import os
+
     from .model import Model
 
+    if isinstance(model, (str, os.PathLike)):
+        ensure_keras_backend()
+        import keras
+
+        model = keras.saving.load_model(os.fspath(model), compile=False)
     chain = convert.keras_chain(model)
     pre, post, rnn, flags = [], [], [], []
     mask_value, seq = None, True
@@ -162,10 +199,11 @@ def from_keras(model):
     uniform = (len(kinds) == 1 and len({lay.hidden_size for lay in rnn}) == 1
                and len({len(lay.weights) for lay in rnn}) == 1
                and all(lay.merge == "concat" for lay in rnn))
-    if uniform:
-        P = GRUParams if kinds == {"gru"} else LSTMParams
-        stack = P([lay.weights for lay in rnn], dtype=None, **rnn[0].cell.options()) \
-            if len({lay.cell for lay in rnn}) == 1 else Stack(rnn)
+    if uniform and len({lay.cell for lay in rnn}) == 1:
+        P = {P.cell_class.name: P for P in (GRUParams, LSTMParams)}[rnn[0].cell.name]
+        # a layer without biases is one with zero biases: the stack has biases if any has
+        bias = any(np.any(w.b_ih) or np.any(w.b_hh) for lay in rnn for w in lay.weights)
+        stack = P([lay.weights for lay in rnn], bias=bias, **rnn[0].cell.options())
     else:
         stack = Stack(rnn)
     return Model(stack, pre=pre, post=post, return_sequences=seq, mask_value=mask_value,
@@ -175,7 +213,7 @@ def from_keras(model):
 
 # ----------------------------------------------------------------------------- torch
 TORCH_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus": "softplus",
-                     "ELU": "elu", "GELU": "gelu", "SiLU": "silu", "Identity": None}
+                     "ELU": "elu", "GELU": "gelu", "SiLU": "silu"}
 TORCH_INERT = ("Dropout", "Dropout1d", "AlphaDropout", "Identity")
 
 
@@ -224,7 +262,7 @@ def torch_layers(module, where):
 
 
 def from_torch(rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
-               batch_first=None, inputs=None, targets=None, window=None):
+               batch_first=None, inputs=None, targets=None, window=None, rnn_only=False):
     """A :class:`daskgru.Model` from torch modules (see :meth:`daskgru.Model.from_torch`)."""
     from .model import Model
 
@@ -239,10 +277,21 @@ def from_torch(rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
         if w is None:
             raise ValueError(f"rnn has no recurrent weight under {pre_!r}")
         rows, H = np.shape(w)
-        P = {3 * H: GRUParams, 4 * H: LSTMParams}.get(rows)
+        P = {P.cell_class.gates * H: P for P in (GRUParams, LSTMParams)}.get(rows)
         if P is None:
             raise ValueError(f"{pre_}weight_hh_l0 has shape {(rows, H)}: neither a GRU nor an LSTM")
-        params = P.from_torch(rnn, prefix=prefix)
+        layers, bias, used = convert.torch_layers(sd, P.cell_class(), prefix=pre_)
+        params = P(layers, bias=bias)
+        # the tensors of pre/head, given as modules, are in the state_dict too
+        given = [to_numpy(v) for m in (pre, head) if hasattr(m, "state_dict")
+                 for v in m.state_dict().values()]
+        left = [k for k in sd if k not in used and not str(k).endswith("num_batches_tracked")
+                and not any(np.shape(g) == np.shape(sd[k]) and np.array_equal(g, to_numpy(sd[k]))
+                            for g in given)]
+        if left and not rnn_only:
+            raise ValueError(f"rnn holds {left} besides the RNN: give the modules they belong to "
+                             "as pre= and head= (a state_dict has their weights but not their "
+                             "activations), or pass rnn_only=True to leave them out")
     else:
         P = {"GRU": GRUParams, "LSTM": LSTMParams}.get(mode)
         if P is None:

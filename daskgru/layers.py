@@ -242,7 +242,7 @@ def apply(layers, x):
     if not layers:
         return x
     lead = x.shape[:-1]
-    a = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    a = np.require(x, None, ["C", "W"]).reshape(-1, x.shape[-1])
     dense, layer_norm, affine, activation = _k
     for lay in layers:
         if isinstance(lay, Dense):

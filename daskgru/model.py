@@ -15,7 +15,8 @@ import os
 import numpy as np
 
 from . import layers as L
-from .api import Call, is_dask, run, validate, validate_method_options
+from .api import run, validate, validate_method_options
+from .layout import Call, canonical, is_dask, uncanonical, zero_flags
 from .cells import CELLS, Weights
 from .params import RNNParams, save_dataset
 from .stack import Layer, PreparedStack, Stack, float_dtype
@@ -102,12 +103,7 @@ class Model:
         self.input_size = n_in
         self.return_sequences = bool(return_sequences)
         self.mask_value = None if mask_value is None else float(mask_value)
-        zm = zero_output_for_mask
-        self.zero_output_for_mask = (tuple(bool(z) for z in zm) if isinstance(zm, (list, tuple))
-                                     else (bool(zm),) * rnn.num_layers)
-        if len(self.zero_output_for_mask) != rnn.num_layers:
-            raise ValueError(f"zero_output_for_mask needs one flag per recurrent layer "
-                             f"({rnn.num_layers}), got {len(self.zero_output_for_mask)}")
+        self.zero_output_for_mask = zero_flags(zero_output_for_mask, rnn.num_layers)
         self.batch_first = bool(batch_first)
         self.inputs = None if inputs is None else [str(v) for v in inputs]
         self.targets = None if targets is None else [str(v) for v in targets]
@@ -124,10 +120,12 @@ class Model:
     # -------------------------------------------------------------- importers
     @classmethod
     def from_keras(cls, model) -> "Model":
-        """The whole of a Keras model: a ``Sequential`` or functional chain of ``Input``,
-        ``Masking``, ``Normalization``, ``GRU``, ``LSTM``, ``Bidirectional`` (merge modes
-        concat, sum, mul, ave), ``Dense``, ``TimeDistributed(Dense)``, ``Dropout`` (identity
-        at inference), ``Activation`` and ``LayerNormalization``. Anything else — an unknown
+        """The whole of a Keras model (or the path of a saved one, ``.keras``/``.h5``): a
+        ``Sequential`` or functional chain of ``Input``,
+        ``Masking``, ``Normalization``, ``Rescaling``, ``GRU``, ``LSTM``, ``Bidirectional``
+        (merge modes concat, sum, mul, ave), ``Dense``, ``TimeDistributed(Dense)``,
+        ``Dropout`` (identity at inference), ``Activation``, ``BatchNormalization`` (its moving
+        statistics, as at inference) and ``LayerNormalization``. Anything else — an unknown
         layer, a branch, several inputs, ``go_backwards``, a stateful layer, an activation
         daskgru cannot compute — is refused with an error that names the layer and the
         option. Each recurrent layer keeps its own ``zero_output_for_mask``; the model is
@@ -150,7 +148,8 @@ class Model:
 
     @classmethod
     def from_torch(cls, rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
-                   batch_first=None, inputs=None, targets=None, window=None) -> "Model":
+                   batch_first=None, inputs=None, targets=None, window=None,
+                   rnn_only=False) -> "Model":
         """A model from torch modules: ``rnn`` an ``nn.GRU``/``nn.LSTM`` (or a state_dict,
         whose RNN may sit under a prefix); ``pre`` and ``head`` per-step modules
         (``nn.Linear``, ``nn.LayerNorm``, ``nn.ReLU``/``Tanh``/``Sigmoid``/``Softplus``/
@@ -159,7 +158,9 @@ class Model:
         tensors, so a state_dict cannot carry them. ``batch_first`` defaults to the
         module's; ``return_sequences=False`` applies the head to the last valid step only;
         ``window`` records the window the model is evaluated in (darts:
-        ``input_chunk_length``, see the models page of the docs).
+        ``input_chunk_length``, see the models page of the docs). A state_dict (or a
+        module) holding tensors that neither the RNN nor the given ``pre``/``head`` modules
+        account for is refused, naming them, unless ``rnn_only``.
 
         Examples
         --------
@@ -176,7 +177,7 @@ class Model:
 
         return from_torch(rnn, pre=pre, head=head, prefix=prefix,
                           return_sequences=return_sequences, batch_first=batch_first,
-                          inputs=inputs, targets=targets, window=window)
+                          inputs=inputs, targets=targets, window=window, rnn_only=rnn_only)
 
     @classmethod
     def from_neuralhydrology(cls, run_dir, epoch=None) -> "Model":
@@ -245,10 +246,20 @@ class Model:
         kw.update(changes)
         return Model(rnn, **kw)
 
+    @property
+    def rnn_only(self) -> bool:
+        """Whether the model is its recurrent stack alone (what a params file holds)."""
+        from .params import RNNParams
+
+        return (not self.pre and not self.post and self.return_sequences
+                and self.mask_value is None and self.window is None
+                and isinstance(self.rnn, RNNParams) and not any(self.zero_output_for_mask))
+
     def prepare(self) -> PreparedStack:
-        """Kernel-ready weights of the stack, with the per-step layers in its dtype."""
+        """Kernel-ready weights of the stack, with the input layers in its dtype (the
+        chunk tasks of layer 0 apply them; the head runs on the output blocks)."""
         ps = self.rnn.prepare()
-        ps.pre, ps.post = L.cast(self.pre, self.dtype), L.cast(self.post, self.dtype)
+        ps.pre = L.cast(self.pre, self.dtype)
         return ps
 
     # -------------------------------------------------------------- running
@@ -293,14 +304,29 @@ class Model:
         (B, S) array per (layer, direction)."""
         validate_method_options(method, warmup=warmup, tol=tol)
         bf = self.batch_first if batch_first is None else bool(batch_first)
-        mask = self.step_mask(x, mask)
-        call = validate(x, self.rnn, lengths=lengths, mask=mask, batch_first=bf, method=method,
+        call = validate(x, self.rnn, lengths=lengths, mask=mask, batch_first=bf,
                         zero_output_for_mask=self.zero_output_for_mask,
                         input_size=self.input_size)
+        mask = self.step_mask(x, mask)
+        if states is not None:
+            states = self._check_states(states, call)
         out, finals, info = run(x, call, states, lengths, mask, method=method, warmup=warmup,
                                 tol=tol, model=self)
         y = self.head(out if self.return_sequences else self.last(finals, call))
         return y, out, finals, info
+
+    def _check_states(self, states, call):
+        """``states``: one (B, S) array ((S,) unbatched) per layer and direction."""
+        sizes = self.rnn.state_sizes
+        if len(states) != len(sizes):
+            raise ValueError(f"states must hold one array per layer and direction "
+                             f"({len(sizes)}), got {len(states)}")
+        for i, (st, S) in enumerate(zip(states, sizes)):
+            want = (S,) if call.unbatched else (call.B, S)
+            if tuple(getattr(st, "shape", ())) != want:
+                raise ValueError(f"states[{i}] must have shape {want}, got "
+                                 f"{tuple(getattr(st, 'shape', ()))}")
+        return list(states)
 
     def windowed(self, x, window, *, batch_first=None, mask=None):
         """Windowed inference, as NeuralHydrology (``seq_length``) and darts
@@ -324,27 +350,23 @@ class Model:
         if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
             raise ValueError(f"window must be a positive number of steps, got {window!r}")
         bf = self.batch_first if batch_first is None else bool(batch_first)
-        unbatched = np.ndim(x) == 2
-        if mask is not None and not unbatched:
-            mask = mask.T if bf else mask
-        xc = x[:, None] if unbatched else (x.transpose(1, 0, 2) if bf else x)
-        if mask is not None and unbatched:
-            mask = mask[:, None]
-        validate(xc, self.rnn, input_size=self.input_size)  # before any work
+        call = validate(x, self.rnn, mask=mask, batch_first=bf,
+                        input_size=self.input_size)  # before any work
+        xc = canonical(x, call)
+        if mask is not None:
+            mask = canonical(mask, call)
         if is_dask(xc) or is_dask(mask):
             y = _windowed_dask(self, xc, int(window), mask)
         else:
             y = _windowed_block(self, np.asarray(xc), int(window), 0, xc.shape[0],
                                 None if mask is None else np.asarray(mask))
-        if unbatched:
-            return y[:, 0]
-        return y.transpose(1, 0, 2) if bf else y
+        return uncanonical(y, call)
 
     def last(self, finals, call: Call):
         """The top layer's output at each sequence's last valid step, (B, D*H) ((D*H,)
         unbatched): the h part of its final states, directions side by side."""
         top, lay = finals[-1], self.rnn.layers[-1]
-        h = top[..., :lay.hidden_size]
+        h = lay.cell.split_state(top, lay.hidden_size)[0]
         if lay.merge != "concat" and len(lay.weights) == 2:
             from .eager import layer_input
 
@@ -358,7 +380,7 @@ class Model:
         """The head on the top layer's outputs (any layout, features last; NumPy or dask)."""
         if not self.post:
             return out
-        post = L.cast(self.post, self.dtype)
+        post = L.cast(self.post, out.dtype)
         if not is_dask(out):
             return L.apply(post, np.asarray(out))
         import dask.array as da
@@ -368,8 +390,8 @@ class Model:
         idx = "abcdefg"[:out.ndim - 1]
         return da.blockwise(L.apply, idx + "o", post, None, out, idx + "h",
                             new_axes={"o": self.output_size}, concatenate=True,
-                            dtype=self.dtype, name="head-" + tokenize(out.name, self),
-                            meta=np.empty((0,) * out.ndim, self.dtype))
+                            dtype=out.dtype, name="head-" + tokenize(out.name, self),
+                            meta=np.empty((0,) * out.ndim, out.dtype))
 
     # -------------------------------------------------------------- files
     def to_dataset(self):

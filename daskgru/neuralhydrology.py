@@ -114,13 +114,14 @@ def _embedding_spec(cfg, which):
     return {"hiddens": list(spec["hiddens"]), "activation": act}
 
 
-def _fc_layers(sd, prefix, spec, n_in):
+def _fc_layers(sd, prefix, spec, n_in, used):
     """An FC embedding network as (weight (out, in), bias, activation) per Linear: the
-    activation after every Linear but the last."""
+    activation after every Linear but the last. The keys read go into ``used``."""
     out = []
     hiddens = spec["hiddens"]
     for i, n_out in enumerate(hiddens):
         key = f"{prefix}net.{3 * i}"
+        used.update((key + ".weight", key + ".bias"))
         w, b = sd.get(key + ".weight"), sd.get(key + ".bias")
         if w is None or b is None:
             raise ValueError(f"the state_dict lacks {key}.weight/.bias of the {prefix} network")
@@ -201,10 +202,11 @@ def from_neuralhydrology(run_dir, epoch=None):
     cfg = _config(run_dir)
     model_name, out_act = _check(cfg)
     if epoch is None:
-        files = sorted(run_dir.glob("model_epoch*.pt"))
+        files = {int(f.stem[len("model_epoch"):]): f for f in run_dir.glob("model_epoch*.pt")
+                 if f.stem[len("model_epoch"):].isdigit()}
         if not files:
             raise ValueError(f"{str(run_dir)!r} holds no model_epochNNN.pt")
-        weights = files[-1]
+        weights = files[max(files)]
     else:
         weights = run_dir / f"model_epoch{int(epoch):03d}.pt"
         if not weights.is_file():
@@ -234,13 +236,13 @@ def from_neuralhydrology(run_dir, epoch=None):
     pre = [L.Scale.normalize([center[v] for v in dyn] + [means[v] for v in statics],
                              [scale[v] for v in dyn] + [stds[v] for v in statics])]
     dyn_spec, stat_spec = _embedding_spec(cfg, "dynamics"), _embedding_spec(cfg, "statics")
-    dnet = []
+    dnet, used = [], set()
     if dyn_spec:
         key = ("embedding_net.dynamics_embeddings.0."
                if "embedding_net.dynamics_embeddings.0.net.0.weight" in sd
                else "embedding_net.dynamics_embedding.")
-        dnet = _fc_layers(sd, key, dyn_spec, len(dyn))
-    snet = _fc_layers(sd, "embedding_net.statics_embedding.", stat_spec, len(statics)) \
+        dnet = _fc_layers(sd, key, dyn_spec, len(dyn), used)
+    snet = _fc_layers(sd, "embedding_net.statics_embedding.", stat_spec, len(statics), used) \
         if stat_spec and statics else []
     if dnet or snet:
         pre += _side_by_side(dnet, snet, len(dyn), len(statics))
@@ -263,7 +265,8 @@ def from_neuralhydrology(run_dir, epoch=None):
         raise ValueError("the state_dict lacks head.net.0.weight of the regression head")
     post = [L.Dense(hw.T, hb if hb is not None else np.zeros(hw.shape[0]), out_act),
             L.Scale.unscale([center[v] for v in targets], [scale[v] for v in targets])]
-    used = {k for k in sd if k.startswith(("embedding_net.", prefix + ".", "head."))}
+    used |= {k for k in sd if k.startswith(prefix + ".")} | {"head.net.0.weight",
+                                                             "head.net.0.bias"}
     extra = sorted(set(sd) - used)
     if extra:
         raise ValueError(f"the state_dict holds {extra}, which this NeuralHydrology model does "

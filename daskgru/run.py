@@ -44,6 +44,21 @@ class RunError(Exception):
     """A problem with the user's input or options: reported in one line, no traceback."""
 
 
+MODEL_SOURCES = (".pt", ".pth", ".ckpt", ".pt2", ".keras", ".h5", ".hdf5")
+
+
+def unreadable(path, error):
+    """The message for a params/model file that cannot be read."""
+    what = (f"cannot read {path!r} as a daskgru params or model file (netCDF or zarr, written "
+            "by save or 'daskgru convert')")
+    if path.lower().rstrip("/").endswith(MODEL_SOURCES) or os.path.isdir(path) and \
+            os.path.exists(os.path.join(path, "config.yml")):
+        return f"{what}; convert it first: daskgru convert {path} -o model.nc"
+    if isinstance(error, ValueError) and "written by" in str(error):
+        return f"{what}: {str(error).splitlines()[0]}"
+    return what
+
+
 @dataclass
 class RunResult:
     output: str
@@ -278,10 +293,8 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
         try:
             m = load_model(params)
         except Exception as e:  # noqa: BLE001
-            raise RunError(f"cannot read params {os.fspath(params)!r}: {e}") from None
-        plain = (not m.pre and not m.post and m.return_sequences and m.mask_value is None
-                 and isinstance(m.rnn, RNNParams) and m.window is None)
-        p = m.rnn if plain else m
+            raise RunError(unreadable(os.fspath(params), e)) from None
+        p = m.rnn if m.rnn_only else m
     if isinstance(window, str):
         if window != "model":
             raise RunError(f"--window must be a number of steps, 'model' or 'none', got "

@@ -150,6 +150,9 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
     is_lstm = isinstance(rnn, LSTMParams)
     if c0 is not None and not is_lstm:
         raise ValueError("c0 is the start cell state of an LSTM; a GRU has none")
+    if is_lstm and (h0 is None) != (c0 is None):
+        raise ValueError("an LSTM continues from both its final_state (h0=) and its final_cell "
+                         "(c0=); give both, or neither for zero states")
     for name, v in (("time_dim", time_dim), ("feature_dim", feature_dim),
                     ("hidden_dim", hidden_dim), ("target_dim", target_dim)):
         if not isinstance(v, str):
@@ -165,9 +168,23 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
                          "differ in width or cell)")
     if isinstance(obj, xr.Dataset) and time_dim not in obj.dims:
         raise _dims_error("time_dim", time_dim, obj)
-    if features is None and isinstance(obj, xr.Dataset) and model.inputs is not None:
-        features = model.inputs
+    if model.inputs is not None and isinstance(obj, xr.Dataset):
+        if features is None:
+            features = model.inputs
+        elif list(features) != model.inputs:
+            if sorted(features) != sorted(model.inputs):
+                raise ValueError(f"features {list(features)} are not the model's inputs "
+                                 f"{model.inputs}")
+            features = model.inputs  # the model's order, whatever order they were named in
     da_in = _as_dataarray(obj, feature_dim, features, time_dim)
+    if (model.inputs is not None and feature_dim in da_in.dims
+            and feature_dim in da_in.coords and da_in[feature_dim].dtype.kind in "OUS"):
+        labels = [str(v) for v in da_in[feature_dim].values]
+        if labels != model.inputs:
+            if sorted(labels) != sorted(model.inputs):
+                raise ValueError(f"the {feature_dim!r} labels {labels} are not the model's inputs "
+                                 f"{model.inputs}")
+            da_in = da_in.sel({feature_dim: model.inputs})
     for what, name in (("time_dim", time_dim), ("feature_dim", feature_dim)):
         if name not in da_in.dims:
             raise _dims_error(what, name, da_in)
@@ -175,6 +192,10 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         raise ValueError(f"hidden_dim {hidden_dim!r} clashes with a dim of the input {da_in.dims}")
     if da_in.sizes[feature_dim] != model.input_size:
         what = "p.input_size" if isinstance(p, RNNParams) else "the model's input size"
+        if isinstance(obj, xr.Dataset):
+            raise ValueError(f"the Dataset's variables {list(da_in[feature_dim].values)} give "
+                             f"{da_in.sizes[feature_dim]} features, but {what} is "
+                             f"{model.input_size}; name the features with features=")
         raise ValueError(f"dim {feature_dim!r} has size {da_in.sizes[feature_dim]}, "
                          f"but {what} is {model.input_size}")
     if not np.issubdtype(da_in.dtype, np.floating):
@@ -191,9 +212,9 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
                         f"{sorted(unknown)} (method options are warmup, tol, return_info)")
     validate_method_options(method, **method_options)
     return_info = method_options.pop("return_info", False)
-    if window is not None and (method != "scan" or return_info):
-        raise ValueError("window= runs independent windows: it takes method='scan' only and "
-                         "no return_info")
+    if window is not None and (method != "scan" or return_info or return_hidden):
+        raise ValueError("window= runs independent windows: it takes method='scan' only, "
+                         "and no return_info or return_hidden")
     batch_shape = tuple(da_in.sizes[d] for d in batch_dims)
     B, T = math.prod(batch_shape), da_in.sizes[time_dim]
 
@@ -272,9 +293,8 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
         L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
         hc = (dsa.concatenate if lazy else np.concatenate)(finals, axis=0)
         sc = dict(state_coords, layer=np.arange(L), direction=list(DIRECTIONS[:D]))
-        parts = [("final_state", hc[..., :H], "hidden state")]
-        if is_lstm:
-            parts.append(("final_cell", hc[..., H:], "cell state"))
+        parts = list(zip(("final_state", "final_cell"), rnn.cell.split_state(hc, H),
+                         ("hidden state", "cell state")))
         for var, arr, what in parts:
             data[var] = xr.DataArray(arr.reshape((L, D) + batch_shape + (H,)),
                                      dims=("layer", "direction", *batch_dims, hidden_dim),

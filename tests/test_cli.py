@@ -114,7 +114,7 @@ def test_run_bad_files(files, capsys):
     assert main(["run", str(d / "missing.nc"), "--params", str(d / "p.nc"), *base]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main(["run", str(d / "in.nc"), "--params", str(d / "in.nc"), *base]) == 1
-    assert "cannot read params" in capsys.readouterr().err
+    assert "as a daskgru params or model file" in capsys.readouterr().err
     (d / "junk.nc").write_text("not netcdf")
     assert main(["run", str(d / "junk.nc"), "--params", str(d / "p.nc"), *base]) == 1
     assert "cannot read input" in capsys.readouterr().err
@@ -366,7 +366,7 @@ def test_convert_keras_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(tmp_path / "m.keras")]) == 0  # info reads Keras files directly
     out = capsys.readouterr().out
-    assert "Keras model 'sequential'" in out and "head:   Dense 6 -> 1" in out
+    assert "Keras model 'sequential" in out and "head:   Dense 6 -> 1" in out
 
 
 def test_convert_keras_refusals(tmp_path, capsys):

@@ -331,3 +331,79 @@ def test_torch_net_as_its_users_save_it(tmp_path, rng):
     torch.export.save(ep, tmp_path / "exported.pt2")
     assert main(["convert", str(tmp_path / "exported.pt2"), "-o", str(tmp_path / "q.nc")]) == 1
     assert not (tmp_path / "q.nc").exists()
+
+
+# ----------------------------------------------------------------------------- edges found in review
+def test_model_dtype_follows_the_input_and_read_only_inputs(rng):
+    torch.manual_seed(0)
+    m = dg.Model.from_torch(torch.nn.GRU(2, 4), pre=torch.nn.Linear(2, 2),
+                            head=torch.nn.Linear(4, 1))
+    x = rng.normal(size=(6, 3, 2))                       # float64 data, float32 weights
+    y = m(x)
+    assert y.dtype == np.float64
+    assert m(da.from_array(x, chunks=(2, 3, 2))).compute().dtype == np.float64
+    x.setflags(write=False)                              # e.g. np.load(mmap_mode="r")
+    np.testing.assert_array_equal(m(x), y)
+    np.testing.assert_array_equal(m.windowed(x, 1)[1:], m.windowed(x.copy(), 1)[1:])
+    assert np.isfinite(m.windowed(x, 1)).all()           # window 1: every step has its window
+
+
+def test_model_input_names_order_the_features(rng):
+    import xarray as xr
+
+    torch.manual_seed(0)
+    m = dg.Model.from_torch(torch.nn.GRU(3, 4), head=torch.nn.Linear(4, 1),
+                            inputs=["a", "b", "c"])
+    ds = xr.Dataset({k: (("time", "site"), rng.normal(size=(10, 2))) for k in "abcq"})
+    want = dg.apply_rnn(ds, m).prediction
+    np.testing.assert_array_equal(dg.apply_rnn(ds, m, features=["c", "a", "b"]).prediction,
+                                  want)
+    with pytest.raises(ValueError, match=r"features \['a', 'b', 'q'\] are not the model's inputs"):
+        dg.apply_rnn(ds, m, features=["a", "b", "q"])
+    arr = ds[["c", "b", "a"]].to_dataarray("feature").transpose("time", "site", "feature")
+    np.testing.assert_array_equal(dg.apply_rnn(arr, m).prediction, want)
+
+
+def test_torch_state_dicts_never_lose_their_other_parts(rng):
+    net = Net("LSTM")
+    sd = net.state_dict()
+    with pytest.raises(ValueError, match=r"rnn holds \[.*'pre.0.weight'.*'head.0.weight'.*\] "
+                                         "besides the RNN"):
+        dg.Model.from_torch(sd, prefix="rnn.")
+    with pytest.raises(ValueError, match=r"'pre.0.weight'"):
+        dg.Model.from_torch(sd, prefix="rnn.", head=net.head)
+    m = dg.Model.from_torch(sd, prefix="rnn.", pre=net.pre, head=net.head, batch_first=True)
+    x = rng.normal(size=(2, 5, 3)).astype("float32")
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x), net.eval()(torch.from_numpy(x)).numpy(), **F32)
+    assert dg.Model.from_torch(sd, prefix="rnn.", rnn_only=True).post == []
+
+
+def test_clear_errors_for_bad_model_input(rng):
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(0.0),
+                           keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1)])
+    m = dg.Model.from_keras(km)
+    x = rng.normal(size=(3, 9, 3)).astype("float32")
+    with pytest.raises(ValueError, match=r"mask must have shape \(3, 9\) \(B, T\)"):
+        m(x, mask=np.ones((3, 5), bool))
+    with pytest.raises(TypeError, match="x must be an array, got list"):
+        m(x.tolist())
+    with pytest.raises(ValueError, match="x holds no sequences"):
+        m(x[:0])
+    q = dg.LSTMParams.random(3, 4, seed=0)
+    with pytest.raises(ValueError, match="hx must give both h0 and c0"):
+        dg.lstm(x, q, (np.zeros((1, 3, 4), "float32"), None), batch_first=True)
+
+
+def test_keras_batch_norm_rescaling_and_a_saved_file(rng, tmp_path):
+    x = rng.normal(size=(2, 8, 3)).astype("float32")
+    bn = keras.layers.BatchNormalization()
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.Rescaling(0.5, offset=1.0), bn,
+                           keras.layers.LSTM(4, return_sequences=True, seed=3),
+                           keras.layers.Dense(2)])
+    km(x)
+    bn.moving_mean.assign(np.array([0.1, -0.2, 0.3], "float32"))
+    bn.moving_variance.assign(np.array([2.0, 0.5, 1.5], "float32"))
+    km.save(tmp_path / "k.keras")
+    m = dg.Model.from_keras(tmp_path / "k.keras")
+    np.testing.assert_allclose(m(x), np.asarray(km(x)), **F32)

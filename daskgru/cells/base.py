@@ -80,9 +80,9 @@ class Steps(NamedTuple):
     def make(cls, B, T, *, lengths=None, mask=None, t0=0, reverse=False, zero_masked=False):
         """``lengths`` None: every step counts up to ``t0 + T``; ``mask`` None: no mask."""
         lengths = (np.full(B, t0 + T, np.int64) if lengths is None
-                   else np.ascontiguousarray(lengths, dtype=np.int64).reshape(B))
+                   else np.require(lengths, np.int64, ["C", "W"]).reshape(B))
         mask = (np.zeros((0, B), np.uint8) if mask is None
-                else np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1, B))
+                else np.require(mask, np.uint8, ["C", "W"]).reshape(-1, B))
         return cls(lengths, mask, int(t0), bool(reverse), bool(zero_masked))
 
     def block(self, a, b) -> "Steps":
@@ -213,7 +213,7 @@ def project(w: Prepared, x, out=None):
     G = w.w_ih_t.shape[1]
     dt = w.w_ih_t.dtype
     out = np.empty((T, B, G), dtype=dt) if out is None else out
-    _project_kernel(np.ascontiguousarray(x, dtype=dt).reshape(T * B, I), w.w_ih_t, w.b_ih,
+    _project_kernel(np.require(x, dt, ["C", "W"]).reshape(T * B, I), w.w_ih_t, w.b_ih,
                     out.reshape(T * B, G))
     return out
 
@@ -229,7 +229,7 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
     T, B, I = x.shape
     G = w.w_ih.shape[0]
     dt = w.w_ih.dtype
-    x = np.ascontiguousarray(x, dtype=dt)
+    x = np.require(x, dt, ["C", "W"])
     gi = project(w, x)
     d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out)
     dg2 = d_gi.reshape(T * B, G)

@@ -36,6 +36,7 @@ import numpy as np
 from ..kernels.jit import (build, counts, kernel, propagate_tangent, sigmoid, skipped_adjoint,
                            skipped, tanh, typed)
 from ..kernels.tiles import product
+from ..layout import writable
 from .base import Cell, Prepared, Steps, sigmoid_
 
 __all__ = ["GRUCell"]
@@ -302,7 +303,7 @@ class GRUCell(Cell):
         dt = w.w_hh_t.dtype
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
-        _k.scan(np.ascontiguousarray(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
+        _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, self.reset_after, h, out)
         return out, h
 
@@ -313,7 +314,7 @@ class GRUCell(Cell):
         T, B, G = gi.shape
         H = w.hidden_size
         dt = w.w_hh.dtype
-        c = np.ascontiguousarray
+        c = writable
         gi = c(gi, dtype=dt)
         h0 = c(state, dtype=dt).reshape(B, H)
         if out is None:  # recompute: the one sequential forward pass of the chunk
@@ -363,6 +364,6 @@ class GRUCell(Cell):
         H = h.shape[1]
         M = (np.repeat(np.eye(H, dtype=dt)[None], B, axis=0) if M is None
              else np.array(M, dtype=dt, order="C", copy=True))
-        _k.tangent(np.ascontiguousarray(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask,
+        _k.tangent(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask,
                    steps.t0, steps.reverse, self.reset_after, dt.type(cutoff), h, M)
         return h, M

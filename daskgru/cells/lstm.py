@@ -29,6 +29,7 @@ import numpy as np
 from ..kernels.jit import (build, counts, kernel, propagate_tangent, sigmoid, skipped_adjoint,
                            skipped, tanh, typed)
 from ..kernels.tiles import product
+from ..layout import writable
 from .base import Cell, Prepared, Steps, sigmoid_
 
 __all__ = ["LSTMCell"]
@@ -219,7 +220,7 @@ class LSTMCell(Cell):
         dt = w.w_hh_t.dtype
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
-        _k.scan(np.ascontiguousarray(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
+        _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, st, out, rec)
         return out, st
 
@@ -233,7 +234,7 @@ class LSTMCell(Cell):
         T, B, G = gi.shape
         H = w.hidden_size
         dt = w.w_hh.dtype
-        c = np.ascontiguousarray
+        c = writable
         gi = c(gi, dtype=dt)
         s0 = c(state, dtype=dt).reshape(B, 2 * H)
         rec = np.empty((T, B, 2 * H), dt)
@@ -269,6 +270,6 @@ class LSTMCell(Cell):
         S = st.shape[1]
         M = (np.repeat(np.eye(S, dtype=dt)[None], B, axis=0) if M is None
              else np.array(M, dtype=dt, order="C", copy=True))
-        _k.tangent(np.ascontiguousarray(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask,
+        _k.tangent(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask,
                    steps.t0, steps.reverse, dt.type(cutoff), st, M)
         return st, M

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..api import uncanonical
+from ..layout import uncanonical
 from ..cells import Weights, chunk_backward
 from ..eager import chunk_input, layer_input, run_direction
 from .builder import Graph, chunk_steps, start_state, state_block

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..api import as_mask, canonical, check_lengths, is_dask, uncanonical
+from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical
 from ..cells import Steps
 from ..eager import layer_input
 from .options import resolve

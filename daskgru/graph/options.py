@@ -37,33 +37,61 @@ log = logging.getLogger("daskgru.graph")
 MAX_VERIFY_GROUP = 8
 
 
-def scheduler_in_use():
-    """``(kind, slots)``: the scheduler dask would use now (``dask.base.get_scheduler``:
-    the configured one, else a distributed client's, else threads) — ``"sync"``,
-    ``"threads"``, ``"processes"`` or ``"distributed"`` — and how many tasks it runs at
-    once (threads of a client's workers, else the configured worker count or the CPUs)."""
-    import dask
-    import dask.local
-    import dask.multiprocessing
-    from dask.base import get_scheduler
+_KINDS = {"threads": "threads", "threading": "threads", "processes": "processes",
+          "multiprocessing": "processes", "sync": "sync", "synchronous": "sync",
+          "single-threaded": "sync", "distributed": "distributed",
+          "dask.distributed": "distributed"}
 
-    scheduler = get_scheduler()
+
+def scheduler_in_use():
+    """``(kind, slots)``: the scheduler dask would use now — the one set with
+    ``dask.config.set(scheduler=...)``, else a ``dask.distributed`` default client's, else
+    threads — as ``"sync"``, ``"threads"``, ``"processes"`` or ``"distributed"``, and how
+    many tasks it runs at once (threads of the client's workers, else the configured worker
+    count or the CPUs)."""
+    import dask
+
+    def client_slots():
+        from distributed import default_client
+
+        try:
+            return max(1, sum(default_client().nthreads().values()))
+        except Exception:  # noqa: BLE001 - a client that cannot answer (closed)
+            return 1
+
+    chosen = dask.config.get("scheduler", None)
+    local = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    if chosen is None:
+        if "distributed" in sys.modules:
+            from distributed import default_client
+
+            try:
+                default_client()
+            except ValueError:  # no client
+                return "threads", local
+            return "distributed", client_slots()
+        return "threads", local
+    if isinstance(chosen, str):
+        kind = _KINDS.get(chosen.lower(), "threads")
+        return (kind, client_slots()) if kind == "distributed" else (kind, local)
+    # a get function: a client's, or one of dask's local schedulers
+    owner = getattr(chosen, "__self__", None)
     if "distributed" in sys.modules:
         from distributed import Client
 
-        client = getattr(scheduler, "__self__", None)
-        if isinstance(client, Client):
+        if isinstance(owner, Client):
             try:
-                return "distributed", max(1, sum(client.nthreads().values()))
-            except Exception:  # noqa: BLE001 - a client that cannot answer (closed)
+                return "distributed", max(1, sum(owner.nthreads().values()))
+            except Exception:  # noqa: BLE001
                 return "distributed", 1
-    if scheduler is dask.multiprocessing.get:
-        kind = "processes"
-    elif scheduler is dask.local.get_sync:
-        kind = "sync"
-    else:
-        kind = "threads"
-    return kind, int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    import dask.local
+    import dask.multiprocessing
+
+    if chosen is dask.multiprocessing.get:
+        return "processes", local
+    if chosen is dask.local.get_sync:
+        return "sync", local
+    return "threads", local
 
 
 class GraphOptions(NamedTuple):

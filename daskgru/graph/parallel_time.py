@@ -69,7 +69,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..api import check_lengths
+from ..layout import check_lengths
 from ..cells import project
 from ..eager import chunk_input, run_direction
 from .builder import Graph, chunk_steps, start_state, state_block

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..api import (_per_layer_states, as_mask, canonical, check_lengths, check_state, is_dask,
-                   split_hx, uncanonical, validate)
+from ..api import _per_layer_states, check_state, split_hx, validate
+from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical, writable
 from ..cells import Steps, Weights, chunk_backward, project
 from ..eager import EAGER_BLOCK, layer_input
 from ..params import GRUParams, LSTMParams
@@ -37,16 +37,7 @@ def check_grad_args(call, d_output, d_states):
     if np.dtype(d_output.dtype).kind != "f":
         raise TypeError(f"d_output must hold floating-point numbers, got dtype {d_output.dtype}")
     for name, a in d_states:
-        if a is None:
-            continue
-        LD, H = p.num_layers * p.num_directions, p.hidden_size
-        want = (LD, H) if call.unbatched else (LD, call.B, H)
-        hs = getattr(a, "shape", None)
-        if hs is None or tuple(hs) != want:
-            raise ValueError(f"{name} must have the shape of {name[2:]} {want}, got "
-                             f"{None if hs is None else tuple(hs)}")
-        if np.dtype(a.dtype).kind != "f":
-            raise TypeError(f"{name} must hold floating-point numbers, got dtype {a.dtype}")
+        check_state(a, name, call, p.hidden_size)
 
 
 # ----------------------------------------------------------------------------- eager
@@ -140,7 +131,7 @@ def backward(x, call, d_output, d_states=None, states=None, lengths=None, mask=N
         return build(x, call, d_output, d_states, states, lengths, mask)
     p, dt, B, T = call.stack, call.dtype, call.B, call.T
     sizes = p.state_sizes
-    xc = canonical(np.asarray(x, dtype=dt), call)
+    xc = writable(canonical(np.asarray(x, dtype=dt), call))
     dout = np.ascontiguousarray(canonical(np.asarray(d_output, dtype=dt), call))
 
     def per_ld(arrs):
@@ -185,9 +176,8 @@ def _front(x, p, d_output, d_finals, h, c, lengths, mask, zero_output_for_mask, 
     """What gru_backward and lstm_backward share: validate, run, wrap."""
     call = validate(x, p, lengths=lengths, mask=mask, batch_first=batch_first,
                     zero_output_for_mask=zero_output_for_mask)
-    sizes = [p.hidden_size] * (p.num_layers * p.num_directions)
     for name, a in (("h0", h), ("c0", c)):
-        check_state(a, name, call, sizes)
+        check_state(a, name, call, p.hidden_size)
     check_grad_args(call, d_output, d_finals)
     d_h, d_c = (a for _, a in d_finals) if len(d_finals) == 2 else (d_finals[0][1], None)
     d_states = _per_layer_states(d_h, d_c, call)
@@ -289,5 +279,4 @@ def lstm_backward(x, p, d_output, *, d_h_n=None, d_c_n=None, hx=None, lengths=No
     h0, c0 = split_hx(hx)
     grads, d_x, d_all = _front(x, p, d_output, [("d_h_n", d_h_n), ("d_c_n", d_c_n)], h0, c0,
                                lengths, mask, zero_output_for_mask, batch_first)
-    H = p.hidden_size
-    return grads, d_x, (d_all[..., :H], d_all[..., H:])
+    return grads, d_x, p.cell.split_state(d_all, p.hidden_size)
