@@ -60,7 +60,7 @@ def measure(H, I, n, warmup, dtype="float32"):
         proj=best(lambda: project(w, x)),
         scan=best(lambda: cell.scan(w, gi, h, steps)),
         spec=best(spec_task),
-        eval=best(lambda: pt._newton_eval(ps, where, 1e-8, (h, False), None, None, x)),
+        eval=best(lambda: pt._newton_eval(ps, where, 1e-8, pt.Guess(h, False), None, None, x)),
         fix=best(lambda: pt._fix_task(ps, 1e-5, prev, [(where, spec.states, None, None, [x])])),
     )
 

@@ -22,7 +22,7 @@ from numba.extending import overload
 from .kernels.jit import build, kernel, sigmoid, tanh, typed, vexp
 from .kernels.tiles import product
 
-__all__ = ["Dense", "Scale", "Activation", "LayerNorm", "apply", "ACTIVATIONS", "output_size"]
+__all__ = ["Dense", "Scale", "Activation", "LayerNorm", "apply", "ACTIVATIONS"]
 
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softplus", "elu", "gelu", "silu", "exp")
 
@@ -68,14 +68,6 @@ class LayerNorm(NamedTuple):
     gamma: np.ndarray
     beta: np.ndarray
     eps: float = 1e-5
-
-
-def output_size(layers, n_in):
-    """The feature size after ``layers``."""
-    for lay in layers:
-        if isinstance(lay, Dense):
-            n_in = lay.w.shape[1]
-    return n_in
 
 
 def check(layers, n_in, where):

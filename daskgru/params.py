@@ -420,23 +420,13 @@ class LSTMParams(RNNParams):
 
 def save_dataset(ds, path):
     """Write a Dataset to netCDF, or zarr for ``*.zarr``, under a temporary name first."""
-    import shutil
-    import uuid
+    from .files import remove, temporary_name
 
     path = os.fspath(path)
     is_zarr = path.rstrip("/" + os.sep).endswith(".zarr")
     if is_zarr:  # "p.zarr/" names the directory p.zarr
         path = path.rstrip("/" + os.sep)
-    # Unique per call, so that concurrent saves (threads or processes) never collide.
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-    def remove(p):
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, ignore_errors=True)
-        elif os.path.lexists(p):
-            os.remove(p)
-
+    tmp = temporary_name(path)
     try:
         if is_zarr:
             ds.to_zarr(tmp, mode="w")

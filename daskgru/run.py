@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,10 +205,9 @@ def store_status(path):
 
 
 def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
+    from .files import remove
+
+    remove(path, missing_ok=False)
 
 
 def _clean(ds):
@@ -227,8 +225,9 @@ def _create_store(path, template, state, dtype, attrs):
     import dask.array as da
     import xarray as xr
 
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    from .files import temporary_name
+
+    tmp = temporary_name(path)
     try:
         ds = template.copy()
         if state is not None:

@@ -80,25 +80,22 @@ class Layer(NamedTuple):
 
 class PreparedStack:
     """Kernel-ready weights of every layer: ``cells[l]`` and ``weights[l][d]`` (a
-    :class:`~daskgru.cells.Prepared`), and a model's per-step layers before (``pre``) and
-    after (``post``) the stack. An opaque object, so that a task graph holds it as one value
-    (dask would walk into nested tuples)."""
+    :class:`~daskgru.cells.Prepared`), how each layer merges its directions, and a model's
+    per-step layers before the stack (``pre``, applied by layer 0's chunk tasks). An opaque
+    object, so that a task graph holds it as one value (dask would walk into nested
+    tuples)."""
 
-    __slots__ = ("cells", "weights", "pre", "post", "merges")
+    __slots__ = ("cells", "weights", "pre", "merges")
 
-    def __init__(self, cells, weights, pre=(), post=(), merges=None):
-        self.cells, self.weights, self.pre, self.post = cells, weights, pre, post
+    def __init__(self, cells, weights, pre=(), merges=None):
+        self.cells, self.weights, self.pre = cells, weights, pre
         self.merges = merges or ("concat",) * len(cells)
 
     def __getstate__(self):
-        return self.cells, self.weights, self.pre, self.post, self.merges
+        return self.cells, self.weights, self.pre, self.merges
 
     def __setstate__(self, state):
-        self.cells, self.weights, self.pre, self.post, self.merges = state
-
-    @property
-    def nbytes(self):
-        return sum(a.nbytes for layer in self.weights for w in layer for a in w)
+        self.cells, self.weights, self.pre, self.merges = state
 
 
 class Stack:
@@ -132,6 +129,10 @@ class Stack:
         if not layers:
             raise ValueError("weights must hold at least one layer")
         # Tensors (even ones that require grad) become arrays once, before anything reads them.
+        for li, lay in enumerate(layers):
+            if len(lay.weights) not in (1, 2):
+                raise ValueError(f"each layer must hold 1 or 2 directions, got "
+                                 f"{len(lay.weights)} (layer {li})")
         layers = [lay._replace(weights=tuple(Weights(*[to_numpy(a) for a in w])
                                              for w in lay.weights)) for lay in layers]
         if dtype is None:

@@ -40,15 +40,16 @@ class BackwardResult(NamedTuple):
     grads: Weights       # the chunk's weight-gradient sums
 
 
-def _chunk_input(ps, where, x0, starts, lengths, mask):
+def _chunk_input(ps, where, flags, x0, starts, lengths, mask):
     """Layer l's input on one time chunk, recomputed from the chunk's layer-0 input ``x0``
     by running layers 0..l-1 from their stored start states ``starts[m][dd]`` (the same
-    kernels as the forward tasks, so the values are bit-identical to theirs)."""
+    kernels as the forward tasks, so the values are bit-identical to theirs); ``flags``:
+    each layer's ``zero_output_for_mask``."""
     x = chunk_input(ps, 0, [x0])
     for m in range(where.l):
         parts = []
         for dd, w in enumerate(ps.weights[m]):
-            wm = where._replace(l=m, d=dd, zero_masked=where.zero_masked[m])
+            wm = where._replace(l=m, d=dd, zero_masked=flags[m])
             steps = chunk_steps(wm, lengths, mask, x.shape[1], x.shape[0])
             state = start_state(ps, wm, starts[m][dd], x.shape[1])
             parts.append(run_direction(ps.cells[m], w, x, state, steps)[0])
@@ -56,13 +57,14 @@ def _chunk_input(ps, where, x0, starts, lengths, mask):
     return x
 
 
-def _bwd_task(ps, where, x0, starts, start, lengths, mask, d_srcs, d_end):
+def _bwd_task(ps, where, flags, x0, starts, start, lengths, mask, d_srcs, d_end):
     """Backward of chunk (l, d, ·, k): ``starts`` the lower layers' start states on this
     chunk, ``start`` its own, ``d_srcs`` arrays whose sum holds this layer's output
-    gradient (the d_output block, or the d_x of both directions of the layer above)."""
+    gradient (the d_output block, or the d_x of both directions of the layer above);
+    ``flags``: each layer's ``zero_output_for_mask``."""
     l, d = where.l, where.d
-    here = where._replace(zero_masked=where.zero_masked[l])
-    x = _chunk_input(ps, where, x0, starts, lengths, mask)
+    here = where
+    x = _chunk_input(ps, where, flags, x0, starts, lengths, mask)
     n, B = x.shape[:2]
     cell, w = ps.cells[l], ps.weights[l][d]
     H = w.hidden_size
@@ -139,17 +141,16 @@ def build(x, call, d_output, d_states, states, lengths, mask):
         tasks = {}
         for d, j in g.chains(l):
             adj = g.adjoint(l, d, j)
-            where0 = g.where(l, d, 0)
             leaves = []
             for k in reversed(g.order(d)):
-                where = where0._replace(t0=g.t_starts[k], zero_masked=call.zero_masked)
+                where = g.where(l, d, k)
                 starts = [[start_key(m, dd, j, k) for dd in range(p.layers[m].num_directions)]
                           for m in range(l)]
                 d_srcs = ([(dout.name, k, j, 0)] if l == L - 1 else
                           [g.key("bwd-dx", l + 1, dd, j, k)
                            for dd in range(p.layers[l + 1].num_directions)])
                 bk = g.key("bwd-scan", l, d, j, k)
-                tasks[bk] = (_bwd_task, w, where, (g.x.name, k, j, 0), starts,
+                tasks[bk] = (_bwd_task, w, where, call.zero_masked, (g.x.name, k, j, 0), starts,
                              start_key(l, d, j, k), g.lengths(j), g.mask(j, k), d_srcs, adj)
                 tasks[g.key("bwd-dx", l, d, j, k)] = (_d_x, bk)
                 tasks[g.key("bwd-dh", l, d, j, k)] = (_d_state, bk)

@@ -8,15 +8,19 @@ reversed for the backward direction), each taking its chunk's input pieces
 outputs, both directions) and a boundary state. Layer ``l + 1``'s chunk ``k`` thus needs
 only layer ``l``'s chunk ``k``: layers run as a wavefront.
 
-Layers of the graph (attached with ``HighLevelGraph.from_collections``):
+Layers of the graph (attached with ``HighLevelGraph.from_collections``), named after the
+layer's cell (``gru``, ``lstm``; the stack-wide ones after its one cell, or ``rnn`` for a
+stack that mixes cells):
 
-* ``{cell}-weights-{token}``: one key, the kernel-ready weights of the whole stack;
+* ``{stack}-weights-{token}``: one key, the kernel-ready weights of the whole stack (and a
+  model's input layers);
 * ``{cell}-{stage}-l{l}-{token}``: the tasks of layer ``l``'s chains, one graph layer per
   stack layer (the chain runs through its stages, e.g. scan and state tasks);
-* ``{cell}-chunkout-l{l}-{token}`` (``{cell}-output-{token}`` for the top layer): a dask
+* ``{cell}-chunkout-l{l}-{token}`` (``{stack}-output-{token}`` for the top layer): a dask
   array (T, B, D*H) whose block (k, j, d) is direction d's outputs on chunk (k, j), so that
   its feature chunks are the directions, and the next layer's input of a chunk is a row of
-  blocks;
+  blocks (a layer that merges its directions by sum, product or mean has one block (k, j,
+  0), the merge done in its task);
 * ``{cell}-final-l{l}-{token}``: a dask array (D, B, S) of the layer's final states.
 
 Keys are deterministic: the token covers the inputs, the stack, every option that changes

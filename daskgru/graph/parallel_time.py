@@ -113,6 +113,38 @@ class FixResult(NamedTuple):
     stats: list
 
 
+class Patch(NamedTuple):
+    """Re-scanned outputs of some rows: local steps a..b-1 of ``rows``."""
+
+    a: int
+    b: int
+    rows: np.ndarray
+    out: np.ndarray
+
+
+class ChunkFix(NamedTuple):
+    """What checking one chunk gives: its corrected end state, its patches (None where the
+    speculative outputs stand) and its statistics."""
+
+    end: np.ndarray
+    patches: list
+    stats: "FixStats"
+
+
+class AffineMap(NamedTuple):
+    """s -> J s + c; ``J`` None marks a constant map (onto ``c``)."""
+
+    J: object
+    c: np.ndarray
+
+
+class Guess(NamedTuple):
+    """A Newton sweep's start state of a chunk, and whether sweeping is done."""
+
+    state: np.ndarray
+    done: bool
+
+
 class FixStats(NamedTuple):
     accepted: float      # largest start mismatch verified rather than recomputed
     rows: int            # rows recomputed
@@ -161,7 +193,7 @@ def _spec_task(ps, where, start, tail, tail_where, tail_mask, h0, lengths, mask,
     x = chunk_input(ps, where.l, parts)
     n, B = x.shape[:2]
     if start is not None:
-        h = np.array(start[0], dtype=w.w_hh.dtype)
+        h = np.array(start.state, dtype=w.w_hh.dtype)
     else:
         h = start_state(ps, where, h0, B)
         if tail is not None and tail.shape[0]:
@@ -209,7 +241,7 @@ def _splice(ps, where, x, rows, h, steps, spec):
         a, b = _span(n, pos, m, steps.reverse)
         o, h = _scan_rows(ps, where, x, pending, h, steps, a, b)
         scanned += m
-        patches.append((a, b, pending, o))
+        patches.append(Patch(a, b, pending, o))
         ref = spec.checkpoints[i] if pos + m < n else spec.end
         met = np.all(h == ref[pending], axis=1)
         pending, h = pending[~met], h[~met]
@@ -224,10 +256,10 @@ def _fix_chunk(ps, where, tol, true_start, spec, lengths, mask, *parts):
     recomputed from the true start. Rows off by less are verified: re-scanned from the true
     start until the trajectories meet bit for bit (usually within tens of steps), falling back
     to a full recompute where they never meet (chaotic dynamics). ``true_start`` None: the
-    assumed start was exact (chunk 0). Returns (end state, patches or None, FixStats).
+    assumed start was exact (chunk 0). Returns a :class:`ChunkFix`.
     """
     if true_start is None:
-        return spec.end, None, FixStats(0.0, 0, 0)
+        return ChunkFix(spec.end, None, FixStats(0.0, 0, 0))
     B = spec.start.shape[0]
     # Rows whose valid steps all lie before this chunk: the state passes through and the
     # outputs are padding (0) already.
@@ -241,7 +273,7 @@ def _fix_chunk(ps, where, tol, true_start, spec, lengths, mask, *parts):
     end[past] = true_start[past]
     accepted = float(delta[check | exact].max()) if (check | exact).any() else 0.0
     if not (bad.any() or check.any()):
-        return end, None, FixStats(accepted, 0, 0)
+        return ChunkFix(end, None, FixStats(accepted, 0, 0))
     x = chunk_input(ps, where.l, parts)
     n = x.shape[0]
     steps = chunk_steps(where, lengths, mask, B, n)
@@ -255,9 +287,10 @@ def _fix_chunk(ps, where, tol, true_start, spec, lengths, mask, *parts):
     if bad.any():
         rows = np.flatnonzero(bad)
         o, h = _scan_rows(ps, where, x, rows, true_start[rows], steps, 0, n)
-        patches.append((0, n, rows, o))
+        patches.append(Patch(0, n, rows, o))
         end[rows] = h
-    return end, (patches or None), FixStats(accepted, int(bad.sum() + failed.size), scanned)
+    return ChunkFix(end, patches or None, FixStats(accepted, int(bad.sum() + failed.size),
+                                                   scanned))
 
 
 def _fix_task(ps, tol, prev, group):
@@ -270,9 +303,10 @@ def _fix_task(ps, tol, prev, group):
     true = None if prev is None else prev.end
     patches, stats = [], []
     for where, spec, lengths, mask, parts in group:
-        true, p, st = _fix_chunk(ps, where, tol, true, spec, lengths, mask, *parts)
-        patches.append(p)
-        stats.append(st)
+        fix = _fix_chunk(ps, where, tol, true, spec, lengths, mask, *parts)
+        true = fix.end
+        patches.append(fix.patches)
+        stats.append(fix.stats)
     return FixResult(true, patches, stats)
 
 
@@ -283,8 +317,8 @@ def _select(spec, fix, i):
     if patches is None:
         return spec.out
     out = spec.out.copy()
-    for a, b, rows, o in patches:
-        out[a:b, rows] = o
+    for p in patches:
+        out[p.a:p.b, p.rows] = p.out
     return out
 
 
@@ -301,36 +335,34 @@ def _newton_init(ps, where, h0, K, B):
 
 
 def _newton_pick(collect, q):
-    return collect["states"][q], collect["done"]
+    return Guess(collect["states"][q], collect["done"])
 
 
 def _newton_const(collect):
-    """Element 0 of the prefix scan: the constant map onto s_0 (J None marks constant)."""
-    return None if collect["done"] else (None, collect["states"][0])
+    """Element 0 of the prefix scan: the constant map onto s_0."""
+    return None if collect["done"] else AffineMap(None, collect["states"][0])
 
 
 def _newton_eval(ps, where, cutoff, bstate, lengths, mask, *parts):
     """f_q(s_q) and J_q for one chunk, as the affine map s -> J s + (f - J s_q)."""
-    s, done = bstate
-    if done:
+    if bstate.done:
         return None
+    s = bstate.state
     cell, w = ps.cells[where.l], ps.weights[where.l][where.d]
     x = chunk_input(ps, where.l, parts)
     steps = chunk_steps(where, lengths, mask, x.shape[1], x.shape[0])
     f, J = cell.tangent(w, project(w, x), s, steps, cutoff)
-    return J, f - np.einsum("bij,bj->bi", J, s)
+    return AffineMap(J, f - np.einsum("bij,bj->bi", J, s))
 
 
 def _compose(later, earlier):
-    """later ∘ earlier for affine maps (J, c): s -> J s + c; J None is a constant map."""
+    """later ∘ earlier for affine maps."""
     if later is None or earlier is None:
         return None
-    Jl, cl = later
-    Je, ce = earlier
-    if Jl is None:
+    if later.J is None:
         return later
-    c = np.einsum("bij,bj->bi", Jl, ce) + cl
-    return (None, c) if Je is None else (np.matmul(Jl, Je), c)
+    c = np.einsum("bij,bj->bi", later.J, earlier.c) + later.c
+    return AffineMap(None if earlier.J is None else np.matmul(later.J, earlier.J), c)
 
 
 def _newton_collect(cell, tol, prev, *prefix):
@@ -338,7 +370,7 @@ def _newton_collect(cell, tol, prev, *prefix):
     if prev["done"] or any(p is None for p in prefix):
         return prev
     s0 = prev["states"][0]
-    states = [s0] + [cell.clip(p[1], s0) for p in prefix[1:]]
+    states = [s0] + [cell.clip(p.c, s0) for p in prefix[1:]]
     new = dict(prev, sweeps=prev["sweeps"] + 1)
     if not all(np.isfinite(s).all() for s in states):
         new.update(done=True, diverged=True)  # keep the last finite states
