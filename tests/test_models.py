@@ -407,3 +407,24 @@ def test_keras_batch_norm_rescaling_and_a_saved_file(rng, tmp_path):
     km.save(tmp_path / "k.keras")
     m = dg.Model.from_keras(tmp_path / "k.keras")
     np.testing.assert_allclose(m(x), np.asarray(km(x)), **F32)
+
+
+def test_torch_packed_sequences_through_a_head(rng):
+    """Padding as torch users have it: lengths (pack_padded_sequence), the head on the padded
+    output (zeros past each length)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(2)
+    lstm = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True)
+    head = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.GELU(), torch.nn.Linear(4, 1))
+    x = rng.normal(size=(9, 4, 3)).astype("float32")
+    lengths = np.array([9, 2, 6, 1])
+    with torch.no_grad():
+        packed = pack_padded_sequence(torch.from_numpy(x), torch.as_tensor(lengths),
+                                      enforce_sorted=False)
+        out, _ = pad_packed_sequence(lstm(packed)[0], total_length=9)
+        want = head(out).numpy()
+    m = dg.Model.from_torch(lstm, head=head)
+    np.testing.assert_allclose(m(x, lengths=lengths), want, **F32)
+    np.testing.assert_array_equal(m(da.from_array(x, chunks=(4, 2, 3)), lengths=lengths)
+                                  .compute(), m(x, lengths=lengths))

@@ -173,3 +173,26 @@ def test_command_converts_and_runs_a_run_directory(data_root, tmp_path, capsys):
     got = xr.open_zarr(tmp_path / "o.zarr").prediction.isel(target=0)
     sim = results["b2"]["1D"]["xr"]["qobs_sim"][:, 0]
     np.testing.assert_allclose(got.sel(date=sim.date).values, sim.values, rtol=2e-6, atol=2e-6)
+
+
+def test_older_runs_with_a_pickled_scaler(data_root, tmp_path):
+    """Runs before NeuralHydrology 1.0 pickled the scaler (pandas Series, xarray Datasets)."""
+    import yaml
+
+    root, data = data_root
+    runs = sorted((root / "runs").iterdir()) if (root / "runs").exists() else []
+    if not runs:
+        run_dir, _ = train_and_evaluate(root, data, "cudalstm", "output_activation: relu")
+    else:
+        run_dir = runs[0]
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    yml = old / "train_data" / "train_data_scaler.yml"
+    raw = yaml.safe_load(yml.read_text())
+    scaler = {k: (pd.Series(v) if k.startswith("attribute") else xr.Dataset.from_dict(v))
+              for k, v in raw.items()}
+    yml.unlink()
+    with open(old / "train_data" / "train_data_scaler.p", "wb") as f:
+        pickle.dump(scaler, f)
+    assert dg.Model.from_neuralhydrology(old) == dg.Model.from_neuralhydrology(run_dir)._replace(
+        description=dg.Model.from_neuralhydrology(old).description)

@@ -33,8 +33,8 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from ..kernels.jit import (build, counts, kernel, propagate_tangent, sigmoid, skipped_adjoint,
-                           skipped, tanh, typed)
+from ..kernels.jit import (build, counts, dense, kernel, propagate_tangent, sigmoid,
+                           skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import product
 from ..layout import writable
 from .base import Cell, Prepared, Steps, sigmoid_
@@ -58,6 +58,7 @@ def _k(cache_key):
         acc = np.empty((B, G), dtype=h.dtype)
         rh = np.empty((B, H), dtype=h.dtype)
         has_mask = mask.shape[0] > 0
+        every = dense(lengths, mask, t0, T)
         for s in range(T):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
@@ -71,7 +72,7 @@ def _k(cache_key):
                         rh[bb, j] = sigmoid(gi[tl, bb, j] + acc[bb, j]) * h[bb, j]
                 product(rh, 0, B, w_t, b, 2 * H, G, acc, 0)
             for bb in range(B):
-                if not counts(t, tl, bb, lengths, mask, has_mask):
+                if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                     skipped(t, tl, bb, lengths, zero_masked, h, out)
                     continue
                 for j in range(H):

@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from ..kernels.jit import (build, counts, kernel, propagate_tangent, sigmoid, skipped_adjoint,
-                           skipped, tanh, typed)
+from ..kernels.jit import (build, counts, dense, kernel, propagate_tangent, sigmoid,
+                           skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import product
 from ..layout import writable
 from .base import Cell, Prepared, Steps, sigmoid_
@@ -51,12 +51,13 @@ def _k(cache_key):
         c = np.ascontiguousarray(state[:, H:])
         acc = np.empty((B, G), dtype=state.dtype)
         has_mask = mask.shape[0] > 0
+        every = dense(lengths, mask, t0, T)
         for s in range(T):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
             product(h, 0, B, w_t, b, 0, G, acc, 0)
             for bb in range(B):
-                if not counts(t, tl, bb, lengths, mask, has_mask):
+                if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                     skipped(t, tl, bb, lengths, zero_masked, h, out)
                 else:
                     for j in range(H):

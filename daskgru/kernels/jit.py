@@ -34,7 +34,7 @@ from numba.extending import intrinsic, overload
 
 from . import tiles
 
-__all__ = ["CACHE_KEY", "kernel", "build", "typed", "vexp", "sigmoid", "tanh", "counts",
+__all__ = ["CACHE_KEY", "kernel", "build", "typed", "vexp", "sigmoid", "tanh", "counts", "dense",
            "skipped", "skipped_adjoint", "propagate_tangent"]
 
 # What identifies the code the kernels call into, for their on-disk caches.
@@ -184,6 +184,19 @@ def counts(t, tl, bb, lengths, mask, has_mask):
     Keras's masking; ``has_mask``: ``mask`` is not empty). A skipped step leaves the state
     unchanged; its output is written by :func:`skipped`."""
     return t < lengths[bb] and not (has_mask and mask[tl, bb] == 0)
+
+
+@numba.njit(inline="always")
+def dense(lengths, mask, t0, T):
+    """Whether every row computes every step of a chunk of ``T`` steps from ``t0`` (no mask,
+    no length inside it): the scan kernels then skip :func:`counts`, one loop-invariant test
+    instead of one per row and step."""
+    if mask.shape[0] > 0:
+        return False
+    for bb in range(lengths.shape[0]):
+        if lengths[bb] < t0 + T:
+            return False
+    return True
 
 
 @numba.njit
