@@ -1,15 +1,17 @@
 """Two revisions of daskgru side by side: did a change cost speed?
 
-    python benchmarks/compare_revisions.py --base cd2cf33            # base vs this checkout
-    python benchmarks/compare_revisions.py --base cd2cf33 --same     # base vs itself: noise
+    python benchmarks/compare_revisions.py --base cd2cf33              # base vs this checkout
+    python benchmarks/compare_revisions.py --base cd2cf33 --new HEAD   # base vs a commit
+    python benchmarks/compare_revisions.py --base cd2cf33 --noise      # plus base vs itself
 
-The base revision is checked out into a temporary git worktree. Every row of compare.py's
-grid (eager: float32 and float64, 1 and 2 threads; dask: time chunks of 512 steps on the
-threaded scheduler) is timed in a fresh process per revision, the two revisions alternating
-(A, B, A, B, ...) for ``--rounds`` rounds; each process warms up on the same shape, then
-reports the median of ``--repeats`` calls. The table gives the median over rounds of each
-revision and their ratio (new / base: above 1 is slower). ``--same`` runs the base against
-a second copy of itself the same way, which measures the noise band of this machine.
+The base revision (and ``--new``, when given) is checked out into a temporary git worktree.
+Every row of compare.py's grid (eager: float32 and float64, 1 and 2 threads; dask: time
+chunks of 512 steps on the threaded scheduler) is timed in a fresh process per revision, the
+revisions alternating (base, new, base, new, ...) for ``--rounds`` rounds; each process warms
+up on the same shape, then reports the median of ``--repeats`` calls. The table gives the
+median over rounds of each revision and their ratio (new / base: above 1 is slower).
+``--noise`` adds a second copy of the base to every round (base, new, copy, ...): its ratio
+copy / base, measured in the same rounds, is the noise band of this machine.
 """
 from __future__ import annotations
 
@@ -67,7 +69,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="git revision to compare against")
-    ap.add_argument("--same", action="store_true", help="base against itself (noise band)")
+    ap.add_argument("--new", help="git revision to compare (default: this checkout)")
+    ap.add_argument("--noise", action="store_true",
+                    help="also time a copy of the base in every round (the noise band)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="T / 8")
@@ -85,25 +89,36 @@ def main(argv=None):
         os.chdir(here)
         try:
             base = worktree(args.base, os.path.join(tmp, "base"))
-            new = worktree(args.base, os.path.join(tmp, "copy")) if args.same else here
+            new = worktree(args.new, os.path.join(tmp, "new")) if args.new else here
+            copy = worktree(args.base, os.path.join(tmp, "copy")) if args.noise else None
             print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-                  f"base {args.base} vs {'a copy of it' if args.same else 'this checkout'}; "
-                  f"{args.rounds} alternated rounds, median of {args.repeats} calls each")
+                  f"base {args.base} vs {args.new or 'this checkout'}"
+                  f"{' and a copy of the base' if copy else ''}; {args.rounds} alternated "
+                  f"rounds, median of {args.repeats} calls each")
             print(f"{'kind':6} {'dtype':8} {'thr':>3} {'T':>5} {'B':>4} {'I':>4} {'H':>4} | "
-                  f"{'base ms':>9} {'new ms':>9} | {'new/base':>8}")
-            ratios = []
+                  f"{'base ms':>9} {'new ms':>9} | {'new/base':>8}"
+                  + (f" {'copy/base':>9}" if copy else ""))
+            ratios, noise = [], []
             for row in rows:
-                a, b = [], []
+                a, b, c = [], [], []
                 for _ in range(args.rounds):
                     a.append(measure(base, row, args.repeats))
                     b.append(measure(new, row, args.repeats))
+                    if copy:
+                        c.append(measure(copy, row, args.repeats))
                 ma, mb = statistics.median(a), statistics.median(b)
                 ratios.append(mb / ma)
                 k, dt, thr, T, B, I, H = row
-                print(f"{k:6} {dt:8} {thr:>3} {T:>5} {B:>4} {I:>4} {H:>4} | {ma * 1e3:>9.2f} "
-                      f"{mb * 1e3:>9.2f} | {mb / ma:>8.3f}", flush=True)
-            print(f"new/base over all rows: min {min(ratios):.3f}, median "
-                  f"{statistics.median(ratios):.3f}, max {max(ratios):.3f}")
+                line = (f"{k:6} {dt:8} {thr:>3} {T:>5} {B:>4} {I:>4} {H:>4} | {ma * 1e3:>9.2f} "
+                        f"{mb * 1e3:>9.2f} | {mb / ma:>8.3f}")
+                if copy:
+                    noise.append(statistics.median(c) / ma)
+                    line += f" {noise[-1]:>9.3f}"
+                print(line, flush=True)
+            for name, r in (("new/base", ratios), ("copy/base", noise)):
+                if r:
+                    print(f"{name} over all rows: min {min(r):.3f}, median "
+                          f"{statistics.median(r):.3f}, max {max(r):.3f}")
         finally:
             os.chdir(here)
             subprocess.run(["git", "worktree", "prune"], capture_output=True)
