@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import describe  # noqa: E402 (benchmarks/machine.py)
 
 GRID = [(4096, 1, 8, 32), (4096, 32, 16, 64), (1024, 64, 64, 256), (512, 256, 128, 512)]
 
@@ -255,7 +257,7 @@ def main(argv=None):
     import numba
     import torch
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"# {describe()}, "
           f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     if not args.no_eager:

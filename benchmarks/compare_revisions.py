@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import describe  # noqa: E402 (benchmarks/machine.py)
 
 GRID = [(4096, 1, 8, 32), (4096, 32, 16, 64), (1024, 64, 64, 256), (512, 256, 128, 512)]
 
@@ -32,6 +34,7 @@ kind, dtype, threads, T, B, I, H, repeats = sys.argv[1:]
 threads, T, B, I, H, repeats = map(int, (threads, T, B, I, H, repeats))
 os.environ["DASKGRU_NUM_THREADS"] = str(threads)
 import daskgru as dg
+
 p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
 x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
 if kind == "eager":
@@ -91,7 +94,7 @@ def main(argv=None):
             base = worktree(args.base, os.path.join(tmp, "base"))
             new = worktree(args.new, os.path.join(tmp, "new")) if args.new else here
             copy = worktree(args.base, os.path.join(tmp, "copy")) if args.noise else None
-            print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+            print(f"# {describe()}; "
                   f"base {args.base} vs {args.new or 'this checkout'}"
                   f"{' and a copy of the base' if copy else ''}; {args.rounds} alternated "
                   f"rounds, median of {args.repeats} calls each")

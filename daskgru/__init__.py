@@ -5,8 +5,9 @@ from .params import GRUParams, GRUWeights, LSTMParams, LSTMWeights, load_params
 from .stack import Stack
 from .model import Model, load_model
 from .xarray import apply_gru, apply_rnn
+from .frame import apply_frame
 from .train import GRURegressor, gru_backward, lstm_backward
 
 __all__ = ["GRUParams", "GRUWeights", "LSTMParams", "LSTMWeights", "Stack", "load_params",
-           "Model", "load_model", "gru", "lstm", "apply_gru", "apply_rnn", "gru_backward",
-           "lstm_backward", "GRURegressor"]
+           "Model", "load_model", "gru", "lstm", "apply_gru", "apply_rnn", "apply_frame",
+           "gru_backward", "lstm_backward", "GRURegressor"]

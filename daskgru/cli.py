@@ -349,13 +349,15 @@ def _cmd_run(args):
         res = run(args.input, args.params, args.output, time_dim=args.time_dim,
                   feature_dim=args.feature_dim, features=args.features,
                   variable=args.variable, chunks=args.chunks, method=args.method,
-                  skipna=args.skipna, window=_window_arg(args.window), overwrite=args.overwrite,
-                  progress=not args.no_progress)
+                  skipna=args.skipna, window=_window_arg(args.window), id_col=args.id_col,
+                  time_col=args.time_col, partitioned_by=args.partitioned_by,
+                  overwrite=args.overwrite, progress=not args.no_progress)
     finally:
         if client is not None:
             client.close()
     if not res.already_complete:
-        print(f"wrote {res.output} ({res.units} time chunk(s), resumed at {res.resumed_from}) "
+        unit = "partition(s)" if args.id_col else "time chunk(s)"
+        print(f"wrote {res.output} ({res.units} {unit}, resumed at {res.resumed_from}) "
               f"in {res.seconds:.1f} s")
 
 
@@ -413,16 +415,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "chunk and gives the same bits. The store's attribute "
                                    "daskgru_complete is 1 only once everything is written. "
                                    "(A bidirectional model is one unit: it restarts from the "
-                                   "beginning.)")
-    r.add_argument("input", metavar="INPUT", help="netCDF file or zarr store")
+                                   "beginning.) A Parquet INPUT (a file or a dataset directory, "
+                                   "Hive partitions too: one row per series id and time) gives "
+                                   "a Parquet dataset OUT with the output columns added, one "
+                                   "file per input partition, resumable per partition.")
+    r.add_argument("input", metavar="INPUT",
+                   help="netCDF file, zarr store, or Parquet file or directory")
     r.add_argument("--params", required=True, metavar="P",
                    help="params or model file (from 'daskgru convert', or the save method of "
                         "GRUParams, LSTMParams, Model)")
-    r.add_argument("--output", "-o", required=True, metavar="OUT", help="zarr store to write")
+    r.add_argument("--output", "-o", required=True, metavar="OUT",
+                   help="zarr store (or, for Parquet input, Parquet directory) to write")
     r.add_argument("--time-dim", default="time", help="name of the time dim (time)")
     r.add_argument("--feature-dim", default="feature", help="name of the feature dim (feature)")
     r.add_argument("--features", metavar="A,B",
-                   help="data variables to stack as features (input without a feature dim)")
+                   help="data variables to stack as features (input without a feature dim); "
+                        "for a table, its feature columns (default: the model's input names, "
+                        "else every numeric column but id and time)")
+    r.add_argument("--id-col", metavar="NAME",
+                   help="Parquet input: the column naming each row's series")
+    r.add_argument("--time-col", default="time", metavar="NAME",
+                   help="Parquet input: the time column (time)")
+    r.add_argument("--partitioned-by", choices=("time", "id"),
+                   help="Parquet input: partitions are time slices of all series, or whole "
+                        "series (default: detected from the id and time columns)")
     r.add_argument("--variable", metavar="NAME",
                    help="the data variable to use (input with a feature dim and several variables)")
     r.add_argument("--chunks", metavar="time=N",

@@ -22,6 +22,7 @@ resume.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -32,7 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RunError", "RunResult", "run", "open_input", "demo"]
+from .files import hold, stale_temporaries
+
+__all__ = ["RunError", "RunResult", "run", "run_table", "open_input", "demo"]
 
 STATE = "daskgru_state"
 FORMAT_VERSION = 2
@@ -41,6 +44,15 @@ DEFAULT_TIME_CHUNK = 1000
 
 class RunError(Exception):
     """A problem with the user's input or options: reported in one line, no traceback."""
+
+
+def _crash_point(name):
+    """Fault injection for the tests: ``DASKGRU_TEST_KILL_AT=name`` kills this process
+    with SIGKILL here, as a power cut or an OOM killer would."""
+    if os.environ.get("DASKGRU_TEST_KILL_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 MODEL_SOURCES = (".pt", ".pth", ".ckpt", ".pt2", ".keras", ".h5", ".hdf5")
@@ -68,6 +80,20 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------- input
+def _is_parquet(path) -> bool:
+    """A Parquet file, or a directory of them (Hive partitions too) that is not zarr."""
+    path = os.fspath(path).rstrip("/" + os.sep)
+    if path.lower().endswith((".parquet", ".pq")):
+        return True
+    if not os.path.isdir(path) or any(os.path.exists(os.path.join(path, f))
+                                      for f in (".zgroup", "zarr.json", ".zattrs")):
+        return False
+    for _, _, files in os.walk(path):
+        if any(f.endswith((".parquet", ".pq")) for f in files):
+            return True
+    return False
+
+
 def _is_zarr(path) -> bool:
     path = os.fspath(path).rstrip("/" + os.sep)
     return path.endswith(".zarr") or os.path.isdir(path)
@@ -236,6 +262,7 @@ def _create_store(path, template, state, dtype, attrs):
                                     da.zeros((2,) + shape, dtype=dtype, chunks=(1,) + chunks))
         ds.attrs.update(attrs)
         ds.to_zarr(tmp, mode="w", compute=False, consolidated=False, zarr_format=2)
+        _crash_point("create")
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
@@ -244,17 +271,43 @@ def _create_store(path, template, state, dtype, attrs):
 
 
 # ----------------------------------------------------------------------------- run
+def _load(params, window):
+    """The params or model to run (a path or the object) and the window it runs with."""
+    from .model import Model, load_model
+    from .params import RNNParams
+
+    if isinstance(params, (RNNParams, Model)):
+        p = params
+    else:
+        if not os.path.exists(os.fspath(params)):
+            raise RunError(f"params file {os.fspath(params)!r} does not exist")
+        try:
+            m = load_model(params)
+        except Exception as e:  # noqa: BLE001
+            raise RunError(unreadable(os.fspath(params), e)) from None
+        p = m.rnn if m.rnn_only else m
+    if isinstance(window, str):
+        if window != "model":
+            raise RunError(f"--window must be a number of steps, 'model' or 'none', got "
+                           f"{window!r}")
+        window = p.window if isinstance(p, Model) else None
+    return p, window
+
+
 def run(input, params, output, *, time_dim="time", feature_dim="feature", features=None,
         variable=None, chunks=None, method="scan", skipna=False, window="model",
-        overwrite=False, progress=True, log=print) -> RunResult:
-    """Run a GRU or LSTM over a netCDF/zarr file into a zarr store, resumably (see the
-    module doc).
+        id_col=None, time_col="time", partitioned_by=None, overwrite=False, progress=True,
+        log=print) -> RunResult:
+    """Run a GRU or LSTM over a netCDF/zarr file into a zarr store, or over a Parquet
+    table into a Parquet dataset, resumably (see the module doc).
 
     Parameters
     ----------
     input : path
         netCDF file or zarr store with ``time_dim`` and either ``feature_dim`` (one data
-        variable over both, or ``variable``) or data variables used as ``features``.
+        variable over both, or ``variable``) or data variables used as ``features``; or a
+        Parquet file or dataset directory (Hive partitions too) of rows (``id_col``,
+        ``time_col``, features), written as a Parquet dataset (see :func:`run_table`).
     params : path, GRUParams, LSTMParams or Model
         A params or model file (``daskgru convert``, ``save``), or the object itself. A
         model's store holds ``prediction``; params' ``output`` and the final states.
@@ -271,6 +324,10 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
         window, e.g. a NeuralHydrology model's ``seq_length``). Each time chunk reads the
         window - 1 steps before it; nothing is carried from chunk to chunk.
 
+    id_col, time_col, partitioned_by : str
+        Tables only: the series id and time columns, and the layout (see
+        :func:`daskgru.apply_frame`).
+
     Returns
     -------
     RunResult
@@ -278,29 +335,21 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     import dask
     import zarr
 
-    from .model import Model, load_model
-    from .params import RNNParams
+    from .model import Model
     from .xarray import apply_rnn
 
     t_start = time.perf_counter()
     output = os.fspath(output).rstrip("/" + os.sep)
-    if isinstance(params, (RNNParams, Model)):
-        p = params
-    else:
-        if not os.path.exists(os.fspath(params)):
-            raise RunError(f"params file {os.fspath(params)!r} does not exist")
-        try:
-            m = load_model(params)
-        except Exception as e:  # noqa: BLE001
-            raise RunError(unreadable(os.fspath(params), e)) from None
-        p = m.rnn if m.rnn_only else m
-    if isinstance(window, str):
-        if window != "model":
-            raise RunError(f"--window must be a number of steps, 'model' or 'none', got "
-                           f"{window!r}")
-        window = p.window if isinstance(p, Model) else None
     if isinstance(features, str):
         features = [f.strip() for f in features.split(",") if f.strip()]
+    if _is_parquet(input):
+        return run_table(input, params, output, id_col=id_col, time_col=time_col,
+                         features=features, partitioned_by=partitioned_by, skipna=skipna,
+                         window=window, overwrite=overwrite, progress=progress, log=log)
+    if id_col is not None:
+        raise RunError(f"--id-col is for Parquet tables; {os.fspath(input)!r} is read as "
+                       "netCDF or zarr")
+    p, window = _load(params, window)
     ds_in = open_input(input)
     obj, feats = select_input(ds_in, time_dim=time_dim, feature_dim=feature_dim,
                               features=features, variable=variable)
@@ -358,96 +407,309 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
                "skipna": bool(skipna), "window": window}
     fp = fingerprint(input, obj, p, options)
 
-    status = store_status(output)
-    if status is not None and (overwrite or status["fingerprint"] is None):
-        if status["fingerprint"] is None and not overwrite:
-            raise RunError(f"output {output!r} exists and is not a daskgru run store; "
-                           f"remove it or pass --overwrite")
-        if status["fingerprint"] is None and not os.path.isdir(output):
-            raise RunError(f"output {output!r} exists and is not a zarr store; refusing to "
-                           f"replace it")
-        _remove(output)
-        status = None
-    if status is not None and status["fingerprint"] != fp:
-        raise RunError(f"output {output!r} was written by a different run (input, params or "
-                       f"options differ); remove it or pass --overwrite")
-    if status is not None and status["complete"]:
-        if not os.path.exists(os.path.join(output, ".zmetadata")):
-            zarr.consolidate_metadata(output)  # killed between the flag and this
-        log(f"{output} is already complete ({units} of {units} time chunks); nothing to do")
-        return RunResult(output, units, units, True, time.perf_counter() - t_start)
-    if status is None:
-        state = None
-        if stateful:
-            L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
-            state = (("part", "layer", "direction", *batch_dims, "hidden"),
-                     (len(finals), L, D, *(obj.sizes[d] for d in batch_dims), H),
-                     (1, 1, 1, *bchunks.values(), H))
-        attrs = {"daskgru_fingerprint": fp, "daskgru_units": units,
-                 "daskgru_unit_edges": edges, "daskgru_completed_units": 0,
-                 "daskgru_complete": 0, "daskgru_format": FORMAT_VERSION}
-        _create_store(output, template, state, dtype, attrs)
-        done = 0
-    else:
-        done = int(status["completed_units"])
-        log(f"resuming {output}: {done} of {units} time chunks already done")
-
-    group = zarr.open_group(output, mode="r+")
-    delay = float(os.environ.get("DASKGRU_TEST_CHUNK_DELAY", "0") or 0)
-    no_time = [k for k, v in template.coords.items() if time_dim not in v.dims]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=T, initial=edges[done], unit="step", desc="daskgru run",
-                   dynamic_ncols=True)
-    try:
-        for k in range(done, units):
-            t0, t1 = edges[k], edges[k + 1]
-            start, lo = {}, t0
-            if k and stateful:
-                slot = np.asarray(group[STATE][k % 2])
-                start = {("h0", "c0")[i]: slot[i].reshape(rnn.num_layers * rnn.num_directions,
-                                                          *slot.shape[3:])
-                         for i in range(len(finals))}
-            if window is not None:  # the steps before the chunk that its windows read
-                lo = max(0, t0 - window + 1)
-            part = apply_rnn(obj.isel({time_dim: slice(lo, t1)}), p, time_dim=time_dim,
-                             feature_dim=feature_dim, method=method, features=feats,
-                             skipna=skipna, window=window, **start)
-            if timed:
-                region = part[[var]].drop_vars(no_time, errors="ignore")
-                region = region.isel({time_dim: slice(t0 - lo, None)})
-                region[var] = region[var].chunk(out_chunks)
-                write = _clean(region).to_zarr(output, region={time_dim: slice(t0, t1)},
-                                               mode="r+", compute=False, consolidated=False)
-                _, *ends = dask.compute(write, *[part[v].data for v in finals])
-            else:  # a sequence-to-one prediction: one unit, written whole
-                pred, *ends = dask.compute(part[var].data, *[part[v].data for v in finals])
-                group[var][...] = np.asarray(pred, dtype=dtype)
+    with hold(output, error=RunError):  # one writer per output
+        for tmp in stale_temporaries(output):  # a run killed while creating the store
+            _remove(tmp)
+        status = store_status(output)
+        if status is not None and (overwrite or status["fingerprint"] is None):
+            if status["fingerprint"] is None and not overwrite:
+                raise RunError(f"output {output!r} exists and is not a daskgru run store; "
+                               f"remove it or pass --overwrite")
+            if status["fingerprint"] is None and not os.path.isdir(output):
+                raise RunError(f"output {output!r} exists and is not a zarr store; refusing to "
+                               f"replace it")
+            _remove(output)
+            status = None
+        if status is not None and status["fingerprint"] != fp:
+            raise RunError(f"output {output!r} was written by a different run (input, params or "
+                           f"options differ); remove it or pass --overwrite")
+        if status is not None and status["complete"]:
+            if not os.path.exists(os.path.join(output, ".zmetadata")):
+                zarr.consolidate_metadata(output)  # killed between the flag and this
+            log(f"{output} is already complete ({units} of {units} time chunks); nothing to do")
+            return RunResult(output, units, units, True, time.perf_counter() - t_start)
+        if status is None:
+            state = None
             if stateful:
-                # Slot (k + 1) % 2 is not the one the counter points at: a kill while
-                # writing it leaves the previous boundary state intact.
-                group[STATE][(k + 1) % 2] = np.stack(ends).astype(dtype)
-            elif ends:  # one unit: the final states directly
-                for v, e in zip(finals, ends):
-                    group[v][...] = np.asarray(e, dtype=dtype)
-            group.attrs["daskgru_completed_units"] = k + 1
+                L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
+                state = (("part", "layer", "direction", *batch_dims, "hidden"),
+                         (len(finals), L, D, *(obj.sizes[d] for d in batch_dims), H),
+                         (1, 1, 1, *bchunks.values(), H))
+            attrs = {"daskgru_fingerprint": fp, "daskgru_units": units,
+                     "daskgru_unit_edges": edges, "daskgru_completed_units": 0,
+                     "daskgru_complete": 0, "daskgru_format": FORMAT_VERSION}
+            _create_store(output, template, state, dtype, attrs)
+            done = 0
+            _crash_point("created")
+        else:
+            done = int(status["completed_units"])
+            log(f"resuming {output}: {done} of {units} time chunks already done")
+
+        group = zarr.open_group(output, mode="r+")
+        delay = float(os.environ.get("DASKGRU_TEST_CHUNK_DELAY", "0") or 0)
+        no_time = [k for k, v in template.coords.items() if time_dim not in v.dims]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=T, initial=edges[done], unit="step", desc="daskgru run",
+                       dynamic_ncols=True)
+        try:
+            for k in range(done, units):
+                t0, t1 = edges[k], edges[k + 1]
+                start, lo = {}, t0
+                if k and stateful:
+                    slot = np.asarray(group[STATE][k % 2])
+                    start = {("h0", "c0")[i]: slot[i].reshape(rnn.num_layers * rnn.num_directions,
+                                                              *slot.shape[3:])
+                             for i in range(len(finals))}
+                if window is not None:  # the steps before the chunk that its windows read
+                    lo = max(0, t0 - window + 1)
+                part = apply_rnn(obj.isel({time_dim: slice(lo, t1)}), p, time_dim=time_dim,
+                                 feature_dim=feature_dim, method=method, features=feats,
+                                 skipna=skipna, window=window, **start)
+                if timed:
+                    region = part[[var]].drop_vars(no_time, errors="ignore")
+                    region = region.isel({time_dim: slice(t0 - lo, None)})
+                    region[var] = region[var].chunk(out_chunks)
+                    write = _clean(region).to_zarr(output, region={time_dim: slice(t0, t1)},
+                                                   mode="r+", compute=False, consolidated=False)
+                    _, *ends = dask.compute(write, *[part[v].data for v in finals])
+                else:  # a sequence-to-one prediction: one unit, written whole
+                    pred, *ends = dask.compute(part[var].data, *[part[v].data for v in finals])
+                    group[var][...] = np.asarray(pred, dtype=dtype)
+                _crash_point("output")
+                if stateful:
+                    # Slot (k + 1) % 2 is not the one the counter points at: a kill while
+                    # writing it leaves the previous boundary state intact.
+                    group[STATE][(k + 1) % 2] = np.stack(ends).astype(dtype)
+                elif ends:  # one unit: the final states directly
+                    for v, e in zip(finals, ends):
+                        group[v][...] = np.asarray(e, dtype=dtype)
+                _crash_point("state")
+                group.attrs["daskgru_completed_units"] = k + 1
+                if bar is not None:
+                    bar.update(t1 - t0)
+                if delay:
+                    time.sleep(delay)
+            # Finish: final state, slots away, and only then the completion flag.
+            if STATE in group:
+                slot = np.asarray(group[STATE][units % 2])
+                for i, v in enumerate(finals):
+                    group[v][...] = slot[i]
+                del group[STATE]
+            _crash_point("finals")
+            group.attrs["daskgru_complete"] = 1
+            _crash_point("flag")
+            zarr.consolidate_metadata(output)  # after the flag, so readers see it too
+        finally:
             if bar is not None:
-                bar.update(t1 - t0)
-            if delay:
-                time.sleep(delay)
-        # Finish: final state, slots away, and only then the completion flag.
-        if STATE in group:
-            slot = np.asarray(group[STATE][units % 2])
-            for i, v in enumerate(finals):
-                group[v][...] = slot[i]
-            del group[STATE]
-        group.attrs["daskgru_complete"] = 1
-        zarr.consolidate_metadata(output)  # after the flag, so readers see it too
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
+        return RunResult(output, units, done, False, time.perf_counter() - t_start)
+
+
+# ----------------------------------------------------------------------------- tables
+TABLE_META = "_daskgru.json"
+
+
+def _table_status(path):
+    """Like :func:`store_status`, for a Parquet output directory (its ``_daskgru.json``)."""
+    path = os.fspath(path)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(os.path.join(path, TABLE_META)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = {}
+    return {"complete": bool(meta.get("complete", 0)),
+            "completed_units": meta.get("completed_units"), "units": meta.get("units"),
+            "fingerprint": meta.get("fingerprint"), "meta": meta}
+
+
+def _write_json(path, doc):
+    from .files import temporary_name
+
+    tmp = temporary_name(path)
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def _write_parquet(df, path):
+    from .files import temporary_name
+
+    tmp = temporary_name(path)
+    try:
+        df.to_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _state_file(output, n):
+    return os.path.join(output, f"_daskgru_state-{n}.parquet")
+
+
+def _save_states(states, path):
+    import pandas as pd
+
+    cols = {"id": states.ids, "last": states.last}
+    cols.update({f"s{j}": states.states[:, j] for j in range(states.states.shape[1])})
+    _write_parquet(pd.DataFrame(cols), path)
+
+
+def _load_states(path, dtype):
+    import pandas as pd
+
+    from .frame import States
+
+    df = pd.read_parquet(path)
+    s = [c for c in df.columns if c.startswith("s")]
+    return States(df["id"].to_numpy(), df[s].to_numpy(dtype=dtype), df["last"].to_numpy())
+
+
+def run_table(input, params, output, *, id_col, time_col="time", features=None,
+              partitioned_by=None, skipna=False, window="model", overwrite=False,
+              progress=True, log=print) -> RunResult:
+    """Run params or a model over a Parquet table into a Parquet dataset, resumably.
+
+    The input is read with ``dask.dataframe.read_parquet`` (a file, or a directory as Spark
+    and Hive write it). Each partition is a unit: its rows with the output columns of
+    :func:`daskgru.apply_frame` are written as ``OUT/part.K.parquet`` (K: the input
+    partition). A table partitioned by time is a chain: after each partition the state
+    table of every series goes to ``OUT/_daskgru_state-N.parquet``, then the counter in
+    ``OUT/_daskgru.json``; a killed run continues from the counter with its state table
+    and ends with the same bits. Files starting with ``_`` or ``.`` are not data to
+    Parquet readers, so ``dask.dataframe.read_parquet(OUT)`` reads the result.
+    """
+    import dask.dataframe as dd
+    from dask.base import tokenize
+
+    from . import frame
+    from .model import Model
+
+    t_start = time.perf_counter()
+    if not id_col:
+        raise RunError("a table needs --id-col: the column naming each row's series")
+    p, window = _load(params, window)
+    m = frame._model(p)
+    try:
+        ddf = dd.read_parquet(os.fspath(input))
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input
+        raise RunError(f"cannot read input {os.fspath(input)!r} as Parquet: {e}") from None
+    if partitioned_by not in (None, "time", "id"):
+        raise RunError(f"--partitioned-by must be 'time' or 'id', got {partitioned_by!r}")
+    try:
+        c = frame._columns(ddf, m, p, id_col, time_col, features, "h", "prediction_",
+                           False)
+        if not m.return_sequences:
+            raise ValueError("a table run writes one output per row: a sequence-to-one "
+                             "model has one per series")
+        order = None
+        if partitioned_by is None:
+            partitioned_by, order = frame.detect_layout(ddf, c)
+    except (ValueError, TypeError) as e:
+        raise RunError(str(e)) from None
+    if isinstance(window, int) and partitioned_by == "time":
+        raise RunError("windowed inference over a table partitioned by time is not supported "
+                       "(a window spans partitions): pass --window none, or partition by id")
+    if partitioned_by == "time" and any(lay.num_directions == 2 for lay in m.rnn.layers):
+        raise RunError("a bidirectional stack needs each series whole: partition the table "
+                       "by id")
+    order = list(order or range(ddf.npartitions))
+    units = len(order)
+    options = {"id_col": id_col, "time_col": time_col, "features": c.features,
+               "layout": partitioned_by, "order": order, "skipna": bool(skipna),
+               "window": window}
+    doc = {"version": FORMAT_VERSION,
+           "input": {"path": os.path.basename(os.path.abspath(input)),
+                     "stat": _path_stat(input),
+                     "columns": {k: str(v) for k, v in ddf.dtypes.items()}},
+           "params": tokenize(p), "options": options}
+    fp = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    dtype = np.dtype(frame._dtype(ddf._meta, c))
+
+    with hold(output, error=RunError):  # one writer per output
+        for tmp in stale_temporaries(output):
+            _remove(tmp)
+        status = _table_status(output)
+        if status is not None and (overwrite or status["fingerprint"] is None):
+            if not os.path.isdir(output):
+                raise RunError(f"output {output!r} exists and is not a directory; refusing to "
+                               "replace it")
+            if status["fingerprint"] is None and not overwrite:
+                raise RunError(f"output {output!r} exists and is not a daskgru run output; "
+                               "remove it or pass --overwrite")
+            _remove(output)
+            status = None
+        if status is not None and status["fingerprint"] != fp:
+            raise RunError(f"output {output!r} was written by a different run (input, params or "
+                           "options differ); remove it or pass --overwrite")
+        if status is not None and status["complete"]:
+            log(f"{output} is already complete ({units} of {units} partitions); nothing to do")
+            return RunResult(output, units, units, True, time.perf_counter() - t_start)
+        meta = {"fingerprint": fp, "units": units, "completed_units": 0, "complete": 0,
+                "layout": partitioned_by, "order": order, "format": FORMAT_VERSION,
+                "kind": "prediction" if isinstance(p, Model) else "output",
+                "columns": c.outputs}
+        if status is None:
+            from .files import temporary_name
+
+            tmp = temporary_name(output)
+            os.makedirs(tmp)
+            _write_json(os.path.join(tmp, TABLE_META), meta)
+            _crash_point("create")
+            os.replace(tmp, output)
+            done = 0
+            _crash_point("created")
+        else:
+            done = int(status["completed_units"])
+            log(f"resuming {output}: {done} of {units} partitions already done")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=units, initial=done, unit="partition", desc="daskgru run",
+                       dynamic_ncols=True)
+        delay = float(os.environ.get("DASKGRU_TEST_CHUNK_DELAY", "0") or 0)
+        chained = partitioned_by == "time"
+        try:
+            for n in range(done, units):
+                k = order[n]
+                part = ddf.get_partition(k).compute()
+                carried = (_load_states(_state_file(output, n), dtype)
+                           if chained and n else None)
+                try:
+                    res, states = frame._run_table(part, m, c, skipna, False,
+                                                   None if chained else window, carried)
+                except (ValueError, TypeError) as e:
+                    raise RunError(f"partition {k}: {e}") from None
+                _write_parquet(res, os.path.join(output, f"part.{k:05d}.parquet"))
+                _crash_point("output")
+                if chained:
+                    _save_states(states, _state_file(output, n + 1))
+                _crash_point("state")
+                _write_json(os.path.join(output, TABLE_META), {**meta, "completed_units": n + 1})
+                if chained and n:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(_state_file(output, n))
+                if bar is not None:
+                    bar.update(1)
+                if delay:
+                    time.sleep(delay)
+            for f in os.listdir(output):  # state tables: not part of the result
+                if f.startswith("_daskgru_state-"):
+                    os.remove(os.path.join(output, f))
+            _crash_point("finals")
+            _write_json(os.path.join(output, TABLE_META),
+                        {**meta, "completed_units": units, "complete": 1})
+            _crash_point("flag")
+        finally:
+            if bar is not None:
+                bar.close()
     return RunResult(output, units, done, False, time.perf_counter() - t_start)
 
 

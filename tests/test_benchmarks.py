@@ -86,3 +86,19 @@ def test_bench_tiles_runs_tiny(capsys):
     _script("bench_tiles").main(["--shape", "13", "5", "40", "--repeats", "1"])
     out = capsys.readouterr().out
     assert out.count("bits of the plain order: True") == 2
+
+
+def test_tables_script_runs_tiny(capsys):
+    pytest.importorskip("pyarrow")
+    _script("tables").main(["--series", "4", "--steps", "30", "--repeats", "1", "--no-spark",
+                            "--no-cluster"])
+    out = capsys.readouterr().out
+    assert "apply_frame dask threads, by time" in out and "M rows/s" in out
+
+
+@pytest.mark.slow
+def test_fit_out_of_core_script_runs_tiny(capsys):
+    assert _script("fit_out_of_core").main(
+        ["--sequences", "16", "--steps", "20", "--features", "4", "--chunk", "4",
+         "--batch", "8", "--limit-mb", "2000"]) == 0
+    assert "client peak growth" in capsys.readouterr().out

@@ -276,6 +276,65 @@ def test_resume_from_a_store_killed_between_writes(files):
     assert_same_store(out, ref)
 
 
+# ----------------------------------------------------------------------------- one writer
+@pytest.mark.slow
+def test_a_second_run_on_a_held_output_is_refused(files):
+    """Two real processes on one output: the second is refused in one line naming the
+    first; the first finishes untouched."""
+    d, _, _ = files
+    out, ref = d / "o.zarr", d / "ref.zarr"
+    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
+            "--no-progress"]
+    assert main([*args, "-o", str(ref)]) == 0
+    env = dict(os.environ, DASKGRU_TEST_CHUNK_DELAY="2")  # 10 s: the others start meanwhile
+    first = subprocess.Popen([sys.executable, "-m", "daskgru", *args, "-o", str(out)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_units(out, 1, first)
+        second = cli(*args, "-o", out)
+        assert second.returncode == 1
+        assert f"is being written by another run (pid {first.pid} on " in second.stderr
+        assert "Traceback" not in second.stderr and len(second.stderr.splitlines()) == 1
+        overwrite = cli(*args, "-o", out, "--overwrite")  # not even with --overwrite
+        assert overwrite.returncode == 1 and "another run" in overwrite.stderr
+        assert first.wait(120) == 0, first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert_same_store(out, ref)
+    assert not any(n.endswith(".lock") for n in os.listdir(d))  # released and removed
+
+
+def test_a_stale_lock_is_taken_over(files):
+    """A lock file whose holder is gone (it records a dead pid; nothing holds its flock)."""
+    d, _, _ = files
+    out, ref = d / "o.zarr", d / "ref.zarr"
+    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
+            "--no-progress"]
+    assert main([*args, "-o", str(ref)]) == 0
+    (d / ".o.zarr.lock").write_text('{"pid": 999999999, "host": "gone", "started": "then"}')
+    assert main([*args, "-o", str(out)]) == 0
+    assert_same_store(out, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["create", "created", "output", "state", "finals", "flag"])
+def test_killed_anywhere_the_same_command_ends_bit_identical(files, point):
+    """SIGKILL at each point of a run's life, store creation included; the same command
+    then continues or starts over by itself and ends equal to an uninterrupted run."""
+    d, _, _ = files
+    out, ref = d / "o.zarr", d / "ref.zarr"
+    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
+            "--no-progress"]
+    assert main([*args, "-o", str(ref)]) == 0
+    killed = cli(*args, "-o", out, env={"DASKGRU_TEST_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = cli(*args, "-o", out)
+    assert again.returncode == 0, again.stderr
+    assert_same_store(out, ref)
+    assert sorted(os.listdir(d)) == sorted(["in.nc", "p.nc", "p2.nc", "ref.zarr", "o.zarr"])
+
+
 # ----------------------------------------------------------------------------- demo
 def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
@@ -394,3 +453,74 @@ def test_info_describes_keras_and_bad_files(tmp_path, capsys):
     assert main(["info", str(tmp_path / "bad.nc")]) == 1
     err = capsys.readouterr().err
     assert "cannot read" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- tables
+@pytest.fixture
+def parquet(tmp_path):
+    """A long table as Spark writes it: partitioned by day (Hive directories)."""
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(6):
+        start, n = int(rng.integers(0, 10)), int(rng.integers(20, 60))
+        for t in range(start, start + n):
+            rows.append((f"s{i}", t, *rng.normal(size=2)))
+    df = pd.DataFrame(rows, columns=["station", "t", "rain", "temp"])
+    df["day"] = df.t // 7
+    df.to_parquet(tmp_path / "table", partition_cols=["day"])
+    p = dg.LSTMParams.random(2, 3, seed=4, dtype="float64")
+    p.save(tmp_path / "p.nc")
+    return tmp_path, df, p
+
+
+def _read_table(path):
+    import dask.dataframe as dd
+
+    return dd.read_parquet(path).compute().sort_values(["station", "t"]).reset_index(drop=True)
+
+
+def test_run_parquet_table_equals_apply_frame(parquet):
+    d, df, p = parquet
+    out = d / "out.parquet"
+    args = ["run", str(d / "table"), "--params", str(d / "p.nc"), "-o", str(out),
+            "--id-col", "station", "--time-col", "t", "--features", "rain,temp",
+            "--no-progress"]
+    assert main(args) == 0
+    got = _read_table(out)
+    want = dg.apply_frame(df.drop(columns="day"), p, id_col="station", time_col="t")
+    want = want.sort_values(["station", "t"]).reset_index(drop=True)
+    np.testing.assert_array_equal(got[["h0", "h1", "h2"]].to_numpy(),
+                                  want[["h0", "h1", "h2"]].to_numpy())
+    assert main(args) == 0  # complete: nothing to do
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["create", "output", "state", "finals"])
+def test_run_parquet_killed_continues_bit_identical(parquet, point):
+    d, _, _ = parquet
+    args = ["run", str(d / "table"), "--params", str(d / "p.nc"), "--id-col", "station",
+            "--time-col", "t", "--features", "rain,temp", "--no-progress"]
+    assert main([*args, "-o", str(d / "ref.parquet")]) == 0
+    killed = cli(*args, "-o", d / "o.parquet", env={"DASKGRU_TEST_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = cli(*args, "-o", d / "o.parquet")
+    assert again.returncode == 0, again.stderr
+    a, b = _read_table(d / "o.parquet"), _read_table(d / "ref.parquet")
+    np.testing.assert_array_equal(a[["h0", "h1", "h2"]].to_numpy(),
+                                  b[["h0", "h1", "h2"]].to_numpy())
+    assert sorted(os.listdir(d / "o.parquet")) == sorted(os.listdir(d / "ref.parquet"))
+
+
+def test_run_parquet_refusals(parquet, capsys):
+    d, _, _ = parquet
+    base = ["run", str(d / "table"), "--params", str(d / "p.nc"), "-o", str(d / "o.parquet"),
+            "--no-progress"]
+    assert main(base) == 1
+    assert "needs --id-col" in capsys.readouterr().err
+    assert main([*base, "--id-col", "nope", "--time-col", "t"]) == 1
+    assert "id_col 'nope' is not a column" in capsys.readouterr().err
+    assert main([*base, "--id-col", "station", "--time-col", "t", "--features", "rain"]) == 1
+    assert "1 feature columns" in capsys.readouterr().err

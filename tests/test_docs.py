@@ -22,11 +22,12 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     for page in ("index", "api", "concepts", "variants", "cli", "clusters", "performance",
-                 "architecture", "missing_data", "models",
-                 "notebooks/quickstart", "notebooks/climate_field", "notebooks/distributed"):
+                 "architecture", "missing_data", "models", "tables",
+                 "notebooks/quickstart", "notebooks/climate_field", "notebooks/distributed",
+                 "notebooks/tables_and_spark"):
         assert (tmp_path / "html" / f"{page}.html").exists(), page
     api = (tmp_path / "html" / "api.html").read_text()
     for name in ("GRUParams", "LSTMParams", "Stack", "load_params", "gru", "lstm", "apply_gru",
-                 "apply_rnn", "gru_backward", "lstm_backward", "GRURegressor", "Model",
+                 "apply_rnn", "apply_frame", "gru_backward", "lstm_backward", "GRURegressor", "Model",
                  "load_model"):
         assert f'id="daskgru.{name}"' in api, name

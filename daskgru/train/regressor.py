@@ -2,9 +2,15 @@
 
 The gradient of a training step is :func:`window_grad` on the step's sequences: the eager
 forward keeps a tape, the readout's gradient is formed, and the backward through the tape
-gives the stack's (:mod:`daskgru.train.backward`). With an active ``dask.distributed``
-client the same function runs on the workers, one batch chunk each, and their sums are
-added up here.
+gives the stack's (:mod:`daskgru.train.backward`). Where the data are decides where it runs:
+
+- NumPy data (:class:`InMemory`): here, or, with an active ``dask.distributed`` client,
+  on the workers (the data scattered once, one batch chunk per worker);
+- dask data (:class:`Streamed`): next to the data's chunks, one task per chunk of
+  sequences that the step's batch touches; the data are never gathered, only the weights
+  (one key per step) and the gradient sums travel.
+
+Either way the sums of the parts are added up here and the optimiser steps here.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import numpy as np
 
 from ..cells import Weights
 from ..layers import Dense
+from ..layout import is_dask
 from ..model import Model
 from ..params import GRUParams
 from ..stack import float_dtype
@@ -43,6 +50,139 @@ class Adam:
             v += (1 - b2) * g * g
             p -= (self.learning_rate / c1) * m / (np.sqrt(v / c2) + self.eps)
         return params
+
+
+# ----------------------------------------------------------------------------- data
+def _missing(X, Y, skipna):
+    """Zero-filled X, Y with NaN where a target does not count, and the valid input steps
+    M (n, T) (None without skipna). Checks for infinity and NaN are the caller's."""
+    if not skipna:
+        return X, Y, None
+    nan = np.isnan(X)
+    M = ~nan.any(axis=-1)
+    return np.where(nan, X.dtype.type(0), X), np.where(M[..., None], Y, np.nan).astype(Y.dtype), M
+
+
+def _chunk_grad(bundle, Xc, Yc, idx, skipna, h0):
+    """:func:`window_grad` on one chunk of sequences (rows ``idx`` of it, every step of
+    it), with the missing-data rules applied to the chunk."""
+    dt = bundle[1].dtype
+    Xc, Yc, M = _missing(np.asarray(Xc, dtype=dt), np.asarray(Yc, dtype=dt), skipna)
+    return window_grad(bundle, Xc, Yc, M, idx, 0, Xc.shape[1], h0)
+
+
+def _add(results):
+    """The sums of the parts' (loss, count, grads, final states); states in part order."""
+    loss = sum(r[0] for r in results)
+    count = sum(r[1] for r in results)
+    grads = [sum((r[2][i] for r in results[1:]), results[0][2][i].copy())
+             for i in range(len(results[0][2]))]
+    return loss, count, grads, np.concatenate([r[3] for r in results], axis=1)
+
+
+class InMemory:
+    """Training data in memory: gradients here, or on the workers of an active client
+    (the data scattered once; one batch chunk per worker)."""
+
+    def __init__(self, X, Y, M):
+        self.X, self.Y, self.M = X, Y, M
+        self.client = _active_client()
+        if self.client is not None:
+            self.nw = max(1, len(self.client.scheduler_info().get("workers", {})))
+            self.Xf, self.Yf, self.Mf = self.client.scatter([X, Y, M], broadcast=True)
+
+    def target_mean(self, idx):
+        with np.errstate(invalid="ignore"):
+            return np.nan_to_num(np.nanmean(self.Y[idx], axis=(0, 1)))
+
+    def grads(self, bundle, idx, t0, t1, h0s):
+        nw = self.nw if self.client is not None else 1
+        parts = np.array_split(np.arange(len(idx)), min(nw, len(idx)))
+        if self.client is not None:
+            bf = self.client.scatter(_Bundle(bundle), broadcast=True)
+            futs = [self.client.submit(window_grad, bf, self.Xf, self.Yf, self.Mf, idx[c],
+                                       t0, t1, None if h0s is None else h0s[:, c], pure=False)
+                    for c in parts]
+            return _add(self.client.gather(futs))
+        return _add([window_grad(bundle, self.X, self.Y, self.M, idx[c], t0, t1,
+                                 None if h0s is None else h0s[:, c]) for c in parts])
+
+    def mse(self, flat, L, D, idx):
+        return GRURegressor._mse(flat, L, D, self.X[idx], self.Y[idx],
+                                 None if self.M is None else self.M[idx])
+
+
+class Streamed:
+    """Training data as dask arrays, never gathered: each step's gradient is one task per
+    chunk of sequences its batch touches, computed where the chunk is (on the workers with
+    a ``dask.distributed`` client; in threads here without one). The data are checked in
+    one pass first (infinity, NaN without skipna, observed targets)."""
+
+    def __init__(self, X, Y, dtype, skipna):
+        import dask
+        import dask.array as da
+
+        X = da.asarray(X).astype(dtype)
+        Y = da.asarray(Y).astype(dtype).rechunk({0: X.chunks[0], 1: X.chunks[1], 2: -1})
+        X = X.rechunk({2: -1})
+        self.X, self.Y, self.skipna = X, Y, skipna
+        self.edges = np.r_[0, np.cumsum(X.chunks[0])]
+        Yeff = da.where(~da.isnan(X).any(axis=-1)[..., None], Y, np.nan) if skipna else Y
+        self._Yeff = Yeff
+        checks = [da.isinf(Y).any(), da.isinf(X).any(), (~da.isnan(Yeff)).any()]
+        if not skipna:
+            checks.append(da.isnan(X).any())
+        y_inf, x_inf, observed, *x_nan = dask.compute(*checks)
+        if y_inf:
+            raise ValueError("y must not hold infinity (NaN marks a missing target)")
+        if x_inf:
+            raise ValueError("X must not hold infinity")
+        if x_nan and x_nan[0]:
+            raise ValueError("X holds NaN; pass skipna=True to treat steps with a NaN "
+                             "feature as missing")
+        if not observed:
+            raise ValueError("y has no observed (non-NaN) target at a valid input step")
+
+    def target_mean(self, idx):
+        import dask.array as da
+
+        Yt = self._Yeff[np.sort(idx)]
+        with np.errstate(invalid="ignore"):
+            return np.nan_to_num(np.asarray(da.nanmean(Yt, axis=(0, 1)).compute()))
+
+    def grads(self, bundle, idx, t0, t1, h0s):
+        import dask
+
+        b = dask.delayed(bundle, pure=False)  # one key: the weights travel once a step
+        tasks, at = [], 0
+        for a, e in zip(self.edges[:-1], self.edges[1:]):
+            sel = idx[(idx >= a) & (idx < e)]  # idx is sorted: a contiguous run of it
+            if not len(sel):
+                continue
+            h0 = None if h0s is None else h0s[:, at:at + len(sel)]
+            at += len(sel)
+            tasks.append(dask.delayed(_chunk_grad, pure=True)(
+                b, self.X[a:e, t0:t1], self.Y[a:e, t0:t1], sel - a, self.skipna, h0))
+        return _add(dask.compute(*tasks))
+
+    def mse(self, flat, L, D, idx):
+        import dask
+        import dask.array as da
+
+        from ..api import gru
+
+        p = _flat_to_params(flat[:-2], L, D, True, flat[-1].dtype)
+        idx = np.sort(idx)
+        X, Y = self.X[idx], self._Yeff[idx]
+        M = None
+        if self.skipna:
+            M = ~da.isnan(X).any(axis=-1)
+            X = da.where(M[..., None], X, 0)
+        out, _ = gru(X, p, batch_first=True, mask=M)
+        counted = ~da.isnan(Y)
+        res = da.where(counted, out @ flat[-2].T + flat[-1] - Y, 0)
+        sq, n = dask.compute((res * res).sum(), counted.sum())
+        return float(sq / max(1, n))
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -183,11 +323,17 @@ class GRURegressor:
     (n_sequences, T), as NumPy, dask or xarray DataArray (dims in that order). A NaN target
     is missing: it counts neither in the loss nor in its normalisation (the mean over the
     observed targets), as hydrological models train on gappy observations; ``score`` counts
-    the observed targets only. ``fit`` loads
-    the training data into memory; ``predict``/``transform`` stay lazy on dask input. With an
-    active ``dask.distributed`` Client, the gradient of every step is computed on its workers:
-    the training data are scattered once, the weights once per step, and each worker
-    computes the gradient sums of one batch chunk, which are added up here.
+    the observed targets only.
+
+    Where training runs follows the data. NumPy data are fitted in memory; with an active
+    ``dask.distributed`` Client the gradient of every step is computed on its workers (the
+    data scattered once, the weights once per step, one batch chunk per worker). Dask data
+    (or an xarray object backed by dask, e.g. opened from zarr) are never gathered: after
+    one checking pass, each step's gradient is one task per chunk of sequences its batch
+    touches, run where the chunk is; only the weights and the gradient sums travel, so the
+    client holds O(weights + one chunk). The batches are the same either way (same
+    ``random_state``), so the loss curves agree to rounding. ``predict``/``transform`` stay
+    lazy on dask input.
 
     Examples
     --------
@@ -279,57 +425,36 @@ class GRURegressor:
             raise ValueError(
                 f"y must have shape (n_sequences, T) or (n_sequences, T, n_targets) with "
                 f"n_sequences, T = {tuple(X.shape[:2])} as in X, got {tuple(y.shape)}")
-        X = np.asarray(X, dtype=dt)  # loads dask data into memory
-        y = np.asarray(y, dtype=dt)
         self._y_1d = y.ndim == 2
-        Y = y[..., None] if self._y_1d else y
-        X, Y, M = self._missing(X, Y)
-        if not np.any(~np.isnan(Y)):
-            raise ValueError("y has no observed (non-NaN) target at a valid input step")
         n, T, F = X.shape
-        nt = Y.shape[2]
         rng = np.random.default_rng(self.random_state)
         n_val = int(round((self.validation_fraction or 0.0) * n))
         n_val = n_val if 0 < n_val < n else 0
         order = rng.permutation(n)
         val_idx, tr_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        if is_dask(X) or is_dask(y):  # streamed: never gathered here
+            data = Streamed(X, y[..., None] if self._y_1d else y, dt, self.skipna)
+        else:
+            X, Y = np.asarray(X, dtype=dt), np.asarray(y, dtype=dt)
+            X, Y, M = self._missing(X, Y[..., None] if self._y_1d else Y)
+            if not np.any(~np.isnan(Y)):
+                raise ValueError("y has no observed (non-NaN) target at a valid input step")
+            data = InMemory(X, Y, M)
+        nt = 1 if self._y_1d else y.shape[2]
         H, L, D = int(self.hidden_size), int(self.num_layers), 1
         p = GRUParams.random(F, H, num_layers=L, dtype=dt, seed=int(rng.integers(2**31)))
         k = 1.0 / np.sqrt(H)
         coef = rng.uniform(-k, k, size=(nt, H)).astype(dt)
-        with np.errstate(invalid="ignore"):
-            intercept = np.nan_to_num(np.nanmean(Y[tr_idx], axis=(0, 1))).astype(dt)
+        intercept = data.target_mean(tr_idx).astype(dt)
         flat = _params_to_flat(p) + [coef, intercept]
         opt = Adam(self.learning_rate)
-        client = _active_client()
-        if client is not None:
-            nw = max(1, len(client.scheduler_info().get("workers", {})))
-            Xf, Yf, Mf = client.scatter([X, Y, M], broadcast=True)
-        else:
-            nw, Xf, Yf, Mf = 1, X, Y, M
         win = T if self.tbptt is None else int(self.tbptt)
         windows = [(t0, min(t0 + win, T)) for t0 in range(0, T, win)]
         bs = int(self.batch_size)
 
         def step_grads(idx, t0, t1, h0s):
-            """Summed loss/grads over batch chunks (one per worker) of one window."""
-            parts = np.array_split(np.arange(len(idx)), min(nw, len(idx)))
-            bundle = (flat[:-2], flat[-2], flat[-1], L, D, True)
-            if client is not None:
-                bf = client.scatter(_Bundle(bundle), broadcast=True)
-                futs = [client.submit(window_grad, bf, Xf, Yf, Mf, idx[c], t0, t1,
-                                      None if h0s is None else h0s[:, c], pure=False)
-                        for c in parts]
-                results = client.gather(futs)
-            else:
-                results = [window_grad(bundle, X, Y, M, idx[c], t0, t1,
-                                        None if h0s is None else h0s[:, c]) for c in parts]
-            loss = sum(r[0] for r in results)
-            count = sum(r[1] for r in results)
-            grads = [sum((r[2][i] for r in results[1:]), results[0][2][i].copy())
-                     for i in range(len(flat))]
-            h_n = np.concatenate([r[3] for r in results], axis=1)
-            return loss, count, grads, h_n
+            """Summed loss/grads over the parts of one window's batch."""
+            return data.grads((flat[:-2], flat[-2], flat[-1], L, D, True), idx, t0, t1, h0s)
 
         history = {"loss": [], "val_loss": []}
         best, best_flat, best_epoch, waited = np.inf, [a.copy() for a in flat], 0, 0
@@ -357,9 +482,7 @@ class GRURegressor:
                         tot, cnt = tot + loss, cnt + count
                 history["loss"].append(tot / cnt if cnt else np.nan)
                 if n_val:
-                    vl = self._mse(flat, L, D, X[val_idx], Y[val_idx],
-                                   None if M is None else M[val_idx])
-                    history["val_loss"].append(vl)
+                    history["val_loss"].append(data.mse(flat, L, D, val_idx))
                 monitored = history["val_loss"][-1] if n_val else history["loss"][-1]
                 if monitored < best:
                     best, best_flat, best_epoch, waited = monitored, [a.copy() for a in flat], epoch, 0
@@ -393,16 +516,10 @@ class GRURegressor:
             raise ValueError("y must not hold infinity (NaN marks a missing target)")
         if np.isinf(X).any():
             raise ValueError("X must not hold infinity")
-        nan = np.isnan(X)
-        if not self.skipna:
-            if nan.any():
-                raise ValueError("X holds NaN; pass skipna=True to treat steps with a NaN "
-                                 "feature as missing")
-            return X, Y, None
-        M = ~nan.any(axis=-1)
-        X = np.where(nan, X.dtype.type(0), X)
-        Y = np.where(M[..., None], Y, np.nan).astype(Y.dtype)
-        return X, Y, M
+        if not self.skipna and np.isnan(X).any():
+            raise ValueError("X holds NaN; pass skipna=True to treat steps with a NaN "
+                             "feature as missing")
+        return _missing(X, Y, self.skipna)
 
     @staticmethod
     def _mse(flat, L, D, X, Y, M=None):
