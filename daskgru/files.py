@@ -21,18 +21,21 @@ def temporary_name(path) -> str:
                         f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def stale_temporaries(path):
+def stale_temporaries(path, inside=False):
     """Temporary siblings of ``path`` (see :func:`temporary_name`) that no live process
-    on this host is writing: what a run killed while creating ``path`` left behind."""
+    on this host is writing: what a run killed while creating ``path`` left behind. With
+    ``inside``, those of the files in the directory ``path`` instead."""
     path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}.tmp-"
+    parent = path if inside else os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return []
     found = []
     for name in os.listdir(parent):
-        if not name.startswith(prefix):
+        if not name.startswith("." if inside else f".{os.path.basename(path)}.tmp-"):
             continue
-        pid = name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        head, sep, tail = name.rpartition(".tmp-")
+        pid = tail.split("-", 1)[0]
+        if sep and pid.isdigit() and not _alive(int(pid)):
             found.append(os.path.join(parent, name))
     return found
 
@@ -52,10 +55,10 @@ def _alive(pid):
 
 
 def lock_name(path) -> str:
-    """The lock file of an output: a hidden sibling."""
-    path = os.fspath(path)
-    return os.path.join(os.path.dirname(os.path.abspath(path)),
-                        f".{os.path.basename(path)}.lock")
+    """The lock file of an output: a hidden sibling of the path it resolves to (so that a
+    symbolic link to the output names the same lock)."""
+    path = os.path.realpath(os.fspath(path))
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
 
 
 @contextlib.contextmanager

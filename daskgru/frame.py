@@ -117,26 +117,30 @@ def _dtype(df, c: Columns):
     return np.dtype("float32") if dt.itemsize < 4 else dt
 
 
+def _raw(df, name):
+    """A column, or the index when it has that name, as a Series."""
+    return df[name] if name in df.columns else df.index.to_series()
+
+
 def _col(df, name):
-    """A column, or the index when it has that name, as a NumPy array."""
-    return (df[name] if name in df.columns else df.index.to_series()).to_numpy()
+    """A column, or the index when it has that name, as a NumPy array (an ordered
+    categorical as its codes, so that it sorts in its categories' order)."""
+    import pandas as pd
+
+    s = _raw(df, name)
+    if isinstance(s.dtype, pd.CategoricalDtype) and s.dtype.ordered:
+        return np.where(s.isna(), -1, s.cat.codes.to_numpy())
+    return s.to_numpy()
 
 
 def _check_rows(df, c: Columns):
-    """Missing ids or times and duplicate (id, time) rows are refused, naming them."""
-    import pandas as pd
-
-    ids, t = pd.Series(_col(df, c.id)), pd.Series(_col(df, c.time))
+    """Missing ids or times are refused, naming them (duplicates: after the sort)."""
+    ids, t = _raw(df, c.id).reset_index(drop=True), _raw(df, c.time).reset_index(drop=True)
     if ids.isna().any():
         raise ValueError(f"id column {c.id!r} holds missing values ({int(ids.isna().sum())} rows)")
     if t.isna().any():
         bad = ids[t.isna().to_numpy()].unique()[:5].tolist()
         raise ValueError(f"time column {c.time!r} holds missing values (series {bad})")
-    dup = pd.DataFrame({"i": ids, "t": t}).duplicated()
-    if dup.any():
-        rows = [(ids[k], t[k]) for k in np.flatnonzero(dup.to_numpy())[:3]]
-        raise ValueError(f"duplicate ({c.id}, {c.time}) rows, e.g. {rows}: each series may have "
-                         "one row per time")
 
 
 # Rows per batch of series run together (their padded steps x series x features).
@@ -154,13 +158,23 @@ def _run_table(df, m, c: Columns, skipna, return_hidden, window=None, carried=No
     n_out = len(c.outputs)
     out = np.full((len(df), n_out), np.nan, dt)
     ids_all, times_all = _col(df, c.id), _col(df, c.time)
-    order = np.lexsort((times_all, ids_all))
+    try:
+        order = np.lexsort((times_all, ids_all))
+    except TypeError:
+        raise ValueError(f"the values of id column {c.id!r} or time column {c.time!r} do not "
+                         "sort (mixed types, e.g. numbers and strings?)") from None
     ids_sorted = ids_all[order]
     times_sorted = times_all[order]
+    dup = np.flatnonzero((ids_sorted[1:] == ids_sorted[:-1])
+                         & (times_sorted[1:] == times_sorted[:-1]))
+    if len(dup):  # sorted: a duplicate (id, time) row sits next to its twin
+        rows = [(ids_sorted[k], times_sorted[k]) for k in dup[:3]]
+        raise ValueError(f"duplicate ({c.id}, {c.time}) rows, e.g. {rows}: each series may have "
+                         "one row per time")
     x_sorted = df[c.features].to_numpy(dtype=dt, na_value=np.nan)[order]
     starts = (np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]]) if len(order)
               else np.zeros(0, int))
-    ends = np.r_[starts[1:], len(order)]
+    ends = np.r_[starts[1:], len(order)] if len(starts) else np.zeros(0, int)
     uniq = ids_sorted[starts]
     sizes = m.rnn.state_sizes
     S = sum(sizes)
@@ -185,11 +199,16 @@ def _run_table(df, m, c: Columns, skipna, return_hidden, window=None, carried=No
         sel = slice(b0, min(b0 + per, len(uniq)))
         L = lens[sel]
         T, B = int(L.max()), len(L)
-        x = np.zeros((T, B, m.input_size), dt)
-        rows = np.concatenate([np.arange(s, e) for s, e in zip(starts[sel], ends[sel])])
-        tt = np.concatenate([np.arange(n) for n in L])
-        bb = np.repeat(np.arange(B), L)
-        x[tt, bb] = x_sorted[rows]
+        r0, r1 = starts[sel][0], ends[sel][-1]  # the batch's rows, sorted: contiguous
+        if (L == T).all():  # equal lengths: a reshape, no scatter
+            x = x_sorted[r0:r1].reshape(B, T, -1).transpose(1, 0, 2)
+            put = None
+        else:
+            tt = np.concatenate([np.arange(n) for n in L])
+            bb = np.repeat(np.arange(B), L)
+            x = np.zeros((T, B, m.input_size), dt)
+            x[tt, bb] = x_sorted[r0:r1]
+            put = (tt, bb)
         mask = None
         if skipna:
             valid = ~np.isnan(x).any(axis=-1)
@@ -206,7 +225,8 @@ def _run_table(df, m, c: Columns, skipna, return_hidden, window=None, carried=No
                                             if return_hidden else y)
         if skipna:
             res = np.where(mask[..., None], res, np.nan)
-        out[order[rows]] = res[tt, bb]
+        out[order[r0:r1]] = (res.transpose(1, 0, 2).reshape(r1 - r0, -1) if put is None
+                             else res[put])
         if finals:
             new_states[sel] = np.concatenate([f[d] for f in finals for d in range(f.shape[0])],
                                              axis=1)
@@ -216,10 +236,8 @@ def _run_table(df, m, c: Columns, skipna, return_hidden, window=None, carried=No
         uniq = np.concatenate([carried.ids[gone], uniq])
         new_states = np.concatenate([carried.states[gone], new_states])
         last = np.concatenate([carried.last[gone], last])
-    res = df.copy()
-    for i, name in enumerate(c.outputs):
-        res[name] = out[:, i]
-    return res, States(uniq, new_states, last)
+    added = pd.DataFrame(out, columns=c.outputs, index=df.index, copy=False)
+    return pd.concat([df, added], axis=1), States(uniq, new_states, last)
 
 
 def _partition(df, m, c, skipna, return_hidden, window, checked=None):
@@ -279,24 +297,24 @@ def detect_layout(ddf, c: Columns):
 
     From the divisions when the index is the time or the id column and its divisions are
     known; else from one pass over the id and time columns of every partition: partitions
+    whose id sets do not overlap are whole series (a single partition too); partitions
     whose time ranges do not overlap are time slices (chained in the order of their first
     time, whatever order the partitions come in, e.g. files named so that they list out of
-    time order); partitions
-    whose id sets do not overlap are whole series. Anything else is refused.
+    time order). Anything else is refused.
     """
     import dask
 
     if ddf.known_divisions and ddf.index.name in (c.time, c.id):
         return ("time" if ddf.index.name == c.time else "id"), None
     spans = dask.compute(*[dask.delayed(_span)(part, c) for part in _keys(ddf, c).to_delayed()])
+    if _overlapping_ids(spans) is None:  # whole series (a single partition too): no chain
+        return "id", None
     live = [k for k, s in enumerate(spans) if s is not None]
     by_time = sorted(live, key=lambda k: spans[k].first)
     if all(spans[a].last < spans[b].first for a, b in zip(by_time, by_time[1:])):
-        # a single partition, or time slices: chain them in time order (empty ones anywhere)
+        # time slices: chain them in time order (empty ones anywhere)
         order = by_time + [k for k, s in enumerate(spans) if s is None]
         return "time", (None if order == list(range(len(spans))) else order)
-    if _overlapping_ids(spans) is None:
-        return "id", None
     raise ValueError("the partitions are neither time slices (time ranges that do not "
                      "overlap) nor whole series (each id in one partition); repartition the "
                      "table by time or by id")
@@ -372,6 +390,9 @@ def apply_frame(df, p, *, id_col, time_col, feature_cols=None, output_prefix="h"
     if not m.return_sequences:
         raise ValueError("apply_frame gives one output per row: a sequence-to-one model has "
                          "one per series (run it with apply_rnn)")
+    if window is not None and return_hidden:
+        raise ValueError("return_hidden with windowed inference: each step's prediction comes "
+                         "from its own window, there is no one hidden state per row")
     if not hasattr(df, "npartitions"):
         return _run_table(df, m, c, skipna, return_hidden, window)[0]
     import dask
@@ -381,12 +402,12 @@ def apply_frame(df, p, *, id_col, time_col, feature_cols=None, output_prefix="h"
     dt = _dtype(meta, c)
     for name in c.outputs:
         meta[name] = np.array([], dt)
-    order = None
-    if partitioned_by is None:
+    order, said = None, partitioned_by is not None
+    if not said:
         partitioned_by, order = detect_layout(df, c)
     if partitioned_by == "id":
         checked = None
-        if order is None and not (df.known_divisions and df.index.name == c.id):
+        if said and not (df.known_divisions and df.index.name == c.id):
             # said, not detected: every id in one partition is checked before any work
             checked = dask.delayed(_ids_in_one_partition)(
                 c, *[dask.delayed(_span)(part, c) for part in _keys(df, c).to_delayed()])

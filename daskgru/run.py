@@ -46,10 +46,11 @@ class RunError(Exception):
     """A problem with the user's input or options: reported in one line, no traceback."""
 
 
-def _crash_point(name):
-    """Fault injection for the tests: ``DASKGRU_TEST_KILL_AT=name`` kills this process
-    with SIGKILL here, as a power cut or an OOM killer would."""
-    if os.environ.get("DASKGRU_TEST_KILL_AT") == name:
+def _crash_point(name, unit=None):
+    """Fault injection for the tests: ``DASKGRU_TEST_KILL_AT=name`` (or ``name@k``: at unit
+    k) kills this process with SIGKILL here, as a power cut or an OOM killer would."""
+    want = os.environ.get("DASKGRU_TEST_KILL_AT", "")
+    if want == name or (unit is not None and want == f"{name}@{unit}"):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
@@ -343,6 +344,11 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
     if isinstance(features, str):
         features = [f.strip() for f in features.split(",") if f.strip()]
     if _is_parquet(input):
+        given = [name for name, v in (("--method", method != "scan"), ("--chunks", chunks),
+                                      ("--variable", variable)) if v]
+        if given:
+            raise RunError(f"{', '.join(given)} are for netCDF and zarr input; a table runs by "
+                           "its partitions with the scan")
         return run_table(input, params, output, id_col=id_col, time_col=time_col,
                          features=features, partitioned_by=partitioned_by, skipna=skipna,
                          window=window, overwrite=overwrite, progress=progress, log=log)
@@ -478,7 +484,7 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
                 else:  # a sequence-to-one prediction: one unit, written whole
                     pred, *ends = dask.compute(part[var].data, *[part[v].data for v in finals])
                     group[var][...] = np.asarray(pred, dtype=dtype)
-                _crash_point("output")
+                _crash_point("output", k)
                 if stateful:
                     # Slot (k + 1) % 2 is not the one the counter points at: a kill while
                     # writing it leaves the previous boundary state intact.
@@ -486,7 +492,7 @@ def run(input, params, output, *, time_dim="time", feature_dim="feature", featur
                 elif ends:  # one unit: the final states directly
                     for v, e in zip(finals, ends):
                         group[v][...] = np.asarray(e, dtype=dtype)
-                _crash_point("state")
+                _crash_point("state", k)
                 group.attrs["daskgru_completed_units"] = k + 1
                 if bar is not None:
                     bar.update(t1 - t0)
@@ -611,6 +617,12 @@ def run_table(input, params, output, *, id_col, time_col="time", features=None,
         order = None
         if partitioned_by is None:
             partitioned_by, order = frame.detect_layout(ddf, c)
+        elif partitioned_by == "id":  # said: every id in one partition, checked first
+            import dask
+
+            frame._ids_in_one_partition(c, *dask.compute(
+                *[dask.delayed(frame._span)(part, c)
+                  for part in frame._keys(ddf, c).to_delayed()]))
     except (ValueError, TypeError) as e:
         raise RunError(str(e)) from None
     if isinstance(window, int) and partitioned_by == "time":
@@ -633,7 +645,7 @@ def run_table(input, params, output, *, id_col, time_col="time", features=None,
     dtype = np.dtype(frame._dtype(ddf._meta, c))
 
     with hold(output, error=RunError):  # one writer per output
-        for tmp in stale_temporaries(output):
+        for tmp in stale_temporaries(output) + stale_temporaries(output, inside=True):
             _remove(tmp)
         status = _table_status(output)
         if status is not None and (overwrite or status["fingerprint"] is None):
@@ -688,10 +700,10 @@ def run_table(input, params, output, *, id_col, time_col="time", features=None,
                 except (ValueError, TypeError) as e:
                     raise RunError(f"partition {k}: {e}") from None
                 _write_parquet(res, os.path.join(output, f"part.{k:05d}.parquet"))
-                _crash_point("output")
+                _crash_point("output", n)
                 if chained:
                     _save_states(states, _state_file(output, n + 1))
-                _crash_point("state")
+                _crash_point("state", n)
                 _write_json(os.path.join(output, TABLE_META), {**meta, "completed_units": n + 1})
                 if chained and n:
                     with contextlib.suppress(FileNotFoundError):

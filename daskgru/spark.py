@@ -1,10 +1,10 @@
 """The seed document's Spark operator: recurrent models over long-format Spark tables.
 
 :class:`RNNTransformer` runs params, a stack or a :class:`daskgru.Model` along time for every
-series of a DataFrame with one row per (series id, time): each series is one group of
-``groupBy(idCol).applyInPandas``, run by the package's kernels (the same code as
-:func:`daskgru.apply_frame`), and every row gets its output (or prediction) as an array
-column. Series longer than one task should hold are cut into time chunks of
+series of a DataFrame with one row per (series id, time): the series are grouped by a hash
+of their id, each group is one ``applyInPandas`` call running its series as the rows of one
+batch with the package's kernels (the same code as :func:`daskgru.apply_frame`), and every
+row gets its output (or prediction) as an array column. Series longer than one task should hold are cut into time chunks of
 ``maxStepsPerTask`` steps and run in waves, as the seed describes: wave k runs every series'
 k-th chunk from the state its (k-1)-th chunk ended in, a small per-series state table that
 is checkpointed between waves so that no lineage grows.
@@ -40,8 +40,8 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 __all__ = ["RNNTransformer", "GRUEstimator", "GRUModel"]
 
-_STEP, _WAVE, _STATE, _LAST = "__daskgru_step", "__daskgru_wave", "__daskgru_state", \
-    "__daskgru_last"
+_STEP, _WAVE, _STATE, _LAST, _BUCKET = ("__daskgru_step", "__daskgru_wave",
+                                        "__daskgru_state", "__daskgru_last", "__daskgru_bucket")
 
 
 # ----------------------------------------------------------------------------- model bytes
@@ -155,13 +155,14 @@ def _check_rows(df, id_col, time_col):
     from pyspark.sql import functions as F
 
     bad = (df.groupBy(id_col, time_col).count()
-           .where(F.col("count") > 1).limit(1).collect())
+           .where((F.col("count") > 1) | F.col(id_col).isNull() | F.col(time_col).isNull())
+           .limit(1).collect())
     if bad:
-        raise ValueError(f"duplicate ({id_col}, {time_col}) rows, e.g. ({bad[0][0]!r}, "
-                         f"{bad[0][1]!r}): each series may have one row per time")
-    nulls = df.where(F.col(id_col).isNull() | F.col(time_col).isNull()).limit(1).collect()
-    if nulls:
-        raise ValueError(f"id column {id_col!r} or time column {time_col!r} holds nulls")
+        i, t, _ = bad[0]
+        if i is None or t is None:
+            raise ValueError(f"id column {id_col!r} or time column {time_col!r} holds nulls")
+        raise ValueError(f"duplicate ({id_col}, {time_col}) rows, e.g. ({i!r}, {t!r}): each "
+                         "series may have one row per time")
 
 
 def _checkpoint(df):
@@ -185,14 +186,24 @@ class _TableParams(HasInputCols):
                             "the most steps of one series one task runs (longer series run "
                             "in waves of time chunks, carrying their states); 0: no limit",
                             typeConverter=TypeConverters.toInt)
+    numBuckets = Param(Params._dummy(), "numBuckets",
+                       "groups of series (by a hash of the id), each one applyInPandas call "
+                       "running its series as one batch; 0: four per core",
+                       typeConverter=TypeConverters.toInt)
     skipNA = Param(Params._dummy(), "skipNA", "a row with a null or NaN feature is missing: "
                    "the state carries across it and its output is NaN",
                    typeConverter=TypeConverters.toBoolean)
 
 
-def _run_groups(df, m, id_col, time_col, input_cols, out_col, max_steps, skipna, scalar):
+def _run_groups(df, m, id_col, time_col, input_cols, out_col, max_steps, skipna, scalar,
+                buckets=0):
     """The rows of ``df`` with ``out_col`` added: one array (or, ``scalar``, one number) of
-    outputs per row, from the model run along each series in time order."""
+    outputs per row, from the model run along each series in time order (windowed when the
+    model has a window, as :func:`daskgru.apply_frame` runs it).
+
+    Series go into ``buckets`` groups by a hash of their id (0: four per core of the
+    session); each group is one ``applyInPandas`` call that runs all its series as the rows
+    of one batch, the way :func:`daskgru.apply_frame` runs a table."""
     import pandas as pd
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -200,30 +211,35 @@ def _run_groups(df, m, id_col, time_col, input_cols, out_col, max_steps, skipna,
 
     from . import frame
 
+    if max_steps and (m.window is not None or any(lay.num_directions == 2
+                                                  for lay in m.rnn.layers)):
+        raise ValueError("a bidirectional stack or a windowed model needs each series whole: "
+                         "maxStepsPerTask must be 0")
     c = frame.Columns(id_col, time_col, list(input_cols),
-                      [f"o{k}" for k in range(m.output_size)], "output")
+                      [f"__daskgru_o{k}" for k in range(m.output_size)], "output")
     # float32 features compute (and come back) in float32, anything else in float64
     single = all(isinstance(f.dataType, T.FloatType) for f in df.schema.fields
                  if f.name in input_cols)
     elem = T.FloatType() if single else T.DoubleType()
     out_type = elem if scalar else T.ArrayType(elem, containsNull=True)
     base = df.schema
+    cols = [f.name for f in base.fields]
     out_schema = T.StructType(base.fields + [T.StructField(out_col, out_type, True)])
     state_schema = T.StructType(out_schema.fields + [
         T.StructField(_STATE, T.ArrayType(T.DoubleType(), False), True)])
+    n = buckets or 4 * df.sparkSession.sparkContext.defaultParallelism
+    bucket = F.pmod(F.hash(F.col(id_col)), F.lit(n))
 
     def run(rows, carried):
-        res, states = frame._run_table(rows, m, c, skipna, False, None, carried)
+        res, states = frame._run_table(rows[cols], m, c, skipna, False, m.window, carried)
         vals = res[c.outputs].to_numpy()
         out = res.drop(columns=c.outputs)
         out[out_col] = vals[:, 0] if scalar else list(vals)
         return out, states
 
-    def one_task(rows):
-        return run(rows, None)[0]
-
     if not max_steps:
-        return df.groupBy(id_col).applyInPandas(one_task, out_schema)
+        return df.groupBy(bucket.alias(_BUCKET)).applyInPandas(lambda rows: run(rows, None)[0],
+                                                               out_schema)
 
     # Waves: every series' k-th chunk of max_steps steps, from the state its chunk k-1
     # ended in (carried in a per-series state table, checkpointed each wave).
@@ -232,33 +248,35 @@ def _run_groups(df, m, id_col, time_col, input_cols, out_col, max_steps, skipna,
     steps = _checkpoint(steps.withColumn(_WAVE, (F.col(_STEP) / max_steps).cast("int")))
     waves = steps.agg(F.max(_WAVE)).collect()[0][0]
     waves = 0 if waves is None else int(waves) + 1
-    cols = [f.name for f in base.fields]
 
     def wave_task(rows, state):
-        if not len(rows):  # a series that ended in an earlier wave
+        if not len(rows):  # the bucket's series all ended in earlier waves
             return pd.DataFrame({f.name: pd.Series([], dtype=object)
                                  for f in state_schema.fields})
         carried = None
         if len(state):
             carried = frame.States(state[id_col].to_numpy(), np.stack(state[_STATE].to_numpy()),
                                    state[_LAST].to_numpy())
-        out, st = run(rows[cols], carried)
-        last = rows[time_col].to_numpy().max()
-        mine = st.ids == rows[id_col].iloc[0]
-        out[_STATE] = None
-        where = np.flatnonzero(out[time_col].to_numpy() == last)[0]
-        out.at[out.index[where], _STATE] = st.states[mine][0].astype("float64")
+        out, st = run(rows, carried)
+        # each series' state goes with its last row of the wave
+        t = out[time_col]
+        last = t.to_numpy() == t.groupby(out[id_col]).transform("max").to_numpy()
+        pos = pd.Index(st.ids).get_indexer(out[id_col].to_numpy()[last])
+        states = np.empty(len(out), dtype=object)
+        states[np.flatnonzero(last)] = list(st.states[pos].astype("float64"))
+        out[_STATE] = states
         return out
 
     outs, state = [], None
     for w in range(waves):
         part = steps.where(F.col(_WAVE) == w).select(*cols)
+        grouped = part.groupBy(bucket.alias(_BUCKET))
         if state is None:
-            res = part.groupBy(id_col).applyInPandas(
+            res = grouped.applyInPandas(
                 lambda rows: wave_task(rows, pd.DataFrame(columns=[id_col, _STATE, _LAST])),
                 state_schema)
         else:
-            res = part.groupBy(id_col).cogroup(state.groupBy(id_col)).applyInPandas(
+            res = grouped.cogroup(state.groupBy(bucket.alias(_BUCKET))).applyInPandas(
                 wave_task, state_schema)
         res = _checkpoint(res)
         outs.append(res.drop(_STATE))
@@ -284,14 +302,19 @@ class RNNTransformer(Transformer, _TableParams, HasOutputCol, _Persist):
         The array column added: the top layer's outputs (params) or the model's
         predictions, one array per row.
     maxStepsPerTask : int
-        0 (default): each series is one task. Otherwise series run in waves of at most
-        this many steps per task, each wave from the states the one before ended in.
+        0 (default): each series runs whole. Otherwise series run in waves of at most
+        this many steps each, each wave from the states the one before ended in.
+    numBuckets : int
+        Series are grouped by a hash of their id into this many groups (0, the default:
+        four per core of the session); a group is one ``applyInPandas`` call, which runs
+        all its series as the rows of one batch.
     skipNA : bool
         Rows with a null or NaN feature are missing (see :func:`daskgru.apply_frame`).
 
     ``transform`` first runs one validation job (duplicate (id, time) rows, null ids or
-    times); the outputs equal :func:`daskgru.apply_frame` on the same rows, bit for bit
-    in the features' float type. A sequence-to-one model is refused (one output per row).
+    times); the outputs equal :func:`daskgru.apply_frame` on the same rows, bit for
+    bit in the features' float type (a model with a window runs windowed, as there). A
+    sequence-to-one model is refused (one output per row).
 
     Examples
     --------
@@ -302,12 +325,13 @@ class RNNTransformer(Transformer, _TableParams, HasOutputCol, _Persist):
     """
 
     def __init__(self, *, model=None, idCol="id", timeCol="time", inputCols=None,
-                 outputCol="output", maxStepsPerTask=0, skipNA=False):
+                 outputCol="output", maxStepsPerTask=0, numBuckets=0, skipNA=False):
         super().__init__()
         self._init(dict(idCol="id", timeCol="time", outputCol="output", maxStepsPerTask=0,
-                        skipNA=False),
+                        numBuckets=0, skipNA=False),
                    dict(model=model, idCol=idCol, timeCol=timeCol, inputCols=inputCols,
-                        outputCol=outputCol, maxStepsPerTask=maxStepsPerTask, skipNA=skipNA))
+                        outputCol=outputCol, maxStepsPerTask=maxStepsPerTask,
+                        numBuckets=numBuckets, skipNA=skipNA))
 
     def setModel(self, value):
         return self._set(model=value)
@@ -319,10 +343,6 @@ class RNNTransformer(Transformer, _TableParams, HasOutputCol, _Persist):
         if not m.return_sequences:
             raise ValueError("RNNTransformer gives one output per row: a sequence-to-one model "
                              "has one per series")
-        if any(lay.num_directions == 2 for lay in m.rnn.layers) and \
-                self.getOrDefault("maxStepsPerTask"):
-            raise ValueError("a bidirectional stack needs each series whole: maxStepsPerTask "
-                             "must be 0")
         id_col, time_col = self.getOrDefault("idCol"), self.getOrDefault("timeCol")
         inputs = self.getOrDefault("inputCols") if self.isDefined("inputCols") else m.inputs
         _check_table(df, id_col, time_col, inputs or [], new=[self.getOrDefault("outputCol")])
@@ -332,7 +352,8 @@ class RNNTransformer(Transformer, _TableParams, HasOutputCol, _Persist):
         _check_rows(df, id_col, time_col)
         return _run_groups(df, m, id_col, time_col, inputs, self.getOrDefault("outputCol"),
                            self.getOrDefault("maxStepsPerTask"),
-                           self.getOrDefault("skipNA"), scalar=False)
+                           self.getOrDefault("skipNA"), scalar=False,
+                           buckets=self.getOrDefault("numBuckets"))
 
 
 # ----------------------------------------------------------------------------- training
@@ -422,17 +443,17 @@ class GRUEstimator(Estimator, _TrainParams, _Persist):
     def __init__(self, *, idCol="id", timeCol="time", inputCols=None, labelCol="label",
                  predictionCol="prediction", hiddenSize=32, numLayers=1, maxEpochs=20,
                  learningRate=0.01, batchSize=32, sequenceLength=0, seed=0, skipNA=False,
-                 maxStepsPerTask=0):
+                 maxStepsPerTask=0, numBuckets=0):
         super().__init__()
         given = dict(idCol=idCol, timeCol=timeCol, inputCols=inputCols, labelCol=labelCol,
                      predictionCol=predictionCol, hiddenSize=hiddenSize, numLayers=numLayers,
                      maxEpochs=maxEpochs, learningRate=learningRate, batchSize=batchSize,
                      sequenceLength=sequenceLength, seed=seed, skipNA=skipNA,
-                     maxStepsPerTask=maxStepsPerTask)
+                     maxStepsPerTask=maxStepsPerTask, numBuckets=numBuckets)
         self._init(dict(idCol="id", timeCol="time", labelCol="label",
                         predictionCol="prediction", hiddenSize=32, numLayers=1, maxEpochs=20,
                         learningRate=0.01, batchSize=32, sequenceLength=0, seed=0,
-                        skipNA=False, maxStepsPerTask=0), given)
+                        skipNA=False, maxStepsPerTask=0, numBuckets=0), given)
 
     def _fit(self, df):
         from pyspark.sql import functions as F
@@ -453,15 +474,26 @@ class GRUEstimator(Estimator, _TrainParams, _Persist):
             raise ValueError("sequenceLength must be >= 0 and learningRate > 0")
         _check_rows(df, id_col, time_col)
         cols = list(inputs) + [label]
-        agg = df.select(*[F.mean(c).alias(f"m{i}") for i, c in enumerate(cols)],
-                        *[F.stddev_pop(c).alias(f"s{i}") for i, c in enumerate(cols)]).collect()[0]
+        skipna = g("skipNA")
+
+        def value(c):  # null and NaN alike are missing
+            return F.when(~F.isnan(F.col(c).cast("double")), F.col(c).cast("double"))
+
+        agg = df.select(*[F.mean(value(c)).alias(f"m{i}") for i, c in enumerate(cols)],
+                        *[F.stddev_pop(value(c)).alias(f"s{i}") for i, c in enumerate(cols)],
+                        *[F.count(value(c)).alias(f"n{i}") for i, c in enumerate(cols)],
+                        F.count(F.lit(1)).alias("rows")).collect()[0]
+        empty = [c for i, c in enumerate(cols) if not agg[f"n{i}"]]
+        if empty:
+            raise ValueError(f"columns {empty} have no values (every row null or NaN)")
+        gaps = [c for i, c in enumerate(inputs) if agg[f"n{i}"] < agg["rows"]]
+        if gaps and not skipna:
+            raise ValueError(f"input columns {gaps} hold null or NaN values; set skipNA=True "
+                             "to treat such rows as missing")
         mu = np.array([agg[f"m{i}"] for i in range(len(cols))], dtype="float64")
         sd = np.array([agg[f"s{i}"] for i in range(len(cols))], dtype="float64")
-        if np.isnan(mu).any():
-            raise ValueError(f"a column of {cols} has no values")
         sd = np.where(sd > 0, sd, 1.0)
         F_ = len(inputs)
-        skipna = g("skipNA")
         length = g("sequenceLength")
         seqs = df.select(id_col, time_col, *cols).groupBy(id_col).applyInPandas(
             functools.partial(_pack, id_col=id_col, time_col=time_col, inputs=list(inputs),
@@ -521,7 +553,7 @@ class GRUEstimator(Estimator, _TrainParams, _Persist):
                       description="daskgru.spark.GRUEstimator")
         out = GRUModel(model=model, idCol=id_col, timeCol=time_col, inputCols=list(inputs),
                        predictionCol=g("predictionCol"), skipNA=skipna,
-                       maxStepsPerTask=g("maxStepsPerTask"))
+                       maxStepsPerTask=g("maxStepsPerTask"), numBuckets=g("numBuckets"))
         out.history = history
         return out
 
@@ -542,13 +574,13 @@ class GRUModel(_SparkModel, _TableParams, HasPredictionCol, _Persist):
     ``predictionCol`` (a number per row) from the model run along each series."""
 
     def __init__(self, *, model=None, idCol="id", timeCol="time", inputCols=None,
-                 predictionCol="prediction", maxStepsPerTask=0, skipNA=False):
+                 predictionCol="prediction", maxStepsPerTask=0, numBuckets=0, skipNA=False):
         super().__init__()
         self._init(dict(idCol="id", timeCol="time", predictionCol="prediction",
-                        maxStepsPerTask=0, skipNA=False),
+                        maxStepsPerTask=0, numBuckets=0, skipNA=False),
                    dict(model=model, idCol=idCol, timeCol=timeCol, inputCols=inputCols,
                         predictionCol=predictionCol, maxStepsPerTask=maxStepsPerTask,
-                        skipNA=skipNA))
+                        numBuckets=numBuckets, skipNA=skipNA))
         self.history = []
 
     @property
@@ -565,4 +597,4 @@ class GRUModel(_SparkModel, _TableParams, HasPredictionCol, _Persist):
         _check_rows(df, id_col, time_col)
         return _run_groups(df, m, id_col, time_col, inputs, self.getOrDefault("predictionCol"),
                            self.getOrDefault("maxStepsPerTask"), self.getOrDefault("skipNA"),
-                           scalar=m.output_size == 1)
+                           scalar=m.output_size == 1, buckets=self.getOrDefault("numBuckets"))

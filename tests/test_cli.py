@@ -318,7 +318,8 @@ def test_a_stale_lock_is_taken_over(files):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["create", "created", "output", "state", "finals", "flag"])
+@pytest.mark.parametrize("point", ["create", "created", "output@2", "state@3", "finals",
+                                   "flag"])
 def test_killed_anywhere_the_same_command_ends_bit_identical(files, point):
     """SIGKILL at each point of a run's life, store creation included; the same command
     then continues or starts over by itself and ends equal to an uninterrupted run."""
@@ -331,6 +332,8 @@ def test_killed_anywhere_the_same_command_ends_bit_identical(files, point):
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     again = cli(*args, "-o", out)
     assert again.returncode == 0, again.stderr
+    if "@" in point:  # killed inside unit k: it continues from there
+        assert f": {point.split('@')[1]} of 5 time chunks already done" in again.stdout
     assert_same_store(out, ref)
     assert sorted(os.listdir(d)) == sorted(["in.nc", "p.nc", "p2.nc", "ref.zarr", "o.zarr"])
 
@@ -498,7 +501,8 @@ def test_run_parquet_table_equals_apply_frame(parquet):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["create", "output", "state", "finals"])
+@pytest.mark.parametrize("point", ["create", "created", "output@2", "state@3", "finals",
+                                   "flag"])
 def test_run_parquet_killed_continues_bit_identical(parquet, point):
     d, _, _ = parquet
     args = ["run", str(d / "table"), "--params", str(d / "p.nc"), "--id-col", "station",
@@ -508,6 +512,8 @@ def test_run_parquet_killed_continues_bit_identical(parquet, point):
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     again = cli(*args, "-o", d / "o.parquet")
     assert again.returncode == 0, again.stderr
+    if "@" in point:  # killed inside partition k: it continues there, with its state table
+        assert f": {point.split('@')[1]} of " in again.stdout
     a, b = _read_table(d / "o.parquet"), _read_table(d / "ref.parquet")
     np.testing.assert_array_equal(a[["h0", "h1", "h2"]].to_numpy(),
                                   b[["h0", "h1", "h2"]].to_numpy())
@@ -524,3 +530,10 @@ def test_run_parquet_refusals(parquet, capsys):
     assert "id_col 'nope' is not a column" in capsys.readouterr().err
     assert main([*base, "--id-col", "station", "--time-col", "t", "--features", "rain"]) == 1
     assert "1 feature columns" in capsys.readouterr().err
+    # time slices said to be whole series: checked before any work
+    assert main([*base, "--id-col", "station", "--time-col", "t", "--features", "rain,temp",
+                 "--partitioned-by", "id"]) == 1
+    assert "has rows in several partitions" in capsys.readouterr().err
+    assert main([*base, "--id-col", "station", "--time-col", "t", "--chunks", "time=5"]) == 1
+    assert "--chunks are for netCDF and zarr input" in capsys.readouterr().err
+    assert not os.path.exists(d / "o.parquet")

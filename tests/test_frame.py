@@ -117,6 +117,13 @@ def test_skipna_rows(rng):
     missing = df.f1.isna()
     assert res.loc[missing, ["h0", "h1"]].isna().all().all()
     assert res.loc[~missing, ["h0", "h1"]].notna().all().all()
+    for sid, g in res.groupby("id"):  # the state carries across the missing rows
+        g = g.sort_values("t")
+        x = g[["f0", "f1", "f2"]].to_numpy()[:, None]
+        valid = ~np.isnan(x).any(axis=-1)
+        want = dg.gru(np.where(valid[..., None], x, 0), p, mask=valid)[0][:, 0]
+        want[~valid[:, 0]] = np.nan
+        np.testing.assert_array_equal(g[["h0", "h1"]].to_numpy(), want)
 
 
 @pytest.mark.parametrize("change,exc,match", [
@@ -214,3 +221,61 @@ def test_pandas_model_with_input_names_and_float32(rng):
         g = g.sort_values("t")
         x = g[["f2", "f0", "f1"]].to_numpy()[:, None]
         np.testing.assert_array_equal(g.prediction_0.to_numpy(), m(x)[:, 0, 0])
+
+
+def test_empty_tables_and_empty_partitions(rng):
+    df = long_table(rng, n_ids=4, shuffle=False)
+    p = dg.GRUParams.random(3, 2, seed=0, dtype="float64")
+    empty = dg.apply_frame(df.iloc[:0], p, id_col="id", time_col="t")
+    assert list(empty.columns) == list(df.columns) + ["h0", "h1"] and len(empty) == 0
+    ref = dg.apply_frame(df, p, id_col="id", time_col="t")
+    for layout in ("time", "id"):
+        if layout == "time":
+            parts = [df[df.t < 10], df.iloc[:0], df[df.t >= 10], df.iloc[:0]]
+        else:
+            parts = [df[df.id.isin(["s0", "s1"])], df.iloc[:0], df[df.id.isin(["s2", "s3"])]]
+        ddf = dd.concat([dd.from_pandas(x, npartitions=1, sort=False) for x in parts])
+        for said in (layout, None):
+            out = dg.apply_frame(ddf, p, id_col="id", time_col="t",
+                                 partitioned_by=said).compute()
+            np.testing.assert_array_equal(out.sort_values(["id", "t"])[["h0", "h1"]].to_numpy(),
+                                          ref.sort_values(["id", "t"])[["h0", "h1"]].to_numpy())
+
+
+def test_one_partition_is_whole_series_bidirectional_and_windowed(rng):
+    from daskgru.layers import Dense
+
+    df = long_table(rng, n_ids=3)
+    ddf = dd.from_pandas(df, npartitions=1)
+    bi = dg.GRUParams.random(3, 2, bidirectional=True, seed=1, dtype="float64")
+    out = dg.apply_frame(ddf, bi, id_col="id", time_col="t").compute()
+    pd.testing.assert_frame_equal(out, dg.apply_frame(ddf.compute(), bi, id_col="id",
+                                                      time_col="t"))
+    m = dg.Model(dg.GRUParams.random(3, 2, seed=2, dtype="float64"),
+                 post=[Dense(np.ones((2, 1)), np.zeros(1))], window=4)
+    res = dg.apply_frame(df, m, id_col="id", time_col="t")
+    for sid, g in res.groupby("id"):
+        g = g.sort_values("t")
+        x = g[["f0", "f1", "f2"]].to_numpy()[:, None]
+        np.testing.assert_array_equal(g.prediction_0.to_numpy(),
+                                      m.windowed(x, 4, batch_first=False)[:, 0, 0])
+    with pytest.raises(ValueError, match="return_hidden with windowed inference"):
+        dg.apply_frame(df, m, id_col="id", time_col="t", return_hidden=True)
+
+
+def test_ordered_categorical_time_and_mixed_ids(rng):
+    months = ["Jan", "Feb", "Mar", "Apr", "May"]
+    df = pd.DataFrame({"id": ["a"] * 5 + ["b"] * 3,
+                       "month": pd.Categorical(months + months[2:], categories=months,
+                                               ordered=True),
+                       "x": rng.normal(size=8)}).sample(frac=1, random_state=0)
+    p = dg.GRUParams.random(1, 2, seed=3, dtype="float64")
+    res = dg.apply_frame(df, p, id_col="id", time_col="month")
+    a = res[res.id == "a"].sort_values("month")  # sorts by the categories' order
+    assert list(a.month) == months
+    np.testing.assert_array_equal(a[["h0", "h1"]].to_numpy(),
+                                  dg.gru(a[["x"]].to_numpy()[:, None], p)[0][:, 0])
+    mixed = pd.DataFrame({"id": np.array([1, "b", 1, "b"], dtype=object), "t": [0, 0, 1, 1],
+                          "x": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(ValueError, match="id column 'id' or time column 't' do not sort"):
+        dg.apply_frame(mixed, p, id_col="id", time_col="t")

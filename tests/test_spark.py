@@ -109,6 +109,37 @@ def test_transformer_saves_and_loads(spark, rng, tmp_path):
     np.testing.assert_array_equal(np.stack(a.pred), np.stack(b.pred))
 
 
+def test_transformer_windowed_model_and_a_column_named_like_its_scratch(spark, rng):
+    from daskgru.layers import Dense
+
+    df = table(rng, n_ids=3)
+    df["o0"] = 1.5  # a user column with a short name survives
+    m = dg.Model(dg.GRUParams.random(2, 3, seed=5, dtype="float64"),
+                 post=[Dense(np.ones((3, 1)), np.zeros(1))], window=6)
+    res = RNNTransformer(model=m, idCol="id", timeCol="t", inputCols=["f0", "f1"],
+                         outputCol="pred").transform(spark.createDataFrame(df)).toPandas()
+    assert (res.o0 == 1.5).all()
+    want = dg.apply_frame(df, m, id_col="id", time_col="t", feature_cols=["f0", "f1"])
+    res, want = res.sort_values(["id", "t"]), want.sort_values(["id", "t"])
+    np.testing.assert_array_equal(np.stack(res.pred)[:, 0], want.prediction_0.to_numpy())
+    with pytest.raises(ValueError, match="maxStepsPerTask must be 0"):
+        RNNTransformer(model=m, idCol="id", timeCol="t", inputCols=["f0", "f1"],
+                       outputCol="pred", maxStepsPerTask=5).transform(spark.createDataFrame(df))
+
+
+def test_estimator_refuses_gappy_inputs_without_skipna(spark, rng):
+    df = table(rng, n_ids=3)
+    df["y"] = 1.0
+    df.loc[df.index[0], "f1"] = np.nan
+    est = GRUEstimator(idCol="id", timeCol="t", inputCols=["f0", "f1"], labelCol="y",
+                       maxEpochs=1)
+    with pytest.raises(ValueError, match=r"input columns \['f1'\] hold null or NaN"):
+        est.fit(spark.createDataFrame(df))
+    df["y"] = np.nan
+    with pytest.raises(ValueError, match=r"columns \['y'\] have no values"):
+        est.fit(spark.createDataFrame(df))
+
+
 @pytest.mark.parametrize("change,exc,match", [
     (dict(idCol="station"), ValueError, "idCol 'station' is not a column"),
     (dict(inputCols=["f0", "nope"]), ValueError, r"inputCols \['nope'\]"),

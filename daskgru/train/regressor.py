@@ -114,9 +114,13 @@ class InMemory:
 
 class Streamed:
     """Training data as dask arrays, never gathered: each step's gradient is one task per
-    chunk of sequences its batch touches, computed where the chunk is (on the workers with
-    a ``dask.distributed`` client; in threads here without one). The data are checked in
-    one pass first (infinity, NaN without skipna, observed targets)."""
+    chunk of sequences its batch touches, given the batch's rows of that chunk (selected
+    where the chunk is) and computed on the workers with a ``dask.distributed`` client (in
+    threads here without one). The data are checked in one pass first (infinity, NaN
+    without skipna, observed targets).
+
+    Every step reads each chunk its batch touches: data read from storage (not persisted)
+    are best chunked in a few batches' worth of sequences."""
 
     def __init__(self, X, Y, dtype, skipna):
         import dask
@@ -161,8 +165,11 @@ class Streamed:
                 continue
             h0 = None if h0s is None else h0s[:, at:at + len(sel)]
             at += len(sel)
+            # the batch's rows of the chunk, selected where the chunk is: only they travel
+            rows = sel - a
             tasks.append(dask.delayed(_chunk_grad, pure=True)(
-                b, self.X[a:e, t0:t1], self.Y[a:e, t0:t1], sel - a, self.skipna, h0))
+                b, self.X[a:e, t0:t1][rows], self.Y[a:e, t0:t1][rows], np.arange(len(sel)),
+                self.skipna, h0))
         return _add(dask.compute(*tasks))
 
     def mse(self, flat, L, D, idx):
