@@ -3,6 +3,7 @@
     python benchmarks/compare_revisions.py --base cd2cf33              # base vs this checkout
     python benchmarks/compare_revisions.py --base cd2cf33 --new HEAD   # base vs a commit
     python benchmarks/compare_revisions.py --base cd2cf33 --noise      # plus base vs itself
+    python benchmarks/compare_revisions.py --base cd2cf33 --noise --interleave
 
 The base revision (and ``--new``, when given) is checked out into a temporary git worktree.
 Every row of compare.py's grid (eager: float32 and float64, 1 and 2 threads; dask: time
@@ -12,6 +13,13 @@ up on the same shape, then reports the median of ``--repeats`` calls. The table 
 median over rounds of each revision and their ratio (new / base: above 1 is slower).
 ``--noise`` adds a second copy of the base to every round (base, new, copy, ...): its ratio
 copy / base, measured in the same rounds, is the noise band of this machine.
+
+``--interleave`` times the revisions inside one process per row instead: each revision's
+package is copied under its own name (``daskgru_base``, ``daskgru_new``, ``daskgru_copy``; the
+package imports itself only relatively), all are warmed up, and single calls alternate between
+them ``--rounds * --repeats`` times, the order rotating, with a garbage collection before each.
+The per-process differences (address layout, page placement, turbo state at start) then
+cancel, which on a shared 2-core virtual machine is the larger part of the noise.
 """
 from __future__ import annotations
 
@@ -55,6 +63,54 @@ print(statistics.median(ts))
 """
 
 
+INTERLEAVED = r"""
+import gc, importlib, os, sys, time, statistics
+import numpy as np
+names, kind, dtype, threads, T, B, I, H, n = sys.argv[1:]
+threads, T, B, I, H, n = map(int, (threads, T, B, I, H, n))
+os.environ["DASKGRU_NUM_THREADS"] = str(threads)
+names = names.split(",")
+x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
+calls = []
+for name in names:
+    dg = importlib.import_module(name)
+    p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
+    if kind == "eager":
+        f = (lambda dg, p: lambda: dg.gru(x, p))(dg, p)
+    else:
+        import dask, dask.array as da
+        xd = da.from_array(x, chunks=(512, max(1, B // 2), I))
+        f = (lambda dg, p: lambda: dask.compute(*dg.gru(xd, p), scheduler="threads",
+                                                num_workers=threads))(dg, p)
+    f()
+    calls.append(f)
+ts = [[] for _ in names]
+for r in range(n):
+    for j in range(len(names)):
+        k = (r + j) % len(names)
+        gc.collect()
+        t = time.perf_counter()
+        calls[k]()
+        ts[k].append(time.perf_counter() - t)
+print(" ".join(str(statistics.median(t)) for t in ts))
+"""
+
+
+def package_copy(src, tmp, name):
+    """Copy the ``daskgru`` package of the checkout ``src`` to ``tmp/name``."""
+    import shutil
+
+    shutil.copytree(os.path.join(src, "daskgru"), os.path.join(tmp, name),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def measure_interleaved(tmp, names, row, n):
+    env = dict(os.environ, PYTHONPATH=tmp)
+    r = subprocess.run([sys.executable, "-c", INTERLEAVED, ",".join(names), *map(str, row),
+                        str(n)], capture_output=True, text=True, env=env, cwd=tmp, check=True)
+    return [float(v) for v in r.stdout.strip().splitlines()[-1].split()]
+
+
 def worktree(rev, where):
     subprocess.run(["git", "worktree", "add", "--detach", where, rev], check=True,
                    capture_output=True)
@@ -77,6 +133,8 @@ def main(argv=None):
                     help="also time a copy of the base in every round (the noise band)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--interleave", action="store_true",
+                    help="alternate single calls of the revisions inside one process per row")
     ap.add_argument("--quick", action="store_true", help="T / 8")
     ap.add_argument("--no-dask", action="store_true")
     args = ap.parse_args(argv)
@@ -94,21 +152,30 @@ def main(argv=None):
             base = worktree(args.base, os.path.join(tmp, "base"))
             new = worktree(args.new, os.path.join(tmp, "new")) if args.new else here
             copy = worktree(args.base, os.path.join(tmp, "copy")) if args.noise else None
-            print(f"# {describe()}; "
-                  f"base {args.base} vs {args.new or 'this checkout'}"
-                  f"{' and a copy of the base' if copy else ''}; {args.rounds} alternated "
-                  f"rounds, median of {args.repeats} calls each")
+            names = ["daskgru_base", "daskgru_new"] + (["daskgru_copy"] if copy else [])
+            if args.interleave:
+                pkgs = os.path.join(tmp, "packages")
+                for name, src in zip(names, (base, new, copy)):
+                    package_copy(src, pkgs, name)
+            how = (f"one process per row, {args.rounds * args.repeats} alternated single "
+                   f"calls each, median" if args.interleave else
+                   f"{args.rounds} alternated rounds, median of {args.repeats} calls each")
+            print(f"# {describe()}; base {args.base} vs {args.new or 'this checkout'}"
+                  f"{' and a copy of the base' if copy else ''}; {how}")
             print(f"{'kind':6} {'dtype':8} {'thr':>3} {'T':>5} {'B':>4} {'I':>4} {'H':>4} | "
                   f"{'base ms':>9} {'new ms':>9} | {'new/base':>8}"
                   + (f" {'copy/base':>9}" if copy else ""))
             ratios, noise = [], []
             for row in rows:
                 a, b, c = [], [], []
-                for _ in range(args.rounds):
+                for _ in range(0 if args.interleave else args.rounds):
                     a.append(measure(base, row, args.repeats))
                     b.append(measure(new, row, args.repeats))
                     if copy:
                         c.append(measure(copy, row, args.repeats))
+                if args.interleave:
+                    got = measure_interleaved(pkgs, names, row, args.rounds * args.repeats)
+                    a, b, c = [got[0]], [got[1]], got[2:]
                 ma, mb = statistics.median(a), statistics.median(b)
                 ratios.append(mb / ma)
                 k, dt, thr, T, B, I, H = row
