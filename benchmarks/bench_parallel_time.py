@@ -1,10 +1,13 @@
 """Parallel in time on one long sequence: method="speculative" / "newton" against "scan".
 
     python benchmarks/bench_parallel_time.py [--T 1000000] [--chunks 16] [--repeats 3]
+    python benchmarks/bench_parallel_time.py --gather --newton-H ""   # output to the client
 
 B = 1, I = 8, float32, LocalCluster(2 workers x 1 thread, processes=True). The input is
 persisted on the cluster first; a timed run is ``persist`` + ``wait`` of (output, h_n), so
-neither graph building on the client nor fetching the 128 MB output is timed. Methods are
+neither graph building on the client nor fetching the 128 MB output is timed; with
+``--gather`` a timed run computes (output, h_n) into the client instead (the transfer timed).
+The script also reports what ``method="auto"`` chose for the H = 32 call and why. Methods are
 alternated; medians of ``--repeats`` runs after one warm-up run each (JIT, caches).
 Writes the numbers to --json. Run it on a quiet machine: workers share the cores.
 """
@@ -27,6 +30,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--newton-H", default="4,8,32")
     ap.add_argument("--json", default="benchmarks/parallel_time_results.json")
+    ap.add_argument("--gather", action="store_true",
+                    help="time computing the output into the client, not persisting it")
     a = ap.parse_args()
 
     import dask
@@ -49,6 +54,9 @@ def main():
         def run(p, method, **kw):
             out, h_n = dg.gru(xd, p, method=method, **kw)[:2]
             t = time.perf_counter()
+            if a.gather:
+                client.compute([out, h_n], sync=True)
+                return time.perf_counter() - t
             fut = client.persist([out, h_n])
             wait(fut)
             el = time.perf_counter() - t
@@ -77,11 +85,17 @@ def main():
                 row[m]["median_s"] = statistics.median(row[m]["times"])
             return row
 
+        results["gather"] = a.gather
         row = compare(32, [("speculative", {})], a.repeats)
         results["runs"]["H32_speculative"] = row
         s, sp = row["scan"]["median_s"], row["speculative"]["median_s"]
-        print(f"H=32 T={T} K={K}: scan {s:.3f} s, speculative {sp:.3f} s, speedup {s / sp:.2f}x, "
+        auto = dg.gru(xd, dg.GRUParams.random(I, 32, seed=0), method="auto",
+                      return_info=True)[2].compute()["auto"]
+        results["auto"] = auto
+        print(f"H=32 T={T} K={K} ({'gathered' if a.gather else 'persisted'}): scan {s:.3f} s, "
+              f"speculative {sp:.3f} s, speedup {s / sp:.2f}x, "
               f"max abs dev {row['speculative']['dev']:.2e}, info {row['speculative']['info']}")
+        print(f"method='auto' chose {auto['chose']}: {auto['reason']}")
         for H in [int(h) for h in a.newton_H.split(",") if h]:
             row = compare(H, [("newton", {})], a.repeats)
             results["runs"][f"H{H}_newton"] = row

@@ -6,11 +6,16 @@ side by side.
     python benchmarks/compare.py --quick              # smaller T, fewer repeats
     python benchmarks/compare.py --dask --cluster     # also dask chunks and LocalCluster scaling
     python benchmarks/compare.py --mask --no-eager    # what a mask with holes costs
+    python benchmarks/compare.py --engines --cells gru --dtypes float32
+                                                      # also ONNX Runtime, OpenVINO, JAX
 
 Every contender is warmed up on the identical shape first (oneDNN compiles per shape, Numba
 per dtype), then the contenders are run alternately (A, B, A, B, ...) and the medians of the
 repeats are reported, so that drifts of a shared machine hit both alike. The thread count is
 set the same for both: torch.set_num_threads, BLAS via threadpoolctl, DASKGRU_NUM_THREADS.
+With ``--engines`` the float32 GRU rows also run ONNX Runtime, OpenVINO and JAX (see
+engines.py; outputs cross-checked against daskgru's), and the process is pinned to as many
+CPUs as threads for every contender alike.
 GF/s counts 2 FLOPs per multiply-add of the input and recurrent products: 2*G*(I+H) a step,
 G = 3H for a GRU and 4H for an LSTM.
 """
@@ -82,7 +87,7 @@ def alternate(fns, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",)):
+def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",), engines=()):
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -115,6 +120,14 @@ def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",)):
                 w = p.weights[0][0]
                 if with_numpy and cell == "gru" and T * B * H <= 4096 * 64 * 64:
                     fns["numpy"] = lambda: numpy_loop(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+                if engines and cell == "gru" and dtype == "float32":
+                    import engines as eng
+
+                    want = run(x, p)[0]
+                    for e in engines:
+                        f = eng.RUNNERS[e](p, x, threads)
+                        eng.check(e, f(), want)
+                        fns[e] = f
                 with threadpool_limits(threads, user_api="blas"):
                     med = alternate(fns, repeats)
                 fl = flops(T, B, I, H, gates)
@@ -125,8 +138,13 @@ def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",)):
                            ratio=med["torch"] / med["daskgru"], peak=peak,
                            pct_peak=100 * fl / med["daskgru"] / 1e9 / peak,
                            numpy_ms=med.get("numpy", float("nan")) * 1e3)
+                row.update({f"{e}_ms": med[e] * 1e3 for e in engines if e in med})
                 rows.append(row)
                 print(fmt(row), flush=True)
+                if any(e in med for e in engines):
+                    print("     " + ", ".join(
+                        f"{e} {med[e] * 1e3:.1f} ms ({med[e] / med['daskgru']:.2f}x daskgru's)"
+                        for e in engines if e in med), flush=True)
     return rows
 
 
@@ -239,6 +257,12 @@ def cluster_rows(repeats, quick):
                   f"1 worker {a*1e3:.0f} ms, 2 workers {b*1e3:.0f} ms, speedup {a/b:.2f}x")
 
 
+def _versions(engines):
+    from importlib.metadata import version
+
+    return [f"{e} {version(e)}" for e in engines]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -251,6 +275,8 @@ def main(argv=None):
     ap.add_argument("--cluster", action="store_true", help="also LocalCluster 1 vs 2 workers")
     ap.add_argument("--mask", action="store_true", help="also a mask with holes vs no mask")
     ap.add_argument("--no-eager", action="store_true")
+    ap.add_argument("--engines", action="store_true",
+                    help="also ONNX Runtime, OpenVINO and JAX (float32 GRU rows)")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats = min(args.repeats, 3)
@@ -262,8 +288,23 @@ def main(argv=None):
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     if not args.no_eager:
         print(HEADER)
+        engines = ()
+        if args.engines:
+            import engines as eng
+
+            engines = eng.available()
+            print(f"# engines: {', '.join(engines) or 'none installed'} "
+                  f"({', '.join(_versions(engines))})")
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         for threads in args.threads:
-            eager_rows(threads, args.dtypes, args.repeats, args.quick, args.numpy, args.cells)
+            if engines and cpus:
+                os.sched_setaffinity(0, cpus[:threads])
+            try:
+                eager_rows(threads, args.dtypes, args.repeats, args.quick, args.numpy,
+                           args.cells, engines)
+            finally:
+                if engines and cpus:
+                    os.sched_setaffinity(0, cpus)
     if args.mask:
         for threads in args.threads:
             mask_rows(threads, args.repeats, args.quick)

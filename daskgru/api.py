@@ -11,9 +11,10 @@ from .params import GRUParams, LSTMParams
 
 __all__ = ["gru", "lstm", "run", "Call", "validate", "METHODS"]
 
-METHODS = ("scan", "speculative", "newton")
+METHODS = ("scan", "speculative", "newton", "auto")
 # Options each method takes (besides return_info); see daskgru.graph.parallel_time.
-METHOD_OPTIONS = {"scan": (), "speculative": ("warmup", "tol"), "newton": ("tol",)}
+METHOD_OPTIONS = {"scan": (), "speculative": ("warmup", "tol"), "newton": ("tol",),
+                  "auto": ("warmup", "tol")}
 
 
 def validate_method_options(method, *, warmup=None, tol=None, return_info=False):
@@ -120,6 +121,11 @@ def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", w
     lazy = any(is_dask(a) for a in (x, lengths, mask, *(states or ())))
     if states is not None and call.unbatched:
         states = [s[None] for s in states]
+    auto = None
+    if method == "auto":
+        method, auto = _auto(x, call, lazy, warmup)
+        if method == "scan":
+            warmup = tol = None
     if method != "scan" or lazy:
         from .graph import parallel_time, scan
 
@@ -150,7 +156,31 @@ def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", w
                     max_mismatch=0.0)
     if call.unbatched:
         finals = [f[:, 0] for f in finals]
+    if auto is not None:
+        if lazy:
+            import dask
+
+            info = dask.delayed(_with_auto, pure=True)(info, auto)
+        else:
+            info = _with_auto(info, auto)
     return out, finals, info
+
+
+def _auto(x, call, lazy, warmup):
+    """What method="auto" runs (see :func:`daskgru.graph.options.choose_method`)."""
+    if not lazy:
+        return "scan", dict(chose="scan", reason="NumPy input runs eagerly in one process")
+    import dask.array as da
+
+    from .graph import options, parallel_time
+
+    xc = canonical(da.asarray(x), call)
+    return options.choose_method(options.resolve(), xc.chunks[0], xc.chunks[1], call.stack,
+                                 parallel_time.DEFAULT_WARMUP if warmup is None else warmup)
+
+
+def _with_auto(info, auto):
+    return dict(info, auto=auto)
 
 
 def _stack_finals(finals):
@@ -220,8 +250,11 @@ def gru(x, p, *, h0=None, lengths=None, mask=None, zero_output_for_mask=False,
         Output 0 at masked steps (Keras's flag of that name; ``Bidirectional`` sets it).
     batch_first : bool
         Take x as (B, T, I) and return output as (B, T, D*H).
-    method : {"scan", "speculative", "newton"}
-        How time is traversed. "scan" is the exact sequential chain of chunks. The two
+    method : {"scan", "speculative", "newton", "auto"}
+        How time is traversed. "scan" is the exact sequential chain of chunks. "auto"
+        chooses "scan" or "speculative" from a model of the call's cost (chunks, chains,
+        the scheduler's task slots; see :func:`daskgru.graph.options.choose_method`) and
+        says which and why in ``return_info``'s ``"auto"`` entry. The two
         parallel-in-time methods (see :mod:`daskgru.graph.parallel_time`) run all time
         chunks at once and agree with "scan" to ``tol``: "speculative" starts each chunk
         from a state warmed up over ``warmup`` steps and recomputes chunks whose start was

@@ -444,7 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--chunks", metavar="time=N",
                    help="time chunk size (the unit of resumption), optionally batch chunks: "
                         "time=500,lat=8 (default: the input's time chunks, else 1000)")
-    r.add_argument("--method", default="scan", help="time traversal method (scan)")
+    r.add_argument("--method", default="scan",
+                   help="time traversal: scan (default), speculative, newton, or auto "
+                        "(chosen from a model of the run's cost)")
     r.add_argument("--window", metavar="N|model|none", default="model",
                    help="windowed inference: each step's prediction from a zero-state run over "
                         "the N steps up to it (default 'model': the model's own window, e.g. a "

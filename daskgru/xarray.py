@@ -212,7 +212,7 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
                         f"{sorted(unknown)} (method options are warmup, tol, return_info)")
     validate_method_options(method, **method_options)
     return_info = method_options.pop("return_info", False)
-    if window is not None and (method != "scan" or return_info or return_hidden):
+    if window is not None and (method not in ("scan", "auto") or return_info or return_hidden):
         raise ValueError("window= runs independent windows: it takes method='scan' only, "
                          "and no return_info or return_hidden")
     batch_shape = tuple(da_in.sizes[d] for d in batch_dims)

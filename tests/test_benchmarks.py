@@ -102,3 +102,26 @@ def test_fit_out_of_core_script_runs_tiny(capsys):
         ["--sequences", "16", "--steps", "20", "--features", "4", "--chunk", "4",
          "--batch", "8", "--limit-mb", "2000"]) == 0
     assert "client peak growth" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino", "jax"])
+def test_the_engines_of_compare_py_compute_our_gru(engine):
+    """compare.py --engines times ONNX Runtime, OpenVINO and JAX on the GRU's weights: each
+    must compute the same GRU (an oracle nobody here wrote, for the ONNX GRU operator's gate
+    order and linear_before_reset), or the comparison would be of different work."""
+    import numpy as np
+
+    import daskgru as dg
+
+    pytest.importorskip("onnx" if engine != "jax" else "jax")
+    pytest.importorskip(engine)
+    sys.path.insert(0, str(BENCH))
+    import engines
+
+    p = dg.GRUParams.random(5, 12, seed=3)
+    x = np.random.default_rng(3).standard_normal((40, 3, 5)).astype("float32")
+    want = dg.gru(x, p)[0]
+    f = engines.RUNNERS[engine](p, x, 1)
+    assert engines.check(engine, f(), want) < 1e-5
+    with pytest.raises(AssertionError, match="same GRU"):
+        engines.check(engine, f() + 1e-3, want)

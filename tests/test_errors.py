@@ -56,7 +56,7 @@ CALL_ERRORS = [
     (dict(x=x_(dtype="object")), TypeError, r"x must hold real floating-point numbers, got dtype object"),
     (dict(x=[[[0.0] * I] * B] * T), TypeError, r"x must be an array, got list"),
     (dict(x=FakeTensor()), TypeError, r"x must be a NumPy or dask array .*got dtype 'fake\.float32'"),
-    (dict(method="magic"), ValueError, r"method must be one of \('scan', 'speculative', 'newton'\), got 'magic'"),
+    (dict(method="magic"), ValueError, r"method must be one of \('scan', 'speculative', 'newton', 'auto'\), got 'magic'"),
     (dict(p={"weight_ih_l0": 0}), TypeError, r"p must be a GRUParams, got dict"),
 ]
 

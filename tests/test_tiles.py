@@ -1,4 +1,8 @@
 """The register-tiled product: the fixed order of operations per element, every tile path."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -140,3 +144,64 @@ def test_cached_kernels_are_keyed_on_the_tiles():
 
     with pytest.raises(TypeError, match="cache_key"):
         jit.kernel(lambda f: f(f))(forgetful)
+
+
+_FRESH = r"""
+import numpy as np
+import daskgru as dg
+from daskgru.kernels import jit
+assert all(not k.ready for k in jit.KERNELS), [k for k in jit.KERNELS if k.ready]
+x = np.ones((5, 2, 3))
+dg.gru(x, dg.GRUParams.random(3, 4, dtype="float64", seed=0))
+print(sorted(k.__qualname__ for k in jit.KERNELS if k.ready))
+print(sorted({str(d) for k in jit.KERNELS for d in k.ready}))
+"""
+
+
+def test_kernels_compile_on_first_use_only():
+    """Importing compiles nothing; a float64 GRU call readies its projection and its scan for
+    float64 and nothing else (cold starts pay for what they use)."""
+    r = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True,
+                       check=True)
+    ready, dtypes = r.stdout.strip().splitlines()
+    assert ready == "['_k.<locals>.scan', '_project_kernel.<locals>.project_kernel']"
+    assert dtypes == "['float64']"
+
+
+_ANNOUNCE = r"""
+import numpy as np
+from daskgru.kernels import jit
+from daskgru.cells import base
+jit.ANNOUNCE_AFTER = 0.0
+k = base._project_kernel
+k(np.ones((2, 3), "f4"), np.ones((3, 4), "f4"), np.ones(4, "f4"), np.empty((2, 4), "f4"))
+jit.precompile(["float32"])
+assert all(np.dtype("float32") in k.ready for k in jit.KERNELS)
+"""
+
+
+def test_a_slow_first_compile_is_announced_once(tmp_path):
+    """A compile slower than ANNOUNCE_AFTER (here 0 s, into an empty cache) logs one line
+    saying what happens and where the cache is, however many kernels follow."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", _ANNOUNCE], capture_output=True, text=True,
+                       env=env, check=True)
+    lines = [ln for ln in r.stderr.splitlines() if "compiling" in ln]
+    assert len(lines) == 1, r.stderr
+    assert "float32" in lines[0] and str(tmp_path) in lines[0]
+
+
+def test_kernels_refuse_what_they_were_not_declared_for():
+    """Only the declared float types and layouts compile: an int array or a non-contiguous
+    one is a TypeError naming the types, never a silent new specialisation."""
+    from daskgru.cells import base
+
+    k = base._project_kernel
+    f = np.ones
+    k(f((2, 3)), f((3, 4)), f(4), np.empty((2, 4)))
+    with pytest.raises(TypeError):
+        k(f((2, 3), "i8"), f((3, 4), "i8"), f(4, "i8"), np.empty((2, 4), "i8"))
+    with pytest.raises(TypeError):
+        k(f((3, 2)).T, f((3, 4)), f(4), np.empty((2, 4)))
+    assert {str(d) for d in k.ready} <= {"float32", "float64"}
+    assert len(k.dispatcher.overloads) == len(k.ready)

@@ -31,7 +31,7 @@ import os
 import sys
 from typing import NamedTuple
 
-__all__ = ["GraphOptions", "resolve", "scheduler_in_use"]
+__all__ = ["GraphOptions", "resolve", "scheduler_in_use", "choose_method"]
 
 log = logging.getLogger("daskgru.graph")
 MAX_VERIFY_GROUP = 8
@@ -139,3 +139,63 @@ def resolve() -> GraphOptions:
     opts = GraphOptions(kind, slots, fuse, int(group))
     log.debug("daskgru graph options: %s", opts)
     return opts
+
+
+# The cost model of method="auto" (see choose_method). Rates are a model, not a timing: the
+# choice must depend on the call only, so the same call always builds the same graph.
+ASSUMED_FLOPS = 10e9  # multiply-adds x 2 per second one task slot sustains in a scan
+TASK_OVERHEAD = {"sync": 1e-4, "threads": 1e-4, "processes": 2e-3, "distributed": 2e-3}
+MIN_SECONDS = 0.05  # below this (modelled) the scan's chain is not worth splitting
+MARGIN = 0.8  # the parallel method must be modelled this much faster to be chosen
+
+
+def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
+    """``(method, record)``: what ``method="auto"`` runs for a lazy call, and why.
+
+    A model of the call, not a timing (the same call always gets the same graph): per layer,
+    a step of a chain of ``b`` rows costs ``2 b G (I + H)`` FLOPs at :data:`ASSUMED_FLOPS`
+    per task slot, and a task :data:`TASK_OVERHEAD` seconds of the scheduler's time.
+
+    * ``scan``: the chains (batch chunks x directions) run side by side, each chunk after
+      the other: ``T`` steps plus one task overhead per chunk.
+    * ``speculative``: every chunk at once, each also warming up over ``warmup`` steps
+      of its predecessor: ``chains (T + (K-1) w)`` steps of work shared by the task slots
+      (never less than one chunk's own span), plus the fix-up chain's overhead per chunk.
+
+    "speculative" is chosen where it is modelled at most :data:`MARGIN` of the scan's time,
+    the scan takes at least :data:`MIN_SECONDS`, there is more than one time chunk and
+    fewer chains than task slots (otherwise the chains already fill them). "newton" is never
+    chosen (its sweeps depend on the weights). The model assumes the outputs stay where
+    they are computed (``persist``, ``to_zarr`` on the workers): gathering a whole long
+    output to the client is bound by the transfer, which the scan overlaps with its chain.
+    """
+    K, T, nb = len(tchunks), int(sum(tchunks)), len(bchunks)
+    b = max(bchunks) if bchunks else 0
+    L = max(tchunks) if tchunks else 0
+    w = min(int(warmup), L)
+    over = TASK_OVERHEAD.get(opts.scheduler, TASK_OVERHEAD["threads"])
+    step = sum(2.0 * b * lay.cell.gates * lay.hidden_size
+               * (lay.input_size + lay.hidden_size) * lay.num_directions
+               for lay in stack.layers) / ASSUMED_FLOPS
+    chains = nb * max(lay.num_directions for lay in stack.layers)
+    per_chain = step / max(lay.num_directions for lay in stack.layers)
+    scan = T * per_chain + K * over
+    work = chains * (T + (K - 1) * w) * per_chain
+    spec = max(work / opts.slots, (L + w) * per_chain) + 2 * K * over
+    record = dict(chose="scan", scan_s=scan, speculative_s=spec, chains=chains,
+                  slots=opts.slots, chunks=K)
+    if K < 2:
+        record["reason"] = "one time chunk"
+    elif chains >= opts.slots:
+        record["reason"] = f"{chains} chains already fill {opts.slots} task slots"
+    elif scan < MIN_SECONDS:
+        record["reason"] = f"modelled scan {scan * 1e3:.1f} ms: too short to split"
+    elif spec > MARGIN * scan:
+        record["reason"] = (f"modelled speculative {spec:.3g} s is not below {MARGIN} x "
+                            f"scan {scan:.3g} s")
+    else:
+        record.update(chose="speculative", reason=(
+            f"modelled speculative {spec:.3g} s against scan {scan:.3g} s "
+            f"({chains} chains, {opts.slots} task slots, {K} time chunks)"))
+    log.debug("daskgru method='auto': %s", record)
+    return record["chose"], record

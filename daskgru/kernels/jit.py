@@ -11,8 +11,13 @@ Every Numba kernel of the package is declared with :func:`kernel` inside a build
             ...
         return SimpleNamespace(double=double)
 
-Why: kernels are compiled once per float type (explicit signatures, float32 and float64)
-and cached on disk. Numba keys that cache on the kernel's own module source, not on the
+Kernels are compiled lazily: a kernel is typed and compiled (or loaded from Numba's disk
+cache) for a float type the first time it is called with it, for its one explicit signature
+per float type, so a call pays only for the kernels it uses; a first compile that takes more
+than :data:`ANNOUNCE_AFTER` seconds says so once per process. :func:`precompile` builds every
+kernel ahead of time (a cluster's image, a worker's start).
+
+Why the key: kernels are cached on disk. Numba keys that cache on the kernel's own module source, not on the
 modules it calls into (:mod:`daskgru.kernels.tiles` and this one), so an edit there would
 serve stale machine code. Numba does include closure variables in the key, so each kernel
 closes over ``cache_key`` (a hash of those modules and the tile shape); :func:`kernel`
@@ -24,7 +29,11 @@ kernels; ``vexp`` is an exponential that LLVM vectorizes (libm's does not).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import os
+import threading
+import time
 from pathlib import Path
 
 import numba
@@ -34,7 +43,7 @@ from numba.extending import intrinsic, overload
 
 from . import tiles
 
-__all__ = ["CACHE_KEY", "kernel", "build", "typed", "vexp", "sigmoid", "tanh", "counts", "dense",
+__all__ = ["CACHE_KEY", "Kernel", "kernel", "build", "precompile", "typed", "vexp", "sigmoid", "tanh", "counts", "dense",
            "skipped", "skipped_adjoint", "propagate_tangent"]
 
 # What identifies the code the kernels call into, for their on-disk caches.
@@ -50,10 +59,125 @@ CACHE_KEY = "{}-{}-{}".format(
 OPTIONS = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 
 
+# A first compile slower than this (seconds) is announced, once per process.
+ANNOUNCE_AFTER = 2.0
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+KERNELS: list[Kernel] = []  # every declared kernel, for precompile()
+_log = logging.getLogger("daskgru")
+_compiling = threading.RLock()
+_announced = False
+
+
+def cache_dir() -> str:
+    """Where Numba keeps the compiled kernels: ``NUMBA_CACHE_DIR`` when set, else the
+    ``__pycache__`` folders beside the package's modules (or, where those are not writable,
+    Numba's per-user fallback)."""
+    return numba.config.CACHE_DIR or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "**", "__pycache__")
+
+
+def _announce(dtype):
+    global _announced
+    if not _announced:
+        _announced = True
+        _log.warning("daskgru: compiling Numba kernels for %s (first use on this machine; "
+                     "cached in %s, later runs load them in well under a second)",
+                     dtype, cache_dir())
+
+
+def _float_of(args):
+    """The float type of a kernel call: that of its first float array argument."""
+    return next((a.dtype for a in args if isinstance(a, np.ndarray) and a.dtype in FLOATS),
+                None)
+
+
+class Kernel:
+    """A Numba kernel with one explicit signature per float type, compiled (or loaded from
+    the disk cache) the first time it is called with that type. Calls go straight to the
+    Numba dispatcher; nothing else is ever compiled (arguments of another type, layout or
+    writability are refused by Numba with a TypeError naming them)."""
+
+    def __init__(self, func, signature):
+        self.py_func = func
+        self.__name__, self.__qualname__ = func.__name__, func.__qualname__
+        self.__doc__ = func.__doc__
+        self.signature = signature
+        # Numba compiles whatever it is called with until compiling is disabled, which it
+        # allows only once there is a signature: so the first call comes through _first.
+        self.dispatcher = numba.njit(**OPTIONS)(func)
+        self.ready: set[np.dtype] = set()
+        KERNELS.append(self)
+
+    def __call__(self, *args):
+        if not self.ready:
+            return self._first(args)
+        try:
+            return self.dispatcher(*args)
+        except TypeError:
+            dtype = _float_of(args)
+            if dtype is None or dtype in self.ready:
+                raise
+            self.compile(dtype)
+            return self.dispatcher(*args)
+
+    def _first(self, args):
+        dtype = _float_of(args)
+        if dtype is None:
+            raise TypeError(f"kernel {self.__qualname__} takes float32 or float64 arrays, got "
+                            f"{[getattr(a, 'dtype', type(a).__name__) for a in args]}")
+        self.compile(dtype)
+        return self.dispatcher(*args)
+
+    def compile(self, dtype):
+        """Compile (or load) the kernel for a float dtype; a no-op when done."""
+        dtype = np.dtype(dtype)
+        if dtype not in FLOATS:
+            raise TypeError(f"kernel {self.__qualname__} is declared for float32 and float64, "
+                            f"not {dtype}")
+        with _compiling:
+            if dtype in self.ready:
+                return
+            timer = threading.Timer(ANNOUNCE_AFTER, _announce, (dtype.name,))
+            timer.daemon = True
+            timer.start()
+            t = time.perf_counter()
+            try:
+                if self.dispatcher.signatures:
+                    self.dispatcher.disable_compile(False)
+                self.dispatcher.compile(self.signature(numba.from_dtype(dtype)))
+            finally:
+                if self.dispatcher.signatures:
+                    self.dispatcher.disable_compile(True)
+                timer.cancel()
+            self.ready.add(dtype)
+            _log.debug("kernel %s ready for %s in %.2f s", self.__qualname__, dtype,
+                       time.perf_counter() - t)
+
+    def __repr__(self):
+        return f"<daskgru kernel {self.__qualname__} ready for {sorted(map(str, self.ready))}>"
+
+
+def precompile(dtypes=("float32", "float64")):
+    """Compile (or load from Numba's cache) every kernel of the package for ``dtypes``.
+
+    Calls do this themselves, kernel by kernel, on first use; call it ahead of time to pay
+    the cost once where it suits: in a container image's build, or on every worker of a
+    cluster before the first task (``client.run(daskgru.precompile)``), which shares a
+    ``NUMBA_CACHE_DIR`` on a common file system or builds each worker's own.
+
+    >>> import daskgru as dg
+    >>> dg.precompile(["float64"])
+    """
+    for dtype in dtypes:
+        for k in KERNELS:
+            k.compile(dtype)
+
+
 def kernel(signature):
     """Declare a kernel: ``signature(f)`` gives its Numba signature for a float type ``f``;
-    it is compiled for float32 and float64 with :data:`OPTIONS`. The function must close
-    over ``cache_key`` (see the module docstring)."""
+    it is compiled with :data:`OPTIONS` for float32 or float64 on its first call with that
+    type (:class:`Kernel`). The function must close over ``cache_key`` (see the module
+    docstring)."""
 
     def declare(func):
         cells = dict(zip(func.__code__.co_freevars, func.__closure__ or ()))
@@ -61,8 +185,7 @@ def kernel(signature):
             raise TypeError(
                 f"kernel {func.__qualname__} must be defined in a builder decorated with "
                 "daskgru.kernels.jit.build and name its cache_key in its body")
-        return numba.njit([signature(numba.float32), signature(numba.float64)],
-                          **OPTIONS)(func)
+        return Kernel(func, signature)
 
     return declare
 
