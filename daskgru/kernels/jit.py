@@ -72,8 +72,9 @@ def cache_dir() -> str:
     """Where Numba keeps the compiled kernels: ``NUMBA_CACHE_DIR`` when set, else the
     ``__pycache__`` folders beside the package's modules (or, where those are not writable,
     Numba's per-user fallback)."""
-    return numba.config.CACHE_DIR or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "**", "__pycache__")
+    return numba.config.CACHE_DIR or (
+        "the __pycache__ folders under "
+        + os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _announce(dtype):
