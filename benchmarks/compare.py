@@ -293,6 +293,8 @@ def main(argv=None):
             import engines as eng
 
             engines = eng.available()
+            if "jax" in engines:
+                eng.start_jax()  # before pinning: its pool gets every CPU
             print(f"# engines: {', '.join(engines) or 'none installed'} "
                   f"({', '.join(_versions(engines))})")
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

@@ -10,9 +10,9 @@
 
 Every runner returns a function ``f()`` that runs the model on its input and returns the
 output (T, B, H) as NumPy, for :func:`check` to compare against daskgru. Thread counts:
-ONNX Runtime's and OpenVINO's own settings; JAX (whose thread pool is sized once per
-process) follows the process's CPU affinity, which ``compare.py --engines`` pins to the
-thread count for every contender alike.
+ONNX Runtime's and OpenVINO's own settings; JAX sizes its thread pool once per process
+(:func:`start_jax`, before any pinning: all CPUs) and then follows the process's CPU
+affinity, which ``compare.py --engines`` pins to the thread count for every contender alike.
 """
 from __future__ import annotations
 
@@ -102,10 +102,12 @@ def jax_runner(p, x, threads):
     import jax
     import jax.numpy as jnp
 
+    cpu = jax.devices("cpu")[0]  # never an accelerator (its float32 products may round less)
     w = p.weights[0][0]
     H = p.hidden_size
-    w_ih, w_hh = jnp.asarray(w.w_ih.T), jnp.asarray(w.w_hh.T)
-    b_ih, b_hh = jnp.asarray(w.b_ih), jnp.asarray(w.b_hh)
+    put = lambda a: jax.device_put(a, cpu)  # noqa: E731
+    w_ih, w_hh = put(w.w_ih.T), put(w.w_hh.T)
+    b_ih, b_hh = put(w.b_ih), put(w.b_hh)
 
     @jax.jit
     def run(xs):
@@ -122,8 +124,17 @@ def jax_runner(p, x, threads):
         h0 = jnp.zeros((xs.shape[1], H), xs.dtype)
         return jax.lax.scan(step, h0, gi)[1]
 
-    xj = jnp.asarray(x)
+    xj = put(x)
     return lambda: np.asarray(run(xj).block_until_ready())
+
+
+def start_jax():
+    """Start JAX's CPU runtime now: its thread pool is sized once per process, to the CPUs
+    the process may use at that moment (call this before pinning to fewer)."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.device_put(jnp.zeros(1), jax.devices("cpu")[0]).block_until_ready()
 
 
 RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner, "jax": jax_runner}

@@ -15,8 +15,8 @@ import numpy as np
 from . import layers
 from .cells import Cell, Prepared, Steps, project
 
-__all__ = ["run_stack", "run_direction", "layer_input", "chunk_input", "get_num_threads",
-           "batch_parts"]
+__all__ = ["run_stack", "run_direction", "run_rows", "layer_input", "chunk_input",
+           "get_num_threads", "batch_parts"]
 
 # Eager calls walk time in blocks of this many steps so that the projected inputs of a
 # whole long sequence never sit in memory at once. Results do not depend on it.
@@ -26,6 +26,8 @@ EAGER_BLOCK = 2048
 BLOCK_BYTES = 16 << 20
 # Below this much work (multiply-adds) a call is not worth splitting over threads.
 MIN_SPLIT_WORK = 2_000_000
+# ... and a dask task (which hands parts to a pool and copies their outputs together).
+MIN_TASK_SPLIT_WORK = 50_000_000
 
 _BUFFERS = threading.local()
 
@@ -45,9 +47,10 @@ def get_num_threads() -> int:
         return os.cpu_count() or 1
 
 
-def batch_parts(B, work):
-    """Contiguous batch slices, one per thread, each of at least 4 rows."""
-    n = min(get_num_threads(), B // 4)
+def batch_parts(B, work, threads=None):
+    """Contiguous batch slices, one per thread (``threads``, default
+    :func:`get_num_threads`), each of at least 4 rows; one slice below ``MIN_SPLIT_WORK``."""
+    n = min(get_num_threads() if threads is None else threads, B // 4)
     if n <= 1 or work * B < MIN_SPLIT_WORK:
         return [slice(0, B)]
     edges = np.linspace(0, B, n + 1).round().astype(int)
@@ -113,6 +116,42 @@ def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
         gi = project(w, x[a:b], out=buf[:b - a])
         _, state = cell.scan(w, gi, state, steps.block(a, b), out=out[a:b])
     return out, state
+
+
+def run_rows(threads, cell: Cell, w: Prepared, x, state, steps: Steps):
+    """:func:`run_direction` with the batch rows split over up to ``threads`` threads (see
+    :func:`batch_parts`); the same bits as one call, since the kernels are row-invariant."""
+    T, B = x.shape[0], x.shape[1]
+    work = T * w.w_hh_t.shape[1] * (w.w_hh_t.shape[0] + w.w_ih_t.shape[0])
+    parts = batch_parts(B, work, threads) if threads > 1 else [slice(0, B)]
+    if len(parts) == 1 or work * B < MIN_TASK_SPLIT_WORK:
+        return run_direction(cell, w, x, state, steps)
+
+    def part(s):
+        rows = np.arange(s.start, s.stop)
+        return run_direction(cell, w, np.ascontiguousarray(x[:, s]),
+                             np.asarray(state)[s], steps.rows(rows))
+
+    futures = [_pool(len(parts) - 1).submit(part, s) for s in parts[1:]]
+    res = [part(parts[0])]  # the calling thread takes the first part meanwhile
+    res += [f.result() for f in futures]
+    return (np.concatenate([r[0] for r in res], axis=1),
+            np.concatenate([r[1] for r in res], axis=0))
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n):
+    """A process-wide pool of ``n`` threads for the row parts of tasks (kept: starting
+    threads for every task would cost more than a small task)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _POOLS_LOCK:
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="daskgru-rows")
+        return _POOLS[n]
 
 
 def _stack(x, ps, states, lengths, mask, zero_masked):

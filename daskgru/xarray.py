@@ -213,7 +213,8 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
     validate_method_options(method, **method_options)
     return_info = method_options.pop("return_info", False)
     if window is not None and (method not in ("scan", "auto") or return_info or return_hidden):
-        raise ValueError("window= runs independent windows: it takes method='scan' only, "
+        raise ValueError("window= runs independent windows: it takes method='scan' (or "
+                         "'auto', which runs scan there) only, "
                          "and no return_info or return_hidden")
     batch_shape = tuple(da_in.sizes[d] for d in batch_dims)
     B, T = math.prod(batch_shape), da_in.sizes[time_dim]

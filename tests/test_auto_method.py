@@ -42,7 +42,8 @@ def test_one_long_chain_on_free_slots_goes_speculative_and_stays_exact():
 
 @pytest.mark.parametrize("case, reason", [
     (dict(T=100_000, chunks=(100_000, 1, 8)), "one time chunk"),
-    (dict(T=100_000, B=4, chunks=(10_000, 1, 8)), "chains already fill"),
+    (dict(T=100_000, B=4, chunks=(10_000, 1, 8)), "threads busy"),
+    (dict(T=100_000, B=16, chunks=(10_000, 16, 8)), "rows split in 4"),
     (dict(T=2_000, chunks=(200, 1, 8)), "too short"),
     (dict(T=100_000, chunks=(10_000, 1, 8), warmup=10_000, workers=2), "not below"),
 ])
@@ -62,9 +63,19 @@ def test_the_choice_is_a_function_of_the_call():
     p = dg.GRUParams.random(8, 32, seed=3)
     xd = da.from_array(_x(100_000), chunks=(10_000, 1, 8))
     with dask.config.set(scheduler="threads", num_workers=4):
-        a = dg.gru(xd, p, method="auto")[0]
+        a, _, info = dg.gru(xd, p, method="auto", return_info=True)
         b = dg.gru(xd, p, method="auto")[0]
     assert a.name == b.name
+    assert info.compute()["auto"]["chose"] == "speculative"
+
+
+def test_the_synchronous_scheduler_has_one_slot():
+    """Nothing runs side by side on the synchronous scheduler: auto never speculates there."""
+    p = dg.GRUParams.random(8, 32, seed=1)
+    xd = da.from_array(_x(100_000), chunks=(10_000, 1, 8))
+    with dask.config.set(scheduler="sync", num_workers=8):
+        auto = dg.gru(xd, p, method="auto", return_info=True)[2].compute()["auto"]
+    assert auto["chose"] == "scan" and auto["slots"] == 1
 
 
 def test_lstm_and_xarray_take_auto():

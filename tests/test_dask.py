@@ -203,3 +203,54 @@ def test_large_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dty
         lo, lh = dask.compute(lo, lh, scheduler="threads")
         np.testing.assert_array_equal(lo, out)
         np.testing.assert_array_equal(lh, h_n)
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_scan_tasks_split_rows_over_threads_bit_for_bit(split, cell):
+    """One chain (one batch chunk) on the threaded scheduler: its scan tasks split their
+    rows over threads (daskgru.split-rows) and still give eager's bits, with lengths, a mask
+    with holes and both directions; the split is recorded in return_info."""
+    rng = np.random.default_rng(5)
+    T, B, I, H = 60, 13, 3, 24
+    Params, run = (dg.GRUParams, dg.gru) if cell == "gru" else (dg.LSTMParams, dg.lstm)
+    p = Params.random(I, H, num_layers=2, bidirectional=True, seed=5)
+    x = rng.standard_normal((T, B, I)).astype("float32")
+    lengths = rng.integers(0, T + 1, B)
+    mask = rng.random((T, B)) > 0.2
+    want = run(x, p, lengths=lengths, mask=mask)
+    xd = da.from_array(x, chunks=(16, B, I))
+    with dask.config.set({"daskgru.split-rows": split}, scheduler="threads", num_workers=4):
+        got = run(xd, p, lengths=lengths, mask=mask, return_info=True)
+        info = got[2].compute()
+        got = dask.compute(got[0], got[1])
+    assert info["graph"]["split_rows"] == split
+    np.testing.assert_array_equal(got[0], want[0])
+    for a, b in zip(np.asarray(got[1]).reshape(-1), np.asarray(want[1]).reshape(-1)):
+        assert a == b or (np.isnan(a) and np.isnan(b))
+
+
+def test_split_rows_auto_and_refusals():
+    """"auto": the threaded scheduler's slots over the chains, never below 4 rows a part, 1
+    on other schedulers and for tasks too small to be worth it (the projections then run
+    ahead as tasks of their own); a bad setting is refused by name."""
+    p = dg.GRUParams.random(64, 256, seed=0)
+    x = da.zeros((2048, 16, 64), chunks=(1024, 16, 64), dtype="float32")
+
+    def split(**cfg):
+        with dask.config.set(cfg):
+            return dg.gru(x, p, return_info=True)[2].compute()["graph"]["split_rows"]
+
+    assert split(scheduler="threads", num_workers=4) == 4
+    assert split(scheduler="threads", num_workers=8) == 4  # 16 rows: at least 4 a part
+    assert split(scheduler="sync") == 1
+    with dask.config.set(scheduler="threads", num_workers=4):
+        two = dg.gru(x.rechunk((1024, 8, 64)), p, return_info=True)[2].compute()["graph"]
+    assert two["split_rows"] == 2
+    with dask.config.set(scheduler="threads", num_workers=4):  # a small task: not worth it
+        small = dg.gru(x[:40, :, :3].rechunk((10, 16, 3)), dg.GRUParams.random(3, 8, seed=0),
+                       return_info=True)[2].compute()["graph"]
+    assert small["split_rows"] == 1 and small["fuse_projection"] is False
+    with dask.config.set({"daskgru.split-rows": 0}), pytest.raises(ValueError,
+                                                                    match="split-rows"):
+        dg.gru(x, p)

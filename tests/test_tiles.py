@@ -175,8 +175,8 @@ from daskgru.cells import base
 jit.ANNOUNCE_AFTER = 0.0
 k = base._project_kernel
 k(np.ones((2, 3), "f4"), np.ones((3, 4), "f4"), np.ones(4, "f4"), np.empty((2, 4), "f4"))
-jit.precompile(["float32"])
-assert all(np.dtype("float32") in k.ready for k in jit.KERNELS)
+k.compile("float64")
+assert k.ready == {np.dtype("float32"), np.dtype("float64")}
 """
 
 
@@ -205,3 +205,36 @@ def test_kernels_refuse_what_they_were_not_declared_for():
         k(f((3, 2)).T, f((3, 4)), f(4), np.empty((2, 4)))
     assert {str(d) for d in k.ready} <= {"float32", "float64"}
     assert len(k.dispatcher.overloads) == len(k.ready)
+
+
+def test_a_new_float_type_is_readied_while_calls_run():
+    """Readying float32 while other threads call the float64 kernel (and call for float32
+    themselves) neither fails a call nor compiles anything undeclared; kernels pickle by
+    where they are found (dask.distributed may ship them)."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daskgru.cells import base
+    from daskgru.kernels import jit
+
+    def fresh():
+        k = jit.Kernel(base._project_kernel.py_func, base._project_kernel.signature)
+        jit.KERNELS.remove(k)
+        return k
+
+    k = fresh()
+    args = {dt: (np.ones((64, 3), dt), np.ones((3, 8), dt), np.ones(8, dt)) for dt in ("f4", "f8")}
+
+    def call(i):
+        dt = "f8" if i % 2 else "f4"
+        out = np.empty((64, 8), dt)
+        k(*args[dt], out)
+        return out
+
+    k(*args["f8"], np.empty((64, 8)))
+    with ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(call, range(32)))
+    assert all((o == 4).all() for o in outs)
+    assert k.ready == {np.dtype("f4"), np.dtype("f8")}
+    assert len(k.dispatcher.overloads) == 2
+    assert pickle.loads(pickle.dumps(base._project_kernel)) is base._project_kernel

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical
 from ..cells import Steps
-from ..eager import layer_input
+from ..eager import MIN_TASK_SPLIT_WORK, layer_input
 from .options import resolve
 
 __all__ = ["Graph", "Where", "chunk_steps", "start_state"]
@@ -105,9 +105,18 @@ class Graph:
         self._adjoint = self._per_state(adjoints, literal)
         # what the options decide for this graph (not the options themselves: settings
         # that give the same graph give the same keys)
-        self.fuse, self.group = self.opts.fuse(len(self.bchunks)), self.opts.group(len(self.tchunks))
+        chains = len(self.bchunks) * max(lay.num_directions for lay in self.stack.layers)
+        self.split = self.opts.split(chains, max(self.bchunks, default=0))
+        work = max(self.tchunks, default=0) * max(self.bchunks, default=0) * max(
+            (lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
+             for lay in self.stack.layers), default=0)
+        if self.opts.split_rows == "auto" and work < MIN_TASK_SPLIT_WORK:
+            self.split = 1  # a task too small to be worth splitting
+        self.fuse = self.opts.fuse(len(self.bchunks), self.split)
+        self.group = self.opts.group(len(self.tchunks))
         self.token = tokenize(kind, [c.name for c in self.collections], self.stack, model,
-                              call.zero_masked, literal, self.fuse, self.group, *extra)
+                              call.zero_masked, literal, self.fuse, self.group, self.split,
+                              *extra)
         names = {lay.cell.name for lay in self.stack.layers}
         self.root = names.pop() if len(names) == 1 else "rnn"
         wkey = f"{self.root}-weights-{self.token}"
@@ -119,7 +128,8 @@ class Graph:
     def info(self) -> dict:
         """What this graph's options resolved to, for ``return_info``."""
         return dict(scheduler=self.opts.scheduler, slots=self.opts.slots,
-                    fuse_projection=self.fuse, verify_group=self.group)
+                    fuse_projection=self.fuse, verify_group=self.group,
+                    split_rows=self.split)
 
     # -------------------------------------------------------------- inputs in task form
     def _per_state(self, states, literal):

@@ -1,6 +1,6 @@
 """Choices that change a graph's shape (never its results), resolved once per call.
 
-Two options, each a dask config key (``dask.config.set({"daskgru.fuse-projection":
+Three options, each a dask config key (``dask.config.set({"daskgru.fuse-projection":
 True})``) whose default is ``"auto"``:
 
 ``daskgru.fuse-projection`` (True, False or "auto")
@@ -17,6 +17,15 @@ True})``) whose default is ``"auto"``:
     verifies (see :mod:`daskgru.graph.parallel_time`). "auto": 1 where results stay in one
     process; where they travel, ``min(8, 2 * task slots)`` so that the fix-up chain keeps
     pace with the speculative tasks.
+
+``daskgru.split-rows`` (an int >= 1 or "auto")
+    Into how many parts (threads) a scan task splits its batch rows. The kernels are
+    row-invariant, so the bits do not change. "auto": on the threaded scheduler, the task
+    slots over the chains (batch chunks x directions), so that a single chain still uses
+    every thread it is given; 1 elsewhere (on a cluster every worker thread is a slot of its
+    own), and 1 for a task of less than ``eager.MIN_TASK_SPLIT_WORK`` multiply-adds (handing
+    rows to threads and copying their outputs together would cost more than it saves). A
+    task never splits below 4 rows a part.
 
 "auto" looks at the scheduler dask would use now through :func:`scheduler_in_use`, the one
 place that does. The resolved values are logged (logger ``daskgru.graph``, debug level),
@@ -47,8 +56,8 @@ def scheduler_in_use():
     """``(kind, slots)``: the scheduler dask would use now — the one set with
     ``dask.config.set(scheduler=...)``, else a ``dask.distributed`` default client's, else
     threads — as ``"sync"``, ``"threads"``, ``"processes"`` or ``"distributed"``, and how
-    many tasks it runs at once (threads of the client's workers, else the configured worker
-    count or the CPUs)."""
+    many tasks it runs at once (threads of the client's workers; 1 for the synchronous
+    scheduler; else the configured worker count or the CPUs dask counts)."""
     import dask
 
     def client_slots():
@@ -59,8 +68,10 @@ def scheduler_in_use():
         except Exception:  # noqa: BLE001 - a client that cannot answer (closed)
             return 1
 
+    from dask.system import CPU_COUNT
+
     chosen = dask.config.get("scheduler", None)
-    local = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    local = int(dask.config.get("num_workers", None) or CPU_COUNT or 1)
     if chosen is None:
         if "distributed" in sys.modules:
             from distributed import default_client
@@ -73,6 +84,8 @@ def scheduler_in_use():
         return "threads", local
     if isinstance(chosen, str):
         kind = _KINDS.get(chosen.lower(), "threads")
+        if kind == "sync":
+            return kind, 1
         return (kind, client_slots()) if kind == "distributed" else (kind, local)
     # a get function: a client's, or one of dask's local schedulers
     owner = getattr(chosen, "__self__", None)
@@ -90,7 +103,7 @@ def scheduler_in_use():
     if chosen is dask.multiprocessing.get:
         return "processes", local
     if chosen is dask.local.get_sync:
-        return "sync", local
+        return "sync", 1
     return "threads", local
 
 
@@ -101,16 +114,26 @@ class GraphOptions(NamedTuple):
     slots: int
     fuse_projection: object  # True, False, or "auto" (decided per layer: fuse(chains))
     verify_group: int
+    split_rows: object = 1  # an int, or "auto" (decided per graph: split(chains, rows))
+
+    def split(self, chains: int, rows: int) -> int:
+        """Parts a scan task of ``rows`` batch rows splits them into (at least 4 rows a
+        part), for a graph of ``chains`` chains."""
+        n = self.split_rows
+        if n == "auto":
+            n = max(1, self.slots // max(1, chains)) if self.scheduler == "threads" else 1
+        return max(1, min(int(n), rows // 4))
 
     @property
     def results_travel(self) -> bool:
         """Whether a task's result moves to another process to reach its dependents."""
         return self.scheduler in ("processes", "distributed")
 
-    def fuse(self, chains: int) -> bool:
-        """Whether projections go into the scan tasks of a layer with ``chains`` chains."""
+    def fuse(self, chains: int, split: int = 1) -> bool:
+        """Whether projections go into the scan tasks of a layer with ``chains`` chains
+        (whose tasks split their rows into ``split`` parts)."""
         if self.fuse_projection == "auto":
-            return chains > 1 or self.results_travel
+            return chains > 1 or self.results_travel or split > 1
         return bool(self.fuse_projection)
 
     def group(self, K: int) -> int:
@@ -127,6 +150,10 @@ def _config(name, default="auto"):
 def resolve() -> GraphOptions:
     """Read the options, resolve "auto" (probing the scheduler once), log them."""
     fuse, group = _config("fuse-projection"), _config("verify-group")
+    split = _config("split-rows")
+    if split != "auto" and (isinstance(split, bool) or not isinstance(split, int) or split < 1):
+        raise ValueError(f"dask config daskgru.split-rows must be an int >= 1 or 'auto', "
+                         f"got {split!r}")
     if fuse not in (True, False, "auto"):
         raise ValueError(f"dask config daskgru.fuse-projection must be True, False or 'auto', "
                          f"got {fuse!r}")
@@ -136,7 +163,7 @@ def resolve() -> GraphOptions:
     kind, slots = scheduler_in_use()
     if group == "auto":
         group = min(MAX_VERIFY_GROUP, 2 * slots) if kind in ("processes", "distributed") else 1
-    opts = GraphOptions(kind, slots, fuse, int(group))
+    opts = GraphOptions(kind, slots, fuse, int(group), split)
     log.debug("daskgru graph options: %s", opts)
     return opts
 
@@ -152,42 +179,47 @@ MARGIN = 0.8  # the parallel method must be modelled this much faster to be chos
 def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
     """``(method, record)``: what ``method="auto"`` runs for a lazy call, and why.
 
-    A model of the call, not a timing (the same call always gets the same graph): per layer,
-    a step of a chain of ``b`` rows costs ``2 b G (I + H)`` FLOPs at :data:`ASSUMED_FLOPS`
-    per task slot, and a task :data:`TASK_OVERHEAD` seconds of the scheduler's time.
+    A model of the call, not a timing (the same call always gets the same graph): a step of
+    layer l for ``b`` rows costs ``2 b G (I + H)`` FLOPs at :data:`ASSUMED_FLOPS` per task
+    slot, and a task :data:`TASK_OVERHEAD` seconds of the scheduler's time. ``s`` is the
+    costliest layer's step, ``K`` chunks of at most ``L`` steps, ``n`` the parts a scan
+    task splits its rows into (``daskgru.split-rows``).
 
-    * ``scan``: the chains (batch chunks x directions) run side by side, each chunk after
-      the other: ``T`` steps plus one task overhead per chunk.
-    * ``speculative``: every chunk at once, each also warming up over ``warmup`` steps
-      of its predecessor: ``chains (T + (K-1) w)`` steps of work shared by the task slots
+    * ``scan``: the chains (batch chunks x directions) run side by side, the layers as a
+      wavefront (layer l+1 one chunk behind layer l): ``(T + (layers - 1) L) s / n`` plus
+      one task overhead per chunk. It keeps ``chains x min(layers, K) x n`` threads busy.
+    * ``speculative``: every chunk at once, each also warming up over ``w`` steps of its
+      predecessor: ``chains (T + (K-1) w)`` steps of every layer shared by the task slots
       (never less than one chunk's own span), plus the fix-up chain's overhead per chunk.
 
     "speculative" is chosen where it is modelled at most :data:`MARGIN` of the scan's time,
-    the scan takes at least :data:`MIN_SECONDS`, there is more than one time chunk and
-    fewer chains than task slots (otherwise the chains already fill them). "newton" is never
-    chosen (its sweeps depend on the weights). The model assumes the outputs stay where
-    they are computed (``persist``, ``to_zarr`` on the workers): gathering a whole long
-    output to the client is bound by the transfer, which the scan overlaps with its chain.
+    the scan takes at least :data:`MIN_SECONDS`, there is more than one time chunk and the
+    scan keeps fewer threads busy than there are task slots. "newton" is never chosen (its
+    sweeps depend on the weights). The model assumes the outputs stay where they are
+    computed (``persist``, ``to_zarr`` on the workers).
     """
     K, T, nb = len(tchunks), int(sum(tchunks)), len(bchunks)
     b = max(bchunks) if bchunks else 0
     L = max(tchunks) if tchunks else 0
     w = min(int(warmup), L)
     over = TASK_OVERHEAD.get(opts.scheduler, TASK_OVERHEAD["threads"])
-    step = sum(2.0 * b * lay.cell.gates * lay.hidden_size
-               * (lay.input_size + lay.hidden_size) * lay.num_directions
-               for lay in stack.layers) / ASSUMED_FLOPS
-    chains = nb * max(lay.num_directions for lay in stack.layers)
-    per_chain = step / max(lay.num_directions for lay in stack.layers)
-    scan = T * per_chain + K * over
-    work = chains * (T + (K - 1) * w) * per_chain
-    spec = max(work / opts.slots, (L + w) * per_chain) + 2 * K * over
+    layers = stack.layers
+    D = max(lay.num_directions for lay in layers)
+    steps = [2.0 * b * lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
+             / ASSUMED_FLOPS for lay in layers]
+    chains = nb * D
+    n = opts.split(chains, b)
+    busy = chains * min(len(layers), K) * n
+    scan = (T + (len(layers) - 1) * L) * max(steps) / n + K * over
+    work = chains * (T + (K - 1) * w) * sum(steps)
+    spec = max(work / opts.slots, (L + w) * max(steps)) + 2 * K * over
     record = dict(chose="scan", scan_s=scan, speculative_s=spec, chains=chains,
                   slots=opts.slots, chunks=K)
     if K < 2:
         record["reason"] = "one time chunk"
-    elif chains >= opts.slots:
-        record["reason"] = f"{chains} chains already fill {opts.slots} task slots"
+    elif busy >= opts.slots:
+        record["reason"] = (f"the scan keeps {busy} threads busy ({chains} chains, "
+                            f"{len(layers)} layers, rows split in {n}) of {opts.slots} task slots")
     elif scan < MIN_SECONDS:
         record["reason"] = f"modelled scan {scan * 1e3:.1f} ms: too short to split"
     elif spec > MARGIN * scan:

@@ -15,13 +15,16 @@ Per layer l, direction d, batch chunk j and time chunk k (in the chain's order):
   outputs would tie every chain to that worker); every other scan task takes its
   predecessor's result directly (one scheduler round trip a hop, and the chain stays where
   its data is).
+
+A fused scan task splits its batch rows over threads (``daskgru.split-rows``), so that a
+single chain on the threaded scheduler still uses every thread; the bits do not change.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from ..cells import project
-from ..eager import chunk_input, run_direction
+from ..eager import chunk_input, run_rows
 from .builder import Graph, chunk_steps, start_state, state_block
 
 __all__ = ["build", "ScanResult"]
@@ -48,13 +51,13 @@ def final_of(res):
     return state_block(res.state)
 
 
-def _fused_task(ps, where, start, lengths, mask, *parts):
+def _fused_task(ps, where, split, start, lengths, mask, *parts):
     x = chunk_input(ps, where.l, parts)
     B = x.shape[1]
     steps = chunk_steps(where, lengths, mask, B, x.shape[0])
     state = start_state(ps, where, state_of(start), B)
-    return ScanResult(*run_direction(ps.cells[where.l], ps.weights[where.l][where.d], x, state,
-                                     steps))
+    return ScanResult(*run_rows(split, ps.cells[where.l], ps.weights[where.l][where.d], x,
+                                state, steps))
 
 
 def _inproj_task(ps, where, after, *parts):
@@ -90,8 +93,8 @@ def scan_chains(g: Graph, l, stage="scan"):
         for i, k in enumerate(order):
             where, parts = g.where(l, d, k), g.parts(l, j, k)
             if fuse:
-                tasks[result(d, j, k)] = (_fused_task, w, where, prev, g.lengths(j), g.mask(j, k),
-                                          *parts)
+                tasks[result(d, j, k)] = (_fused_task, w, where, g.split, prev, g.lengths(j),
+                                          g.mask(j, k), *parts)
             else:
                 proj = g.key("inproj", l, d, j, k)
                 after = link(d, j, i - 2, order[i - 2]) if i >= 2 else None

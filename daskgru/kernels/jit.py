@@ -13,8 +13,8 @@ Every Numba kernel of the package is declared with :func:`kernel` inside a build
 
 Kernels are compiled lazily: a kernel is typed and compiled (or loaded from Numba's disk
 cache) for a float type the first time it is called with it, for its one explicit signature
-per float type, so a call pays only for the kernels it uses; a first compile that takes more
-than :data:`ANNOUNCE_AFTER` seconds says so once per process. :func:`precompile` builds every
+per float type, so a call pays only for the kernels it uses; once compiling has taken more
+than :data:`ANNOUNCE_AFTER` seconds in a process, it says so (once). :func:`precompile` builds every
 kernel ahead of time (a cluster's image, a worker's start).
 
 Why the key: kernels are cached on disk. Numba keys that cache on the kernel's own module source, not on the
@@ -59,13 +59,15 @@ CACHE_KEY = "{}-{}-{}".format(
 OPTIONS = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 
 
-# A first compile slower than this (seconds) is announced, once per process.
+# Compiling that takes longer than this (seconds, all kernels of the process together) is
+# announced, once per process.
 ANNOUNCE_AFTER = 2.0
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 KERNELS: list[Kernel] = []  # every declared kernel, for precompile()
 _log = logging.getLogger("daskgru")
 _compiling = threading.RLock()
 _announced = False
+_spent = 0.0  # seconds this process spent compiling or loading kernels
 
 
 def cache_dir() -> str:
@@ -94,43 +96,43 @@ def _float_of(args):
 
 class Kernel:
     """A Numba kernel with one explicit signature per float type, compiled (or loaded from
-    the disk cache) the first time it is called with that type. Calls go straight to the
-    Numba dispatcher; nothing else is ever compiled (arguments of another type, layout or
-    writability are refused by Numba with a TypeError naming them)."""
+    the disk cache) the first time it is called with that type. Calls go straight to a Numba
+    dispatcher built with the explicit signatures of the float types ready so far, which
+    never compiles anything else (arguments of another type, layout or writability are
+    refused by Numba with a TypeError naming them). Readying a new float type builds a new
+    dispatcher with one more signature and swaps it in whole, so a call running meanwhile
+    keeps the one it has."""
 
     def __init__(self, func, signature):
         self.py_func = func
         self.__name__, self.__qualname__ = func.__name__, func.__qualname__
+        self.__module__ = func.__module__
         self.__doc__ = func.__doc__
         self.signature = signature
-        # Numba compiles whatever it is called with until compiling is disabled, which it
-        # allows only once there is a signature: so the first call comes through _first.
-        self.dispatcher = numba.njit(**OPTIONS)(func)
-        self.ready: set[np.dtype] = set()
+        self.dispatcher = None
+        self.ready: frozenset = frozenset()
         KERNELS.append(self)
 
     def __call__(self, *args):
-        if not self.ready:
-            return self._first(args)
-        try:
-            return self.dispatcher(*args)
-        except TypeError:
+        d = self.dispatcher
+        if d is not None:
+            try:
+                return d(*args)
+            except TypeError:
+                dtype = _float_of(args)
+                if dtype is None or dtype in self.ready:
+                    raise
+        else:
             dtype = _float_of(args)
-            if dtype is None or dtype in self.ready:
-                raise
-            self.compile(dtype)
-            return self.dispatcher(*args)
-
-    def _first(self, args):
-        dtype = _float_of(args)
-        if dtype is None:
-            raise TypeError(f"kernel {self.__qualname__} takes float32 or float64 arrays, got "
-                            f"{[getattr(a, 'dtype', type(a).__name__) for a in args]}")
+            if dtype is None:
+                raise TypeError(f"kernel {self.__qualname__} takes float32 or float64 "
+                                f"arrays, got {[getattr(a, 'dtype', type(a).__name__) for a in args]}")
         self.compile(dtype)
         return self.dispatcher(*args)
 
     def compile(self, dtype):
         """Compile (or load) the kernel for a float dtype; a no-op when done."""
+        global _spent
         dtype = np.dtype(dtype)
         if dtype not in FLOATS:
             raise TypeError(f"kernel {self.__qualname__} is declared for float32 and float64, "
@@ -138,28 +140,47 @@ class Kernel:
         with _compiling:
             if dtype in self.ready:
                 return
-            timer = threading.Timer(ANNOUNCE_AFTER, _announce, (dtype.name,))
-            timer.daemon = True
-            timer.start()
+            ready = self.ready | {dtype}
+            sigs = [self.signature(numba.from_dtype(d)) for d in FLOATS if d in ready]
+            timer = None
+            if not _announced:
+                timer = threading.Timer(max(0.0, ANNOUNCE_AFTER - _spent), _announce,
+                                        (dtype.name,))
+                timer.daemon = True
+                timer.start()
             t = time.perf_counter()
             try:
-                if self.dispatcher.signatures:
-                    self.dispatcher.disable_compile(False)
-                self.dispatcher.compile(self.signature(numba.from_dtype(dtype)))
+                dispatcher = numba.njit(sigs, **OPTIONS)(self.py_func)
             finally:
-                if self.dispatcher.signatures:
-                    self.dispatcher.disable_compile(True)
-                timer.cancel()
-            self.ready.add(dtype)
+                if timer is not None:
+                    timer.cancel()
+                _spent += time.perf_counter() - t
+            self.dispatcher = dispatcher  # before ready: a caller that sees ready finds it
+            self.ready = frozenset(ready)
             _log.debug("kernel %s ready for %s in %.2f s", self.__qualname__, dtype,
                        time.perf_counter() - t)
+
+    def __reduce__(self):
+        # a kernel pickles as where it is found: (module, builder namespace, name)
+        return _find_kernel, (self.__module__, self.__qualname__)
 
     def __repr__(self):
         return f"<daskgru kernel {self.__qualname__} ready for {sorted(map(str, self.ready))}>"
 
 
+def _find_kernel(module, qualname):
+    import importlib
+
+    importlib.import_module(module)
+    for k in KERNELS:
+        if k.__module__ == module and k.__qualname__ == qualname:
+            return k
+    raise LookupError(f"no daskgru kernel {qualname} in {module}")
+
+
 def precompile(dtypes=("float32", "float64")):
-    """Compile (or load from Numba's cache) every kernel of the package for ``dtypes``.
+    """Compile (or load from Numba's cache) every kernel of the package for ``dtypes``
+    (a dtype or a list of them).
 
     Calls do this themselves, kernel by kernel, on first use; call it ahead of time to pay
     the cost once where it suits: in a container image's build, or on every worker of a
@@ -167,11 +188,17 @@ def precompile(dtypes=("float32", "float64")):
     ``NUMBA_CACHE_DIR`` on a common file system or builds each worker's own.
 
     >>> import daskgru as dg
-    >>> dg.precompile(["float64"])
+    >>> dg.precompile("float64")
     """
+    if isinstance(dtypes, (str, np.dtype, type)):
+        dtypes = [dtypes]
     for dtype in dtypes:
+        dt = np.dtype(dtype)
         for k in KERNELS:
-            k.compile(dtype)
+            k.compile(dt)
+        # the product the backward also calls from Python (compiled lazily by Numba)
+        z = np.zeros((1, 1), dt)
+        tiles.product(z, 0, 1, z, np.zeros(1, dt), 0, 1, np.zeros((1, 1), dt), 0)
 
 
 def kernel(signature):
