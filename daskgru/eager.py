@@ -14,6 +14,7 @@ import numpy as np
 
 from . import layers
 from .cells import Cell, Prepared, Steps, project
+from .layout import writable
 
 __all__ = ["run_stack", "run_direction", "run_rows", "layer_input", "chunk_input",
            "get_num_threads", "batch_parts"]
@@ -181,7 +182,7 @@ def run_stack(x, stack, states, lengths, mask, zero_masked, ps=None):
     layer])."""
     T, B, I = x.shape
     dt = stack.dtype
-    x = np.require(x, dt, ["C", "W"])
+    x = writable(x, dt)
     ps = stack.prepare() if ps is None else ps
     work = T * sum(lay.hidden_size * (lay.hidden_size + lay.input_size) * lay.num_directions
                    for lay in stack.layers)

@@ -21,6 +21,7 @@ from numba.extending import overload
 
 from .kernels.jit import build, kernel, sigmoid, tanh, typed, vexp
 from .kernels.tiles import product
+from .layout import writable
 
 __all__ = ["Dense", "Scale", "Activation", "LayerNorm", "apply", "ACTIVATIONS"]
 
@@ -234,7 +235,7 @@ def apply(layers, x):
     if not layers:
         return x
     lead = x.shape[:-1]
-    a = np.require(x, None, ["C", "W"]).reshape(-1, x.shape[-1])
+    a = writable(x).reshape(-1, x.shape[-1])
     dense, layer_norm, affine, activation = _k
     for lay in layers:
         if isinstance(lay, Dense):

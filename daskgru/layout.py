@@ -90,6 +90,9 @@ def uncanonical(a, call):
 def writable(a, dtype=None):
     """``a`` as a C-contiguous, writeable NumPy array (the kernels take nothing else: a
     read-only array, e.g. ``np.load(mmap_mode="r")``, is copied)."""
+    if (type(a) is np.ndarray and (dtype is None or a.dtype == dtype)
+            and a.flags.c_contiguous and a.flags.writeable):
+        return a  # the common case, without np.require's cost (a few µs a call)
     return np.require(a, dtype, ["C", "W"])
 
 

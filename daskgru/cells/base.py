@@ -24,6 +24,7 @@ import numpy as np
 
 from ..kernels.jit import build, kernel
 from ..kernels.tiles import product
+from ..layout import writable
 
 __all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward"]
 
@@ -80,9 +81,9 @@ class Steps(NamedTuple):
     def make(cls, B, T, *, lengths=None, mask=None, t0=0, reverse=False, zero_masked=False):
         """``lengths`` None: every step counts up to ``t0 + T``; ``mask`` None: no mask."""
         lengths = (np.full(B, t0 + T, np.int64) if lengths is None
-                   else np.require(lengths, np.int64, ["C", "W"]).reshape(B))
+                   else writable(lengths, np.int64).reshape(B))
         mask = (np.zeros((0, B), np.uint8) if mask is None
-                else np.require(mask, np.uint8, ["C", "W"]).reshape(-1, B))
+                else writable(mask, np.uint8).reshape(-1, B))
         return cls(lengths, mask, int(t0), bool(reverse), bool(zero_masked))
 
     def block(self, a, b) -> "Steps":
@@ -213,7 +214,7 @@ def project(w: Prepared, x, out=None):
     G = w.w_ih_t.shape[1]
     dt = w.w_ih_t.dtype
     out = np.empty((T, B, G), dtype=dt) if out is None else out
-    _project_kernel(np.require(x, dt, ["C", "W"]).reshape(T * B, I), w.w_ih_t, w.b_ih,
+    _project_kernel(writable(x, dt).reshape(T * B, I), w.w_ih_t, w.b_ih,
                     out.reshape(T * B, G))
     return out
 
@@ -229,7 +230,7 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
     T, B, I = x.shape
     G = w.w_ih.shape[0]
     dt = w.w_ih.dtype
-    x = np.require(x, dt, ["C", "W"])
+    x = writable(x, dt)
     gi = project(w, x)
     d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out)
     dg2 = d_gi.reshape(T * B, G)
