@@ -191,6 +191,11 @@ def main(argv=None):
                           f"{statistics.median(r):.3f}, max {max(r):.3f}")
         finally:
             os.chdir(here)
+            for name in ("base", "new", "copy"):  # the worktrees this run made
+                path = os.path.join(tmp, name)
+                if os.path.isdir(path):
+                    subprocess.run(["git", "worktree", "remove", "--force", path],
+                                   capture_output=True)
             subprocess.run(["git", "worktree", "prune"], capture_output=True)
             os.chdir(cwd)
 
