@@ -35,34 +35,6 @@ from machine import describe  # noqa: E402 (benchmarks/machine.py)
 
 GRID = [(4096, 1, 8, 32), (4096, 32, 16, 64), (1024, 64, 64, 256), (512, 256, 128, 512)]
 
-CHILD = r"""
-import os, sys, time, statistics
-import numpy as np
-kind, dtype, threads, T, B, I, H, repeats = sys.argv[1:]
-threads, T, B, I, H, repeats = map(int, (threads, T, B, I, H, repeats))
-os.environ["DASKGRU_NUM_THREADS"] = str(threads)
-import daskgru as dg
-
-p = dg.GRUParams.random(I, H, seed=0, dtype=dtype)
-x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
-if kind == "eager":
-    def f():
-        dg.gru(x, p)
-else:
-    import dask, dask.array as da
-    xd = da.from_array(x, chunks=(512, max(1, B // 2), I))
-    def f():
-        dask.compute(*dg.gru(xd, p), scheduler="threads", num_workers=threads)
-f()
-ts = []
-for _ in range(repeats):
-    t = time.perf_counter()
-    f()
-    ts.append(time.perf_counter() - t)
-print(statistics.median(ts))
-"""
-
-
 INTERLEAVED = r"""
 import gc, importlib, os, sys, time, statistics
 import numpy as np
@@ -117,13 +89,6 @@ def worktree(rev, where):
     return where
 
 
-def measure(path, row, repeats):
-    env = dict(os.environ, PYTHONPATH=path)
-    r = subprocess.run([sys.executable, "-c", CHILD, *map(str, row), str(repeats)],
-                       capture_output=True, text=True, env=env, cwd=path, check=True)
-    return float(r.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,10 +118,9 @@ def main(argv=None):
             new = worktree(args.new, os.path.join(tmp, "new")) if args.new else here
             copy = worktree(args.base, os.path.join(tmp, "copy")) if args.noise else None
             names = ["daskgru_base", "daskgru_new"] + (["daskgru_copy"] if copy else [])
-            if args.interleave:
-                pkgs = os.path.join(tmp, "packages")
-                for name, src in zip(names, (base, new, copy)):
-                    package_copy(src, pkgs, name)
+            pkgs = os.path.join(tmp, "packages")
+            for name, src in zip(names, (base, new, copy)):
+                package_copy(src, pkgs, name)
             how = (f"one process per row, {args.rounds * args.repeats} alternated single "
                    f"calls each, median" if args.interleave else
                    f"{args.rounds} alternated rounds, median of {args.repeats} calls each")
@@ -169,10 +133,8 @@ def main(argv=None):
             for row in rows:
                 a, b, c = [], [], []
                 for _ in range(0 if args.interleave else args.rounds):
-                    a.append(measure(base, row, args.repeats))
-                    b.append(measure(new, row, args.repeats))
-                    if copy:
-                        c.append(measure(copy, row, args.repeats))
+                    for name, times in zip(names, (a, b, c)):  # a process each
+                        times += measure_interleaved(pkgs, [name], row, args.repeats)
                 if args.interleave:
                     got = measure_interleaved(pkgs, names, row, args.rounds * args.repeats)
                     a, b, c = [got[0]], [got[1]], got[2:]

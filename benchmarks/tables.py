@@ -21,21 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import statistics
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import alternate  # noqa: E402 (benchmarks/compare.py)
 from machine import cpu_name  # noqa: E402 (benchmarks/machine.py)
 
 
 def timed(f, repeats):
-    f()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    """Median seconds of ``repeats`` calls after one warm-up."""
+    return alternate({"f": f}, repeats)["f"]
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layout import (Call, _array_like, as_mask, canonical, check_lengths, compute_dtype,
-                     is_dask, uncanonical, writable, zero_flags)
+                     is_dask, uncanonical, zero_flags)
 from .params import GRUParams, LSTMParams
 
 __all__ = ["gru", "lstm", "run", "Call", "validate", "METHODS"]

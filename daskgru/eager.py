@@ -27,8 +27,6 @@ EAGER_BLOCK = 2048
 BLOCK_BYTES = 16 << 20
 # Below this much work (multiply-adds) a call is not worth splitting over threads.
 MIN_SPLIT_WORK = 2_000_000
-# ... and a dask task (which hands parts to a pool and copies their outputs together).
-MIN_TASK_SPLIT_WORK = 50_000_000
 
 _BUFFERS = threading.local()
 
@@ -48,11 +46,12 @@ def get_num_threads() -> int:
         return os.cpu_count() or 1
 
 
-def batch_parts(B, work, threads=None):
+def batch_parts(B, work, threads=None, min_work=MIN_SPLIT_WORK):
     """Contiguous batch slices, one per thread (``threads``, default
-    :func:`get_num_threads`), each of at least 4 rows; one slice below ``MIN_SPLIT_WORK``."""
+    :func:`get_num_threads`), each of at least 4 rows; one slice when ``work`` (a row's
+    multiply-adds) times B is below ``min_work``."""
     n = min(get_num_threads() if threads is None else threads, B // 4)
-    if n <= 1 or work * B < MIN_SPLIT_WORK:
+    if n <= 1 or work * B < min_work:
         return [slice(0, B)]
     edges = np.linspace(0, B, n + 1).round().astype(int)
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
@@ -120,12 +119,13 @@ def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
 
 
 def run_rows(threads, cell: Cell, w: Prepared, x, state, steps: Steps):
-    """:func:`run_direction` with the batch rows split over up to ``threads`` threads (see
-    :func:`batch_parts`); the same bits as one call, since the kernels are row-invariant."""
-    T, B = x.shape[0], x.shape[1]
-    work = T * w.w_hh_t.shape[1] * (w.w_hh_t.shape[0] + w.w_ih_t.shape[0])
-    parts = batch_parts(B, work, threads) if threads > 1 else [slice(0, B)]
-    if len(parts) == 1 or work * B < MIN_TASK_SPLIT_WORK:
+    """:func:`run_direction` with the batch rows split over up to ``threads`` threads (at
+    least 4 rows a part; whether a task is worth splitting is the graph's decision, see
+    :mod:`daskgru.graph.options`); the same bits as one call, since the kernels are
+    row-invariant."""
+    B = x.shape[1]
+    parts = batch_parts(B, 0, threads, min_work=0)
+    if len(parts) == 1:
         return run_direction(cell, w, x, state, steps)
 
     def part(s):
@@ -133,9 +133,7 @@ def run_rows(threads, cell: Cell, w: Prepared, x, state, steps: Steps):
         return run_direction(cell, w, np.ascontiguousarray(x[:, s]),
                              np.asarray(state)[s], steps.rows(rows))
 
-    futures = [_pool(len(parts) - 1).submit(part, s) for s in parts[1:]]
-    res = [part(parts[0])]  # the calling thread takes the first part meanwhile
-    res += [f.result() for f in futures]
+    res = _in_parts(part, parts)
     return (np.concatenate([r[0] for r in res], axis=1),
             np.concatenate([r[1] for r in res], axis=0))
 
@@ -144,9 +142,16 @@ _POOLS: dict = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _in_parts(part, parts):
+    """``[part(s) for s in parts]``, the first on the calling thread and the others on a
+    kept pool at the same time."""
+    futures = [_pool(len(parts) - 1).submit(part, s) for s in parts[1:]]
+    return [part(parts[0])] + [f.result() for f in futures]
+
+
 def _pool(n):
-    """A process-wide pool of ``n`` threads for the row parts of tasks (kept: starting
-    threads for every task would cost more than a small task)."""
+    """A process-wide pool of ``n`` threads for row parts (kept: starting threads for
+    every call or task would cost more than a small one)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with _POOLS_LOCK:
@@ -189,14 +194,11 @@ def run_stack(x, stack, states, lengths, mask, zero_masked, ps=None):
     parts = batch_parts(B, work)
     if len(parts) == 1:
         return _stack(x, ps, states, lengths, mask, zero_masked)
-    from concurrent.futures import ThreadPoolExecutor
-
     def part(s):
         return _stack(x[:, s], ps, [st[s] for st in states], lengths[s],
                       None if mask is None else mask[:, s], zero_masked)
 
-    with ThreadPoolExecutor(len(parts)) as ex:
-        res = list(ex.map(part, parts))
+    res = _in_parts(part, parts)
     out = np.concatenate([r[0] for r in res], axis=1)
     finals = [np.concatenate([r[1][l] for r in res], axis=1) for l in range(len(res[0][1]))]
     return out, finals

@@ -193,7 +193,7 @@ def _run_table(df, m, c: Columns, skipna, return_hidden, window=None, carried=No
                              "split over partitions out of time order (partitioned_by=None "
                              "orders time slices by their first time)")
     lens = ends - starts
-    width = max([c_ for c_ in sizes] + [m.input_size, n_out])
+    width = max([*sizes, m.input_size, n_out])
     per = max(1, BATCH_BYTES // max(1, int(lens.max(initial=1)) * width * dt.itemsize))
     for b0 in range(0, len(uniq), per):
         sel = slice(b0, min(b0 + per, len(uniq)))

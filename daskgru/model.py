@@ -487,7 +487,7 @@ def _windowed_block(model, x, window, a, b, mask):
     step is global step ``max(0, a - window + 1)``; NaN before step window - 1. Windows are
     run in groups (extra batch rows) of bounded size."""
     off = max(0, a - window + 1)
-    T, B, F = x.shape[0] + off, x.shape[1], x.shape[2]
+    B, F = x.shape[1], x.shape[2]
     dt = model.dtype
     y = np.full((b - a, B, model.output_size), np.nan, dt)
     first = max(a, window - 1)

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import convert
 from .cells import GRUCell, LSTMCell, Weights
-from .stack import DIRECTIONS, Layer, Stack, float_dtype, to_numpy
+from .stack import DIRECTIONS, Stack, float_dtype, to_numpy
 
 __all__ = ["RNNParams", "GRUParams", "LSTMParams", "GRUWeights", "LSTMWeights", "load_params"]
 

@@ -42,6 +42,15 @@ def files(tmp_path):
     return tmp_path, x, p
 
 
+def reference_run(d):
+    """The run command's arguments on the ``files`` fixture (time chunks of 50, no progress
+    bar), an output path for the run under test, and an uninterrupted run's output."""
+    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
+            "--no-progress"]
+    assert main([*args, "-o", str(d / "ref.zarr")]) == 0
+    return args, d / "o.zarr", d / "ref.zarr"
+
+
 def assert_same_store(a, b):
     da, db = xr.open_zarr(a), xr.open_zarr(b)
     assert set(da.variables) == set(db.variables)
@@ -252,10 +261,7 @@ def test_resume_from_a_store_killed_between_writes(files):
     import zarr
 
     d, _, _ = files
-    out, ref = d / "o.zarr", d / "ref.zarr"
-    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
-            "--no-progress"]
-    assert main([*args, "-o", str(ref)]) == 0
+    args, out, ref = reference_run(d)
     assert main([*args, "-o", str(out)]) == 0
     # Rewind to "2 units done, unit 2's output and the slot after it written, counter not
     # advanced", and restore the slot the counter points at (as it was then).
@@ -282,10 +288,7 @@ def test_a_second_run_on_a_held_output_is_refused(files):
     """Two real processes on one output: the second is refused in one line naming the
     first; the first finishes untouched."""
     d, _, _ = files
-    out, ref = d / "o.zarr", d / "ref.zarr"
-    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
-            "--no-progress"]
-    assert main([*args, "-o", str(ref)]) == 0
+    args, out, ref = reference_run(d)
     env = dict(os.environ, DASKGRU_TEST_CHUNK_DELAY="2")  # 10 s: the others start meanwhile
     first = subprocess.Popen([sys.executable, "-m", "daskgru", *args, "-o", str(out)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -308,10 +311,7 @@ def test_a_second_run_on_a_held_output_is_refused(files):
 def test_a_stale_lock_is_taken_over(files):
     """A lock file whose holder is gone (it records a dead pid; nothing holds its flock)."""
     d, _, _ = files
-    out, ref = d / "o.zarr", d / "ref.zarr"
-    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
-            "--no-progress"]
-    assert main([*args, "-o", str(ref)]) == 0
+    args, out, ref = reference_run(d)
     (d / ".o.zarr.lock").write_text('{"pid": 999999999, "host": "gone", "started": "then"}')
     assert main([*args, "-o", str(out)]) == 0
     assert_same_store(out, ref)
@@ -324,10 +324,7 @@ def test_killed_anywhere_the_same_command_ends_bit_identical(files, point):
     """SIGKILL at each point of a run's life, store creation included; the same command
     then continues or starts over by itself and ends equal to an uninterrupted run."""
     d, _, _ = files
-    out, ref = d / "o.zarr", d / "ref.zarr"
-    args = ["run", str(d / "in.nc"), "--params", str(d / "p.nc"), "--chunks", "time=50",
-            "--no-progress"]
-    assert main([*args, "-o", str(ref)]) == 0
+    args, out, ref = reference_run(d)
     killed = cli(*args, "-o", out, env={"DASKGRU_TEST_KILL_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     again = cli(*args, "-o", out)

@@ -207,7 +207,7 @@ def test_large_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dty
 
 @pytest.mark.parametrize("split", [1, 2, 3])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_scan_tasks_split_rows_over_threads_bit_for_bit(split, cell):
+def test_scan_tasks_split_rows_over_threads_bit_for_bit(split, cell, monkeypatch):
     """One chain (one batch chunk) on the threaded scheduler: its scan tasks split their
     rows over threads (daskgru.split-rows) and still give eager's bits, with lengths, a mask
     with holes and both directions; the split is recorded in return_info."""
@@ -220,11 +220,22 @@ def test_scan_tasks_split_rows_over_threads_bit_for_bit(split, cell):
     mask = rng.random((T, B)) > 0.2
     want = run(x, p, lengths=lengths, mask=mask)
     xd = da.from_array(x, chunks=(16, B, I))
+    from daskgru import eager
+
+    splits = []
+    in_parts = eager._in_parts
+
+    def counted(part, parts):
+        splits.append(len(parts))
+        return in_parts(part, parts)
+
+    monkeypatch.setattr(eager, "_in_parts", counted)
     with dask.config.set({"daskgru.split-rows": split}, scheduler="threads", num_workers=4):
         got = run(xd, p, lengths=lengths, mask=mask, return_info=True)
         info = got[2].compute()
         got = dask.compute(got[0], got[1])
     assert info["graph"]["split_rows"] == split
+    assert set(splits) == ({split} if split > 1 else set())  # the rows really were split
     np.testing.assert_array_equal(got[0], want[0])
     for a, b in zip(np.asarray(got[1]).reshape(-1), np.asarray(want[1]).reshape(-1)):
         assert a == b or (np.isnan(a) and np.isnan(b))

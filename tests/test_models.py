@@ -1,7 +1,6 @@
 """Whole models as their users have them (the table of issue 14): Keras and torch models with
 masking, normalisation, heads, mixed widths and cells, against the frameworks' own
 predictions; refusals by name; dask bit-identity; files."""
-import dask
 import dask.array as da
 import numpy as np
 import pytest

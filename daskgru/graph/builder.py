@@ -36,7 +36,7 @@ import numpy as np
 
 from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical
 from ..cells import Steps
-from ..eager import MIN_TASK_SPLIT_WORK, layer_input
+from ..eager import layer_input
 from .options import resolve
 
 __all__ = ["Graph", "Where", "chunk_steps", "start_state"]
@@ -106,12 +106,11 @@ class Graph:
         # what the options decide for this graph (not the options themselves: settings
         # that give the same graph give the same keys)
         chains = len(self.bchunks) * max(lay.num_directions for lay in self.stack.layers)
-        self.split = self.opts.split(chains, max(self.bchunks, default=0))
-        work = max(self.tchunks, default=0) * max(self.bchunks, default=0) * max(
+        rows = max(self.bchunks, default=0)
+        work = max(self.tchunks, default=0) * rows * max(
             (lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
              for lay in self.stack.layers), default=0)
-        if self.opts.split_rows == "auto" and work < MIN_TASK_SPLIT_WORK:
-            self.split = 1  # a task too small to be worth splitting
+        self.split = self.opts.split(chains, rows, work)
         self.fuse = self.opts.fuse(len(self.bchunks), self.split)
         self.group = self.opts.group(len(self.tchunks))
         self.token = tokenize(kind, [c.name for c in self.collections], self.stack, model,

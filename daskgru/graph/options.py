@@ -23,7 +23,7 @@ True})``) whose default is ``"auto"``:
     row-invariant, so the bits do not change. "auto": on the threaded scheduler, the task
     slots over the chains (batch chunks x directions), so that a single chain still uses
     every thread it is given; 1 elsewhere (on a cluster every worker thread is a slot of its
-    own), and 1 for a task of less than ``eager.MIN_TASK_SPLIT_WORK`` multiply-adds (handing
+    own), and 1 for a task of less than ``MIN_TASK_SPLIT_WORK`` multiply-adds (handing
     rows to threads and copying their outputs together would cost more than it saves). A
     task never splits below 4 rows a part.
 
@@ -36,7 +36,6 @@ the threaded scheduler: build it after creating the client, or set the options.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import NamedTuple
 
@@ -44,6 +43,9 @@ __all__ = ["GraphOptions", "resolve", "scheduler_in_use", "choose_method"]
 
 log = logging.getLogger("daskgru.graph")
 MAX_VERIFY_GROUP = 8
+# A scan task smaller than this (multiply-adds) is not split over threads by "auto": handing
+# rows to threads and copying their outputs together would cost more than it saves.
+MIN_TASK_SPLIT_WORK = 50_000_000
 
 
 _KINDS = {"threads": "threads", "threading": "threads", "processes": "processes",
@@ -116,12 +118,13 @@ class GraphOptions(NamedTuple):
     verify_group: int
     split_rows: object = 1  # an int, or "auto" (decided per graph: split(chains, rows))
 
-    def split(self, chains: int, rows: int) -> int:
-        """Parts a scan task of ``rows`` batch rows splits them into (at least 4 rows a
-        part), for a graph of ``chains`` chains."""
+    def split(self, chains: int, rows: int, work: float = float("inf")) -> int:
+        """Parts a scan task of ``rows`` batch rows and ``work`` multiply-adds splits its
+        rows into (at least 4 rows a part), for a graph of ``chains`` chains."""
         n = self.split_rows
         if n == "auto":
-            n = max(1, self.slots // max(1, chains)) if self.scheduler == "threads" else 1
+            n = (max(1, self.slots // max(1, chains))
+                 if self.scheduler == "threads" and work >= MIN_TASK_SPLIT_WORK else 1)
         return max(1, min(int(n), rows // 4))
 
     @property
@@ -208,7 +211,9 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
     steps = [2.0 * b * lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
              / ASSUMED_FLOPS for lay in layers]
     chains = nb * D
-    n = opts.split(chains, b)
+    n = opts.split(chains, b, L * b * max(lay.cell.gates * lay.hidden_size
+                                          * (lay.input_size + lay.hidden_size)
+                                          for lay in layers))
     busy = chains * min(len(layers), K) * n
     scan = (T + (len(layers) - 1) * L) * max(steps) / n + K * over
     work = chains * (T + (K - 1) * w) * sum(steps)

@@ -26,7 +26,6 @@ calling module's source, not on this one, so they are declared with
 from __future__ import annotations
 
 import numba
-import numpy as np
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
