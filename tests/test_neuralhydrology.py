@@ -2,6 +2,8 @@
 two epochs of training), against its own windowed evaluation."""
 import pickle
 import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,10 +40,10 @@ def make_data(root):
     return data
 
 
-def config(root, data, model, extra=""):
+def config(root, data, model, extra="", runs=None):
     return f"""
 experiment_name: tiny
-run_dir: {root / 'runs'}
+run_dir: {runs or root / 'runs'}
 train_basin_file: {root / 'basins.txt'}
 validation_basin_file: {root / 'basins.txt'}
 test_basin_file: {root / 'basins.txt'}
@@ -84,14 +86,20 @@ def data_root(tmp_path_factory):
     return root, make_data(root)
 
 
+RUNS = []  # the run directories trained so far in this module
+
+
 def train_and_evaluate(root, data, model, extra):
+    # NeuralHydrology names a run by the second it started: two runs started within one
+    # second would collide, so each run gets a folder of its own.
     (root / "runs").mkdir(exist_ok=True)
-    cfg = root / f"{model}.yml"
-    cfg.write_text(config(root, data, model, extra))
-    before = set((root / "runs").iterdir())
+    runs = Path(tempfile.mkdtemp(dir=root / "runs"))
+    cfg = runs / f"{model}.yml"
+    cfg.write_text(config(root, data, model, extra, runs=runs))
     nh_run.start_run(config_file=cfg)
-    run_dir = (set((root / "runs").iterdir()) - before).pop()
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     nh_run.eval_run(run_dir=run_dir, period="test")
+    RUNS.append(run_dir)
     with open(run_dir / "test" / "model_epoch002" / "test_results.p", "rb") as f:
         return run_dir, pickle.load(f)
 
@@ -180,11 +188,10 @@ def test_older_runs_with_a_pickled_scaler(data_root, tmp_path):
     import yaml
 
     root, data = data_root
-    runs = sorted((root / "runs").iterdir()) if (root / "runs").exists() else []
-    if not runs:
-        run_dir, _ = train_and_evaluate(root, data, "cudalstm", "output_activation: relu")
+    if RUNS:
+        run_dir = RUNS[0]
     else:
-        run_dir = runs[0]
+        run_dir, _ = train_and_evaluate(root, data, "cudalstm", "output_activation: relu")
     old = tmp_path / "old_run"
     shutil.copytree(run_dir, old)
     yml = old / "train_data" / "train_data_scaler.yml"
