@@ -22,10 +22,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
-    from daskgru.kernels.tiles import TILE_ROWS, VECTOR_BYTES, product
+    from daskgru.kernels.tiles import TILE, TILE_SOURCE, VECTOR_BYTES, product
 
     M, K, N = a.shape
-    print(f"tiles: {TILE_ROWS} rows x 2 vectors of {VECTOR_BYTES * 8} bits; shape "
+    print(f"tiles: {TILE[0]} rows x {TILE[1]} vectors of {VECTOR_BYTES * 8} bits ({TILE_SOURCE}); shape "
           f"({M} x {K}) . ({K} x {N}), 1 thread")
     for dt in (np.float32, np.float64):
         rng = np.random.default_rng(0)

@@ -17,7 +17,8 @@ With ``--engines`` the float32 GRU rows also run ONNX Runtime, OpenVINO and JAX 
 engines.py; outputs cross-checked against daskgru's), and the process is pinned to as many
 CPUs as threads for every contender alike.
 GF/s counts 2 FLOPs per multiply-add of the input and recurrent products: 2*G*(I+H) a step,
-G = 3H for a GRU and 4H for an LSTM.
+G = 3H for a GRU and 4H for an LSTM; %peak is of the core's own multiply-add peak at that
+thread count, measured by benchmarks/peak.py (a probe of the arithmetic pipes, no memory).
 """
 from __future__ import annotations
 
@@ -39,20 +40,13 @@ def flops(T, B, I, H, gates=3):
     return 2.0 * T * B * gates * H * (I + H)
 
 
-def sgemm_peak(threads, dtype="float32", n=2048, repeats=5):
-    """Measured GEMM rate of this machine's BLAS (GF/s) at the given thread count."""
-    from threadpoolctl import threadpool_limits
+def core_peak(threads, dtype="float32"):
+    """This CPU's own multiply-add peak at the given thread count (GF/s), measured by the
+    probe of the core in peak.py (mul+add form, the one daskgru's products use; on cores
+    where it is slower than FMAs, the FMA rate is the peak), not by a BLAS."""
+    from peak import peak
 
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    out = np.empty_like(a)
-    with threadpool_limits(threads, user_api="blas"):
-        np.matmul(a, a, out=out)
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            np.matmul(a, a, out=out)
-            ts.append(time.perf_counter() - t)
-    return 2.0 * n ** 3 / min(ts) / 1e9
+    return max(peak(dtype, fused=True, threads=threads), peak(dtype, fused=False, threads=threads))
 
 
 def numpy_loop(x, w_ih, w_hh, b_ih, b_hh):
@@ -102,7 +96,7 @@ def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",), engi
         Torch = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
         gates = 3 if cell == "gru" else 4
         for dtype in dtypes:
-            peak = sgemm_peak(threads, dtype)
+            peak = core_peak(threads, dtype)
             for T, B, I, H in GRID:
                 T = max(64, T // 8) if quick else T
                 p = Params.random(I, H, seed=0, dtype=dtype)

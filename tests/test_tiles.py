@@ -238,3 +238,72 @@ def test_a_new_float_type_is_readied_while_calls_run():
     assert k.ready == {np.dtype("f4"), np.dtype("f8")}
     assert len(k.dispatcher.overloads) == 2
     assert pickle.loads(pickle.dumps(base._project_kernel)) is base._project_kernel
+
+
+_SHAPE_BITS = r"""
+import hashlib
+import numpy as np
+import daskgru as dg
+from daskgru.kernels import tiles
+rng = np.random.default_rng(3)
+h = hashlib.sha256()
+for M, K, N in [(1, 7, 5), (37, 33, 200), (130, 64, 192), (9, 300, 97)]:
+    a = rng.standard_normal((M, K)).astype("float32")
+    w = rng.standard_normal((K, N)).astype("float32")
+    b = rng.standard_normal(N).astype("float32")
+    out = np.empty((M, N), "float32")
+    tiles.product(a, 0, M, w, b, 0, N, out, 0)
+    h.update(out.tobytes())
+p = dg.GRUParams.random(5, 40, dtype="float32", seed=1)
+x = rng.standard_normal((30, 13, 5)).astype("float32")
+out, last = dg.gru(x, p)
+h.update(np.ascontiguousarray(out).tobytes() + np.ascontiguousarray(last).tobytes())
+print(tiles.TILE, tiles.TILE_SOURCE, h.hexdigest())
+"""
+
+
+def _bits_under(shape):
+    env = dict(os.environ)
+    env.pop("DASKGRU_TILES", None)
+    if shape:
+        env["DASKGRU_TILES"] = "x".join(map(str, shape))
+    r = subprocess.run([sys.executable, "-c", _SHAPE_BITS], capture_output=True, text=True,
+                       env=env, check=True)
+    return r.stdout.split()[-1], r.stdout
+
+
+@pytest.mark.slow
+def test_every_tile_shape_the_tuner_can_pick_gives_the_same_bits():
+    """The tuner only chooses among shapes that change speed, never bits: products with
+    every row and column tail, and a GRU, under each candidate forced in a fresh process."""
+    from daskgru.kernels import tiles
+
+    digest, _ = _bits_under(None)
+    for shape in tiles.CANDIDATES[tiles.REGISTERS]:
+        got, out = _bits_under(shape)
+        assert "forced by DASKGRU_TILES" in out and got == digest, (shape, out)
+
+
+def test_the_tile_shape_is_chosen_once_per_cpu_and_kept(tmp_path):
+    """Into an empty cache the first import times the candidates and keeps its choice in a
+    file beside Numba's cache, keyed by the CPU; the next import reads it."""
+    import json
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("DASKGRU_TILES", None)
+    code = "from daskgru.kernels import tiles; print(tiles.TILE_SOURCE)"
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, check=True).stdout
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, check=True).stdout
+    assert first.strip() == "tuned now" and again.startswith("chosen for this CPU")
+    (entry,) = json.loads((tmp_path / "daskgru-tiles.json").read_text()).values()
+    assert len(entry["gflops"]) >= 4 and "x".join(map(str, entry["tile"])) in entry["gflops"]
+
+
+@pytest.mark.parametrize("value", ["8", "ax3", "0x3", "40x2"])
+def test_a_tile_shape_that_cannot_be_is_refused(value):
+    from daskgru.kernels import tiles
+
+    with pytest.raises(ValueError, match="DASKGRU_TILES"):
+        tiles._parse(value)

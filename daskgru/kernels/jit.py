@@ -50,7 +50,7 @@ __all__ = ["CACHE_KEY", "Kernel", "kernel", "build", "precompile", "typed", "vex
 CACHE_KEY = "{}-{}-{}".format(
     hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (tiles,))
                    + Path(__file__).read_bytes()).hexdigest()[:16],
-    tiles.VECTOR_BYTES, tiles.TILE_ROWS)
+    tiles.VECTOR_BYTES, "x".join(map(str, tiles.TILE)))
 
 # Options of every kernel: no GIL (eager threads and dask workers run kernels side by side),
 # on-disk cache, NumPy's error model (no ZeroDivisionError checks), no bounds checks, and no

@@ -19,11 +19,24 @@ is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width
 ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` when set); LLVM splits
 wider vectors on narrower machines, so the code is portable and only the speed changes.
 
+The tile shape (R, V) is chosen per CPU, because which one is fastest depends on the core:
+the first import on a machine times the candidates that fit its registers (:func:`tune`,
+about a second) and keeps the choice in a small file beside Numba's cache, keyed by the CPU
+(:func:`tune_file`); ``DASKGRU_TILES="RxV"`` forces one. The shape never changes the bits.
+
 The Numba kernels that call ``product`` are cached on disk; Numba keys its cache on the
 calling module's source, not on this one, so they are declared with
 :func:`daskgru.kernels.jit.kernel`, whose cache key covers this file and the tile shape.
 """
 from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
 
 import numba
 from llvmlite import binding as llvm_binding
@@ -33,7 +46,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-__all__ = ["product", "VECTOR_BYTES", "TILE_ROWS"]
+__all__ = ["product", "VECTOR_BYTES", "TILE", "tune"]
 
 
 def _vector_bytes():
@@ -49,10 +62,9 @@ def _vector_bytes():
     return 32 if feats.get("avx") else 16
 
 
-# Bytes of one vector register; rows of a tile (registers: TILE_ROWS x 2 accumulators,
-# 2 weight vectors and a broadcast must fit 32 registers with AVX-512, 16 without).
+# Bytes of one vector register, and how many vector registers there are.
 VECTOR_BYTES = _vector_bytes()
-TILE_ROWS = 12 if VECTOR_BYTES == 64 else 6
+REGISTERS = 32 if VECTOR_BYTES == 64 else 16
 # Row panels of ``a`` of about this many bytes stay in L2 while all column blocks pass.
 _PANEL_BYTES = 256 << 10
 
@@ -135,22 +147,32 @@ def _make_tile(R, V):
     return tile
 
 
-_RM, _R4 = TILE_ROWS, 4
+
+# ------------------------------------------------------------------ tile shapes
+# A tile of R rows x V vectors holds R*V accumulators, V vectors of w and a broadcast in
+# registers. Which shape is fastest depends on the core (how many loads and broadcasts it
+# issues per cycle beside its multiplies and adds), not on the bits: every shape computes
+# every element in the same order. The candidates fit the register file; the shape is
+# chosen per CPU by timing them once (:func:`tune`), or forced with DASKGRU_TILES="RxV".
+CANDIDATES = {32: ((12, 2), (8, 3), (5, 4), (6, 4), (4, 6)),
+              16: ((6, 2), (4, 3), (5, 2), (3, 4))}
 
 
-def _row_driver(V):
-    """Rows n of one column block of V vectors at cb: full tiles, then 4-row, then 1-row."""
-    big, mid, one = _make_tile(_RM, V), _make_tile(_R4, V), _make_tile(1, V)
+def _row_driver(R, V):
+    """Rows n of one column block of V vectors at cb: tiles of R rows, then of 4 (when R is
+    larger), then of 1."""
+    big, mid, one = _make_tile(R, V), _make_tile(min(4, R), V), _make_tile(1, V)
+    R4 = min(4, R)
 
     @numba.njit(nogil=True, boundscheck=False, inline="always")
     def rows(a, w, b, out, ra, ro, n, cb):
         i = 0
-        while i + _RM <= n:
+        while i + R <= n:
             big(a, w, b, out, ra + i, ro + i, cb)
-            i += _RM
-        while i + _R4 <= n:
+            i += R
+        while i + R4 <= n:
             mid(a, w, b, out, ra + i, ro + i, cb)
-            i += _R4
+            i += R4
         while i < n:
             one(a, w, b, out, ra + i, ro + i, cb)
             i += 1
@@ -158,36 +180,168 @@ def _row_driver(V):
     return rows
 
 
-_rows2, _rows1 = _row_driver(2), _row_driver(1)
+def _make_product(R, V, cache=True):
+    """``product`` with tiles of R rows x V vectors; columns left over get one-vector tiles
+    (as many rows as fit the registers), then plain loops."""
+    rows_v = _row_driver(R, V)
+    rows_1 = _row_driver(REGISTERS // 2 - 4, 1)
+    RM = math.lcm(R, REGISTERS // 2 - 4)  # rows of a panel: a multiple of both tiles
+
+    def product(a, ra, n, w, b, c0, c1, out, ro):
+        """out[ro + i, c] = b[c] + sum_k a[ra + i, k] * w[k, c] for i < n, c0 <= c < c1, in
+        the fixed order of the module docstring. a (., K), w (K, .) and out have contiguous
+        rows."""
+        K = a.shape[1]
+        # The tiles index raw memory: check the block lies inside every array (per call).
+        if (w.shape[0] != K or n < 0 or ra < 0 or ro < 0 or ra + n > a.shape[0]
+                or ro + n > out.shape[0] or c0 < 0 or c1 > w.shape[1] or c1 > b.shape[0]
+                or c1 > out.shape[1]):
+            raise ValueError("product: the requested block does not fit the arrays")
+        if n == 0 or c1 <= c0:
+            return
+        L = VECTOR_BYTES // a.itemsize
+        panel = max(RM, (_PANEL_BYTES // max(1, K * a.itemsize)) // RM * RM)
+        for p0 in range(0, n, panel):
+            m = min(panel, n - p0)
+            cb = c0
+            while cb + V * L <= c1:
+                rows_v(a, w, b, out, ra + p0, ro + p0, m, cb)
+                cb += V * L
+            while cb + L <= c1:
+                rows_1(a, w, b, out, ra + p0, ro + p0, m, cb)
+                cb += L
+            for i in range(ra + p0, ra + p0 + m):
+                o = ro - ra + i
+                for c in range(cb, c1):
+                    s = b[c]
+                    for k in range(K):
+                        s = s + a[i, k] * w[k, c]
+                    out[o, c] = s
+
+    # Numba's disk cache keys a function on its code and closure: R and V are in the closure
+    # (the row drivers are rebuilt from them), so each shape has its own cached code.
+    product.__qualname__ = product.__name__ = f"product_{R}x{V}"
+    return numba.njit(nogil=True, boundscheck=False, cache=cache)(product)
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
-def product(a, ra, n, w, b, c0, c1, out, ro):
-    """out[ro + i, c] = b[c] + sum_k a[ra + i, k] * w[k, c] for i < n, c0 <= c < c1, in the
-    fixed order of the module docstring. a (., K) and w (K, .) and out have contiguous rows."""
-    K = a.shape[1]
-    # The tiles index raw memory: check the block lies inside every array (cheap, per call).
-    if (w.shape[0] != K or n < 0 or ra < 0 or ro < 0 or ra + n > a.shape[0]
-            or ro + n > out.shape[0] or c0 < 0 or c1 > w.shape[1] or c1 > b.shape[0]
-            or c1 > out.shape[1]):
-        raise ValueError("product: the requested block does not fit the arrays")
-    if n == 0 or c1 <= c0:
-        return
-    L = VECTOR_BYTES // a.itemsize
-    panel = max(_RM, (_PANEL_BYTES // max(1, K * a.itemsize)) // _RM * _RM)
-    for p0 in range(0, n, panel):
-        m = min(panel, n - p0)
-        cb = c0
-        while cb + 2 * L <= c1:
-            _rows2(a, w, b, out, ra + p0, ro + p0, m, cb)
-            cb += 2 * L
-        while cb + L <= c1:
-            _rows1(a, w, b, out, ra + p0, ro + p0, m, cb)
-            cb += L
-        for i in range(ra + p0, ra + p0 + m):
-            o = ro - ra + i
-            for c in range(cb, c1):
-                s = b[c]
-                for k in range(K):
-                    s = s + a[i, k] * w[k, c]
-                out[o, c] = s
+def _cpu_key():
+    feats = llvm_binding.get_host_cpu_features()
+    return "{}-{}-{}-llvm{}".format(
+        llvm_binding.get_host_cpu_name(), VECTOR_BYTES,
+        hashlib.sha256(feats.flatten().encode()).hexdigest()[:12],
+        ".".join(map(str, llvm_binding.llvm_version_info)))
+
+
+def tune_file() -> Path:
+    """Where the chosen tile shapes are kept, one per CPU: beside Numba's cache
+    (``NUMBA_CACHE_DIR``, else this package's ``__pycache__``, else the user's cache)."""
+    if numba.config.CACHE_DIR:
+        return Path(numba.config.CACHE_DIR) / "daskgru-tiles.json"
+    here = Path(__file__).parent / "__pycache__"
+    try:
+        here.mkdir(exist_ok=True)
+        if os.access(here, os.W_OK):
+            return here / "daskgru-tiles.json"
+    except OSError:
+        pass
+    return Path(os.path.expanduser("~/.cache/daskgru")) / "daskgru-tiles.json"
+
+
+def _tile_loop(R, V):
+    """Only the main tile of a shape, over blocks that it divides exactly (for :func:`tune`)."""
+    tile = _make_tile(R, V)
+
+    @numba.njit(nogil=True, boundscheck=False)
+    def run(a, w, b, out, reps):
+        L = VECTOR_BYTES // a.itemsize
+        for _ in range(reps):
+            for c in range(0, w.shape[1], V * L):
+                for i in range(0, a.shape[0], R):
+                    tile(a, w, b, out, i, i, c)
+
+    return run
+
+
+def tune(rounds=5, seconds=0.02):
+    """Time the main tile of every candidate shape on a product of 120 rows, K = 128 and
+    384 columns (float32, one thread, in cache; every candidate divides it exactly) and
+    return ``(best shape, {shape: GF/s})``. Rounds alternate the candidates and each keeps
+    its best; the first candidate is kept unless another is more than 3% faster, so noise
+    does not flip the choice. About a second, most of it compiling."""
+    import numpy as np
+
+    cands = CANDIDATES[REGISTERS]
+    M, K, N = 120, 128, 384
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    b = np.zeros(N, np.float32)
+    out = np.empty((M, N), np.float32)
+    fns = {c: _tile_loop(*c) for c in cands}
+    reps = {}
+    for c, f in fns.items():
+        f(a, w, b, out, 1)  # compile
+        t = time.perf_counter()
+        f(a, w, b, out, 10)
+        reps[c] = max(1, int(10 * seconds / max(time.perf_counter() - t, 1e-6)))
+    best = dict.fromkeys(cands, float("inf"))
+    for _ in range(rounds):
+        for c, f in fns.items():
+            t = time.perf_counter()
+            f(a, w, b, out, reps[c])
+            best[c] = min(best[c], (time.perf_counter() - t) / reps[c])
+    rates = {c: 2.0 * M * K * N / best[c] / 1e9 for c in cands}
+    choice = cands[0]
+    fastest = max(cands, key=rates.get)
+    if rates[fastest] > 1.03 * rates[choice]:
+        choice = fastest
+    return choice, rates
+
+
+def _parse(text):
+    try:
+        R, V = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        R = V = 0
+    if R < 1 or V < 1 or R * V + V + 1 > REGISTERS:
+        raise ValueError(f"DASKGRU_TILES={text!r}: give rows x vectors (e.g. "
+                         f"{'x'.join(map(str, CANDIDATES[REGISTERS][0]))}) whose "
+                         f"accumulators, weight vectors and broadcast fit {REGISTERS} registers")
+    return R, V
+
+
+def _choose():
+    """The tile shape: DASKGRU_TILES if set, else the one chosen for this CPU before (the
+    tune file), else :func:`tune` now (once per CPU and cache; about a second, logged)."""
+    forced = os.environ.get("DASKGRU_TILES")
+    if forced:
+        return _parse(forced), "forced by DASKGRU_TILES"
+    key, path = _cpu_key(), tune_file()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and tuple(entry.get("tile", ())) in CANDIDATES[REGISTERS]:
+        return tuple(entry["tile"]), f"chosen for this CPU on {entry.get('when', '?')}"
+    t = time.perf_counter()
+    choice, rates = tune()
+    known[key] = {"tile": list(choice), "when": time.strftime("%Y-%m-%d"),
+                  "gflops": {f"{r}x{v}": round(g, 1) for (r, v), g in rates.items()}}
+    try:  # write atomically: processes tuning side by side each write a whole file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    logging.getLogger("daskgru").info(
+        "daskgru: tiles of %dx%d chosen for this CPU in %.1f s (%s GF/s); kept in %s",
+        *choice, time.perf_counter() - t,
+        ", ".join(f"{r}x{v}: {g:.0f}" for (r, v), g in rates.items()), path)
+    return choice, "tuned now"
+
+
+TILE, TILE_SOURCE = _choose()
+TILE_ROWS, TILE_VECTORS = TILE
+product = _make_product(*TILE)
