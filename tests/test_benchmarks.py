@@ -41,7 +41,10 @@ def test_every_benchmark_runs_on_tiny_sizes(cls, methods, combos):
     for args in combos:
         bench = cls()
         if hasattr(bench, "setup"):
-            bench.setup(*args)
+            try:
+                bench.setup(*args)
+            except NotImplementedError:  # asv's way of skipping a case (an engine not installed)
+                continue
         try:
             for m in methods:
                 getattr(bench, m)(*args)
