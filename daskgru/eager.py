@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from . import layers
-from .cells import Cell, Prepared, Steps, project
+from .cells import Cell, Prepared, Steps
 from .layout import writable
 
 __all__ = ["run_stack", "run_direction", "run_rows", "layer_input", "chunk_input",
@@ -28,7 +28,6 @@ BLOCK_BYTES = 16 << 20
 # Below this much work (multiply-adds) a call is not worth splitting over threads.
 MIN_SPLIT_WORK = 2_000_000
 
-_BUFFERS = threading.local()
 
 
 def get_num_threads() -> int:
@@ -57,24 +56,6 @@ def batch_parts(B, work, threads=None, min_work=MIN_SPLIT_WORK):
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _gi_buffer(steps, B, G, dtype):
-    """This thread's reusable buffer for ``steps`` steps of projected inputs (steps, B, G).
-
-    Projecting every block into a fresh array costs page faults; under dask.distributed
-    (whose nanny sets MALLOC_TRIM_THRESHOLD_, so every large allocation is a fresh mmap)
-    those alone cost ~30% of a task at H = 32.
-    """
-    cache = getattr(_BUFFERS, "arrays", None)
-    if cache is None:
-        cache = _BUFFERS.arrays = {}
-    n = steps * B * G
-    dt = np.dtype(dtype)
-    buf = cache.get(dt)
-    if buf is None or buf.size < n:
-        buf = cache[dt] = np.empty(n, dt)
-    return buf[:n].reshape(steps, B, G)
-
-
 def layer_input(parts, merge="concat"):
     """A layer's output from its directions' outputs: side by side [forward, backward], or
     their sum, product or mean (Keras's ``Bidirectional`` merge modes)."""
@@ -98,10 +79,10 @@ def chunk_input(ps, l, parts):
 
 
 def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
-    """One layer and direction over x (T, B, I) from ``state`` (B, S): project and scan block
-    by block (``EAGER_BLOCK`` steps, at most ``BLOCK_BYTES`` of projected inputs) through a
-    reused per-thread buffer. Returns (outputs (T, B, H), end state). Blocks are whole
-    steps, so the result is the same for any block size."""
+    """One layer and direction over x (T, B, I) from ``state`` (B, S): the cell's
+    :meth:`~daskgru.cells.Cell.scan_inputs` block by block (``EAGER_BLOCK`` steps, at most
+    ``BLOCK_BYTES`` of projected inputs). Returns (outputs (T, B, H), end state). Blocks are
+    whole steps, so the result is the same for any block size."""
     T, B = x.shape[0], x.shape[1]
     H, G = w.hidden_size, w.w_hh_t.shape[1]
     dt = w.w_hh_t.dtype
@@ -109,12 +90,10 @@ def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
     if T == 0:
         return out, np.array(state, dtype=dt, copy=True).reshape(B, -1)
     step = max(1, min(EAGER_BLOCK, T, BLOCK_BYTES // max(1, B * G * dt.itemsize)))
-    buf = _gi_buffer(step, B, G, dt)
     starts = range(0, T, step)
     for a in (reversed(starts) if steps.reverse else starts):
         b = min(a + step, T)
-        gi = project(w, x[a:b], out=buf[:b - a])
-        _, state = cell.scan(w, gi, state, steps.block(a, b), out=out[a:b])
+        _, state = cell.scan_inputs(w, x[a:b], state, steps.block(a, b), out=out[a:b])
     return out, state
 
 

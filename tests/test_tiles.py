@@ -307,3 +307,31 @@ def test_a_tile_shape_that_cannot_be_is_refused(value):
 
     with pytest.raises(ValueError, match="DASKGRU_TILES"):
         tiles._parse(value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", ["gru", "gru-cho", "lstm"])
+@pytest.mark.parametrize("block_bytes", [1, 3000, 256 << 10])
+def test_scan_from_inputs_equals_project_then_scan(dtype, cell, block_bytes, monkeypatch):
+    """A cell's scan_inputs (the GRU projects block by block inside its kernel) gives the
+    bits of projecting the chunk first and scanning, for any block size (1 byte: the chunk
+    is projected first; 3000: blocks of a few steps), both directions, lengths and a mask."""
+    from daskgru.cells import GRUCell, LSTMCell, Prepared, Steps, Weights, base, project
+
+    monkeypatch.setattr(base, "STEP_BLOCK_BYTES", block_bytes)
+    c = {"gru": GRUCell(), "gru-cho": GRUCell(reset_after=False), "lstm": LSTMCell()}[cell]
+    rng = np.random.default_rng(7)
+    T, B, I, H = 23, 5, 3, 7
+    G = c.gates * H
+    w = Prepared.of(Weights(*(0.3 * rng.standard_normal(s).astype(dtype)
+                              for s in [(G, I), (G, H), (G,), (G,)])))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    s0 = rng.standard_normal((B, c.state_size(H))).astype(dtype)
+    mask = (rng.random((T, B)) > 0.3).astype(np.uint8)
+    for reverse in (False, True):
+        steps = Steps.make(B, T, lengths=np.array([23, 20, 5, 0, 12]), mask=mask, t0=0,
+                           reverse=reverse)
+        want = c.scan(w, project(w, x), s0, steps)
+        got = c.scan_inputs(w, x, s0, steps)
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)

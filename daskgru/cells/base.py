@@ -17,6 +17,7 @@ write its kernels there with :func:`daskgru.kernels.jit.kernel`, and register it
 """
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numba
@@ -26,7 +27,33 @@ from ..kernels.jit import build, kernel
 from ..kernels.tiles import product
 from ..layout import writable
 
-__all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward"]
+__all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward", "scratch"]
+
+# A block of projected inputs that a scan computes just before its steps takes at most this
+# many bytes (and at least one step), so that it is read back from L2 rather than memory.
+# Results do not depend on it.
+STEP_BLOCK_BYTES = 256 << 10
+
+_SCRATCH = threading.local()
+
+
+def scratch(steps, B, G, dtype):
+    """This thread's reusable buffer of ``steps`` steps of projected inputs (steps, B, G).
+
+    Projecting into a fresh array every time costs page faults; under dask.distributed (whose
+    nanny sets MALLOC_TRIM_THRESHOLD_, so every large allocation is a fresh mmap) those alone
+    cost ~30% of a task at H = 32.
+    """
+    cache = getattr(_SCRATCH, "arrays", None)
+    if cache is None:
+        cache = _SCRATCH.arrays = {}
+    n = steps * B * G
+    dt = np.dtype(dtype)
+    buf = cache.get(dt)
+    if buf is None or buf.size < n:
+        buf = cache[dt] = np.empty(n, dt)
+    return buf[:n].reshape(steps, B, G)
+
 
 
 class Weights(NamedTuple):
@@ -158,6 +185,15 @@ class Cell:
         """Run the recurrence over one chunk from ``state`` (B, S), given its projected
         inputs ``gi`` (T, B, G); returns (outputs (T, B, H), end state (B, S))."""
         raise NotImplementedError
+
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None):
+        """:meth:`scan` from the chunk's inputs x (T, B, I) rather than its projection: the
+        same results bit for bit. This default projects the whole chunk first; a cell may
+        project block by block inside its kernel instead, so that the projected inputs are
+        read back from cache."""
+        T, B, _ = x.shape
+        gi = project(w, x, out=scratch(T, B, w.w_ih_t.shape[1], w.w_ih_t.dtype))
+        return self.scan(w, gi, state, steps, out)
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
         """Backward of :meth:`scan` over one chunk: from its start state, the gradient of

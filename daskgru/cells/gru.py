@@ -37,7 +37,8 @@ from ..kernels.jit import (build, counts, dense, kernel, propagate_tangent, sigm
                            skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import product
 from ..layout import writable
-from .base import Cell, Prepared, Steps, sigmoid_
+from . import base
+from .base import Cell, Prepared, Steps, scratch, sigmoid_
 
 __all__ = ["GRUCell"]
 
@@ -46,45 +47,87 @@ __all__ = ["GRUCell"]
 def _k(cache_key):
     u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
 
+    @numba.njit(inline="always")
+    def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, reset_after, h,
+             out, acc, rh):
+        """One step from its projected inputs g (B, G): the recurrent product of all rows,
+        then the gates fused with the state update; h (B, H) is updated in place."""
+        B, G = g.shape
+        H = h.shape[1]
+        one = typed(h, 1)
+        if reset_after:
+            product(h, 0, B, w_t, b, 0, G, acc, 0)
+        else:
+            # r and z see h; the candidate sees r * h, so it needs r first.
+            product(h, 0, B, w_t, b, 0, 2 * H, acc, 0)
+            for bb in range(B):
+                for j in range(H):
+                    rh[bb, j] = sigmoid(g[bb, j] + acc[bb, j]) * h[bb, j]
+            product(rh, 0, B, w_t, b, 2 * H, G, acc, 0)
+        for bb in range(B):
+            if not every and not counts(t, tl, bb, lengths, mask, has_mask):
+                skipped(t, tl, bb, lengths, zero_masked, h, out)
+                continue
+            for j in range(H):
+                z = sigmoid(g[bb, H + j] + acc[bb, H + j])
+                if reset_after:
+                    r = sigmoid(g[bb, j] + acc[bb, j])
+                    n = tanh(g[bb, 2 * H + j] + r * acc[bb, 2 * H + j])
+                else:  # r was applied to h before the product (rh above)
+                    n = tanh(g[bb, 2 * H + j] + acc[bb, 2 * H + j])
+                hn = (one - z) * n + z * h[bb, j]
+                out[tl, bb, j] = hn
+                h[bb, j] = hn
+
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
                                  b1, b1, f[:, ::1], f[:, :, ::1]))
     def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, reset_after, h, out):
-        """The recurrence over one chunk: per step, the recurrent product of all rows, then
-        the gates fused with the state update. h (B, H): start state in, end state out."""
+        """The recurrence over one chunk from its projected inputs gi (T, B, G), step by
+        step. h (B, H): start state in, end state out."""
         cache_key  # noqa: B018
         T, B, G = gi.shape
         H = h.shape[1]
-        one = typed(h, 1)
         acc = np.empty((B, G), dtype=h.dtype)
         rh = np.empty((B, H), dtype=h.dtype)
         has_mask = mask.shape[0] > 0
         every = dense(lengths, mask, t0, T)
         for s in range(T):
             tl = T - 1 - s if reverse else s
-            t = t0 + tl
-            if reset_after:
-                product(h, 0, B, w_t, b, 0, G, acc, 0)
-            else:
-                # r and z see h; the candidate sees r * h, so it needs r first.
-                product(h, 0, B, w_t, b, 0, 2 * H, acc, 0)
-                for bb in range(B):
-                    for j in range(H):
-                        rh[bb, j] = sigmoid(gi[tl, bb, j] + acc[bb, j]) * h[bb, j]
-                product(rh, 0, B, w_t, b, 2 * H, G, acc, 0)
-            for bb in range(B):
-                if not every and not counts(t, tl, bb, lengths, mask, has_mask):
-                    skipped(t, tl, bb, lengths, zero_masked, h, out)
-                    continue
-                for j in range(H):
-                    z = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
-                    if reset_after:
-                        r = sigmoid(gi[tl, bb, j] + acc[bb, j])
-                        n = tanh(gi[tl, bb, 2 * H + j] + r * acc[bb, 2 * H + j])
-                    else:  # r was applied to h before the product (rh above)
-                        n = tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
-                    hn = (one - z) * n + z * h[bb, j]
-                    out[tl, bb, j] = hn
-                    h[bb, j] = hn
+            step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
+                 reset_after, h, out, acc, rh)
+
+    @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
+                                 u8[:, ::1], i64, b1, b1, b1, f[:, ::1], f[:, :, ::1],
+                                 f[:, :, ::1]))
+    def scan_inputs(x, w_ih_t, b_ih, w_t, b, lengths, mask, t0, reverse, zero_masked,
+                    reset_after, h, out, gbuf):
+        """The recurrence over one chunk from its inputs x (T, B, I): the steps are taken in
+        blocks of gbuf's length, each block's input projection computed into gbuf (Tb, B,
+        G) just before its steps, so it is read back from cache rather than memory. The
+        same products as projecting the whole chunk first (row-invariant), so the same
+        bits as ``scan`` after ``project``."""
+        cache_key  # noqa: B018
+        T, B, I = x.shape
+        G = w_t.shape[1]
+        H = h.shape[1]
+        Tb = gbuf.shape[0]
+        acc = np.empty((B, G), dtype=h.dtype)
+        rh = np.empty((B, H), dtype=h.dtype)
+        x2 = x.reshape(T * B, I)
+        g2 = gbuf.reshape(Tb * B, G)
+        has_mask = mask.shape[0] > 0
+        every = dense(lengths, mask, t0, T)
+        nblocks = (T + Tb - 1) // Tb
+        for sb in range(nblocks):
+            blk = nblocks - 1 - sb if reverse else sb
+            a = blk * Tb
+            n = min(Tb, T - a)
+            product(x2, a * B, n * B, w_ih_t, b_ih, 0, G, g2, 0)
+            for s in range(n):
+                k = n - 1 - s if reverse else s
+                tl = a + k
+                step(gbuf[k], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask,
+                     zero_masked, reset_after, h, out, acc, rh)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], i64[::1], u8[:, ::1], i64, b1,
                                  f[:, :, ::1]))
@@ -267,7 +310,8 @@ def _k(cache_key):
                 for j in range(H):
                     h[bb, j] = (one - z[j]) * n[j] + z[j] * h[bb, j]
 
-    return SimpleNamespace(scan=scan, prev_states=prev_states, walk=walk, tangent=tangent)
+    return SimpleNamespace(scan=scan, scan_inputs=scan_inputs, prev_states=prev_states,
+                           walk=walk, tangent=tangent)
 
 
 class GRUCell(Cell):
@@ -306,6 +350,23 @@ class GRUCell(Cell):
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, self.reset_after, h, out)
+        return out, h
+
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None):
+        """The projection computed block by block inside the kernel, just before its steps
+        (blocks of at most ``STEP_BLOCK_BYTES`` of projected inputs, so they stay in L2);
+        where one step's projection is larger than that, the chunk is projected first."""
+        T, B, _ = x.shape
+        dt = w.w_hh_t.dtype
+        G = w.w_hh_t.shape[1]
+        tb = min(T, base.STEP_BLOCK_BYTES // max(1, B * G * dt.itemsize))
+        if tb < 1:  # not even one step fits the cache budget: project the chunk first
+            return super().scan_inputs(w, x, state, steps, out)
+        h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
+        out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
+        _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
+                       steps.mask, steps.t0, steps.reverse, steps.zero_masked,
+                       self.reset_after, h, out, scratch(tb, B, G, dt))
         return out, h
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..api import _per_layer_states, check_state, split_hx, validate
 from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical, writable
-from ..cells import Steps, Weights, chunk_backward, project
+from ..cells import Steps, Weights, chunk_backward
 from ..eager import EAGER_BLOCK, layer_input
 from ..params import GRUParams, LSTMParams
 
@@ -68,8 +68,8 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
             for b in (reversed(range(len(blocks))) if d else range(len(blocks))):
                 t0, t1 = blocks[b]
                 starts[b] = state
-                gi = project(w, layer_in[t0:t1])
-                _, state = cell.scan(w, gi, state, steps.block(t0, t1), out=out[t0:t1])
+                _, state = cell.scan_inputs(w, layer_in[t0:t1], state, steps.block(t0, t1),
+                                            out=out[t0:t1])
             outs.append(out)
             ends.append(state)
             tape.starts.append(starts)
