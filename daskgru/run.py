@@ -752,6 +752,32 @@ def synthetic_field(time=4000, lat=16, lon=16, feature=3, *, time_chunk=500, see
     )
 
 
+def _forget(client, collection, timeout=30.0):
+    """Release a persisted collection's results and wait until the scheduler has forgotten
+    its keys, so that the same graph submitted again is computed again."""
+    from distributed import futures_of
+
+    futures = futures_of(collection)
+    keys = [f.key for f in futures]
+    client.cancel(futures)
+    del futures
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and client.run_on_scheduler(_known, keys):
+        time.sleep(0.02)
+
+
+def _known(keys, dask_scheduler=None):
+    return any(k in dask_scheduler.tasks for k in keys)
+
+
+def _warm_kernels(p):
+    """Load (or compile) the kernels a float GRU of ``p`` uses, in the process this runs in
+    (the demo runs it on every worker before timing)."""
+    from .api import gru
+
+    gru(np.zeros((2, 1, p.input_size), p.dtype), p)
+
+
 def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=16000, grid=16,
          hidden=32, time_chunk=1000, baseline=True, log=print):
     """The ``daskgru demo`` command: a GRU over a synthetic field on a dask cluster.
@@ -800,22 +826,31 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=1600
     try:
         from distributed import wait
 
-        # The input in the workers' memory first (not timed), as the eager call and the
-        # loop below get it in the client's: then the three time the same GRU.
+        # The input in the workers' memory first and the kernels loaded on every worker
+        # (not timed), as the eager call and the loop below get the input in the client's
+        # memory and warm kernels: then the three time the same GRU.
         field = field.persist()
         wait(field)
+        client.run(_warm_kernels, p)
         field_chunks = field.chunks
         ds = _clean(apply_gru(field, p))
         if os.path.exists(store):
             shutil.rmtree(store)
-        t_run = time.perf_counter()
-        ds = ds.persist()
-        dask_progress(ds)
-        wait(ds)
-        t_run = time.perf_counter() - t_run
-        print()
+        runs = []
+        for attempt in range(2):  # the better of two runs, as for the eager call below
+            t_run = time.perf_counter()
+            done = ds.persist()
+            if attempt == 0:
+                dask_progress(done)
+            wait(done)
+            runs.append(time.perf_counter() - t_run)
+            if attempt == 0:
+                print()
+                _forget(client, done)  # the second run computes afresh (and memory is freed)
+                del done
+        t_run = min(runs)
         t_write = time.perf_counter()
-        ds.to_zarr(store, mode="w", zarr_format=2)
+        done.to_zarr(store, mode="w", zarr_format=2)
         t_write = time.perf_counter() - t_write
         field = field.compute()  # for the plot and the comparisons, before the client goes
         chunks = field_chunks
@@ -851,7 +886,8 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=1600
     result = {"store": store, "png": png, "params": params_path, "seconds_dask": t_run,
               "seconds_write": t_write, "seconds_total": t_total, "steps": steps}
     log(f"daskgru on dask ({len(chunks[1])} lat bands x {len(chunks[0])} time "
-        f"chunks, input in the workers' memory): {t_run:.2f} s; writing the zarr store: "
+        f"chunks, input in the workers' memory, the better of 2 runs: "
+        f"{' and '.join(f'{r:.2f}' for r in runs)} s): {t_run:.2f} s; writing the zarr store: "
         f"{t_write:.2f} s more ({t_total:.2f} s in all, with the cluster's start)")
     if baseline:
         x = field.transpose("time", "lat", "lon", "feature").values.reshape(
@@ -865,15 +901,18 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=1600
         from .api import gru as gru_eager
 
         gru_eager(x[:2], p)
-        te = time.perf_counter()
-        eager_out, _ = gru_eager(x, p)
-        te = time.perf_counter() - te
+        te = []
+        for _ in range(2):  # the better of two, as for the dask run
+            t = time.perf_counter()
+            eager_out, _ = gru_eager(x, p)
+            te.append(time.perf_counter() - t)
+        te = min(te)
         result.update(seconds_numpy=tb, seconds_eager=te, max_abs_diff=diff)
         log(f"plain NumPy loop (daskgru.reference.gru, float32, one step at a time over all "
             f"{grid * grid} cells, in memory): {tb:.2f} s over the same {steps:,} steps; "
             f"max |difference| {diff:.1e}")
         log(f"daskgru eager (daskgru.gru on the same in-memory array in this process, no "
-            f"dask): {te:.3f} s; bit-identical to the dask run: "
+            f"dask, the better of 2 runs): {te:.3f} s; bit-identical to the dask run: "
             f"{bool(np.array_equal(eager_out, ours))}")
         log(f"  -> the same GRU over the same field: the dask run {tb / t_run:.1f}x faster "
             f"than the NumPy loop, at {t_run / te:.2f}x the eager call's time (what dask "

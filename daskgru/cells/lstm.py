@@ -30,7 +30,8 @@ from ..kernels.jit import (build, counts, dense, kernel, propagate_tangent, sigm
                            skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import product
 from ..layout import writable
-from .base import Cell, Prepared, Steps, sigmoid_
+from . import base
+from .base import Cell, Prepared, Steps, scratch, sigmoid_
 
 __all__ = ["LSTMCell"]
 
@@ -38,6 +39,32 @@ __all__ = ["LSTMCell"]
 @build
 def _k(cache_key):
     u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
+
+    @numba.njit(inline="always")
+    def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, h, c, out, rec,
+             acc):
+        """One step from its projected inputs g (B, G); h and c (B, H) updated in place."""
+        B, G = g.shape
+        H = G // 4
+        product(h, 0, B, w_t, b, 0, G, acc, 0)
+        for bb in range(B):
+            if not every and not counts(t, tl, bb, lengths, mask, has_mask):
+                skipped(t, tl, bb, lengths, zero_masked, h, out)
+            else:
+                for j in range(H):
+                    i = sigmoid(g[bb, j] + acc[bb, j])
+                    f = sigmoid(g[bb, H + j] + acc[bb, H + j])
+                    gg = tanh(g[bb, 2 * H + j] + acc[bb, 2 * H + j])
+                    o = sigmoid(g[bb, 3 * H + j] + acc[bb, 3 * H + j])
+                    cn = f * c[bb, j] + i * gg
+                    hn = o * tanh(cn)
+                    c[bb, j] = cn
+                    h[bb, j] = hn
+                    out[tl, bb, j] = hn
+            if rec.shape[0]:
+                for j in range(H):
+                    rec[tl, bb, j] = h[bb, j]
+                    rec[tl, bb, H + j] = c[bb, j]
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
                                  b1, f[:, ::1], f[:, :, ::1], f[:, :, ::1]))
@@ -54,26 +81,42 @@ def _k(cache_key):
         every = dense(lengths, mask, t0, T)
         for s in range(T):
             tl = T - 1 - s if reverse else s
-            t = t0 + tl
-            product(h, 0, B, w_t, b, 0, G, acc, 0)
-            for bb in range(B):
-                if not every and not counts(t, tl, bb, lengths, mask, has_mask):
-                    skipped(t, tl, bb, lengths, zero_masked, h, out)
-                else:
-                    for j in range(H):
-                        i = sigmoid(gi[tl, bb, j] + acc[bb, j])
-                        f = sigmoid(gi[tl, bb, H + j] + acc[bb, H + j])
-                        g = tanh(gi[tl, bb, 2 * H + j] + acc[bb, 2 * H + j])
-                        o = sigmoid(gi[tl, bb, 3 * H + j] + acc[bb, 3 * H + j])
-                        cn = f * c[bb, j] + i * g
-                        hn = o * tanh(cn)
-                        c[bb, j] = cn
-                        h[bb, j] = hn
-                        out[tl, bb, j] = hn
-                if rec.shape[0]:
-                    for j in range(H):
-                        rec[tl, bb, j] = h[bb, j]
-                        rec[tl, bb, H + j] = c[bb, j]
+            step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
+                 h, c, out, rec, acc)
+        state[:, :H] = h
+        state[:, H:] = c
+
+    @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
+                                 u8[:, ::1], i64, b1, b1, f[:, ::1], f[:, :, ::1],
+                                 f[:, :, ::1]))
+    def scan_inputs(x, w_ih_t, b_ih, w_t, b, lengths, mask, t0, reverse, zero_masked, state,
+                    out, gbuf):
+        """``scan`` from the inputs x (T, B, I), each block of gbuf's length (Tb, B, G)
+        projected just before its steps (as the GRU's: the same bits as ``project`` then
+        ``scan``)."""
+        cache_key  # noqa: B018
+        T, B, I = x.shape
+        G = w_t.shape[1]
+        H = G // 4
+        Tb = gbuf.shape[0]
+        h = np.ascontiguousarray(state[:, :H])
+        c = np.ascontiguousarray(state[:, H:])
+        acc = np.empty((B, G), dtype=state.dtype)
+        rec = np.empty((0, B, 0), dtype=state.dtype)
+        x2 = x.reshape(T * B, I)
+        g2 = gbuf.reshape(Tb * B, G)
+        has_mask = mask.shape[0] > 0
+        every = dense(lengths, mask, t0, T)
+        nblocks = (T + Tb - 1) // Tb
+        for sb in range(nblocks):
+            blk = nblocks - 1 - sb if reverse else sb
+            a = blk * Tb
+            n = min(Tb, T - a)
+            product(x2, a * B, n * B, w_ih_t, b_ih, 0, G, g2, 0)
+            for s in range(n):
+                k = n - 1 - s if reverse else s
+                step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
+                     zero_masked, h, c, out, rec, acc)
         state[:, :H] = h
         state[:, H:] = c
 
@@ -183,7 +226,7 @@ def _k(cache_key):
                     state[bb, H + j] = fg[j] * state[bb, H + j] + ig[j] * gg[j]
                     state[bb, j] = og[j] * tanh(state[bb, H + j])
 
-    return SimpleNamespace(scan=scan, walk=walk, tangent=tangent)
+    return SimpleNamespace(scan=scan, scan_inputs=scan_inputs, walk=walk, tangent=tangent)
 
 
 class LSTMCell(Cell):
@@ -228,6 +271,22 @@ class LSTMCell(Cell):
     def scan(self, w: Prepared, gi, state, steps: Steps, out=None):
         B = gi.shape[1]
         return self._scan(w, gi, state, steps, out, np.empty((0, B, 0), w.w_hh_t.dtype))
+
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None):
+        """As the GRU's: each block of steps projected inside the kernel just before it runs
+        (or the chunk projected first where one step's projection exceeds the budget)."""
+        T, B, _ = x.shape
+        dt = w.w_hh_t.dtype
+        G = w.w_hh_t.shape[1]
+        tb = min(T, base.STEP_BLOCK_BYTES // max(1, B * G * dt.itemsize))
+        if tb < 1:
+            return super().scan_inputs(w, x, state, steps, out)
+        st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
+        out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
+        _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
+                       steps.mask, steps.t0, steps.reverse, steps.zero_masked, st, out,
+                       scratch(tb, B, G, dt))
+        return out, st
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
         """Recompute the chunk recording its states, the gates of every step at once (tiles
