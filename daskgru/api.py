@@ -152,8 +152,10 @@ def run(x, call: Call, states=None, lengths=None, mask=None, *, method="scan", w
         out, finals = run_stack(xc, call.stack, states, lengths, mask, call.zero_masked,
                                 None if model is None else model.astype(dt).prepare())
         out = uncanonical(out, call)
+        from .numerics import use_fma
+
         info = dict(method="scan", sweeps=0, chunks=None, chunks_recomputed=0,
-                    max_mismatch=0.0)
+                    max_mismatch=0.0, fma=use_fma())
     if call.unbatched:
         finals = [f[:, 0] for f in finals]
     if auto is not None:
@@ -272,7 +274,8 @@ def gru(x, p, *, h0=None, lengths=None, mask=None, zero_output_for_mask=False,
         Also return a dict (lazy for dask input: a ``Delayed``) with keys ``method``,
         ``sweeps``, ``chunks``, ``chunks_recomputed``, ``max_mismatch`` and, for dask
         input, ``graph`` (the graph options the call resolved, see
-        :func:`daskgru.graph.options.resolve`).
+        :func:`daskgru.graph.options.resolve`, and ``fma``, the products' numerics, see
+        :mod:`daskgru.numerics`; eager calls report ``fma`` at the top level).
 
     Returns
     -------

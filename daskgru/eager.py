@@ -75,7 +75,7 @@ def chunk_input(ps, l, parts):
     """Layer l's input from its pieces: the lower layer's directions side by side, or for
     layer 0 the model's input through its per-step layers before the stack (``ps.pre``)."""
     x = layer_input(parts)
-    return layers.apply(ps.pre, x) if l == 0 and ps.pre else x
+    return layers.apply(ps.pre, x, ps.fma) if l == 0 and ps.pre else x
 
 
 def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):

@@ -179,11 +179,12 @@ def _typed_sqrt_half(v):
 def _k(cache_key):
     i64 = numba.int64
 
-    @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], i64[::1], f[:, ::1]))
-    def dense(x, w, b, kinds, out):
+    @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], i64[::1], f[:, ::1],
+                                 numba.boolean))
+    def dense(x, w, b, kinds, out, fma):
         """out = act_j(b + x @ w) for every row of x (N, n_in); kinds[j] names act_j."""
         cache_key  # noqa: B018
-        product(x, 0, x.shape[0], w, b, 0, w.shape[1], out, 0)
+        product(x, 0, x.shape[0], w, b, 0, w.shape[1], out, 0, fma)
         if np.any(kinds != 0):
             for i in range(out.shape[0]):
                 for j in range(out.shape[1]):
@@ -230,8 +231,9 @@ def _k(cache_key):
     return dense, layer_norm, affine, activation
 
 
-def apply(layers, x):
-    """The layers (cast to x's dtype beforehand, :func:`cast`) on x (..., n_in)."""
+def apply(layers, x, fma=True):
+    """The layers (cast to x's dtype beforehand, :func:`cast`) on x (..., n_in); ``fma``:
+    the products' numerics (:mod:`daskgru.numerics`, resolved by the caller)."""
     if not layers:
         return x
     lead = x.shape[:-1]
@@ -242,7 +244,8 @@ def apply(layers, x):
             n = lay.w.shape[1]
             acts = [lay.activation] * n if isinstance(lay.activation, str) else lay.activation
             out = np.empty((a.shape[0], n), a.dtype)
-            dense(a, lay.w, lay.b, np.array([ACTIVATIONS.index(k) for k in acts], np.int64), out)
+            dense(a, lay.w, lay.b, np.array([ACTIVATIONS.index(k) for k in acts], np.int64), out,
+                  bool(fma))
         elif isinstance(lay, Scale):
             out = np.empty_like(a)
             affine(a, lay.center, lay.scale, lay.invert, out)

@@ -255,10 +255,10 @@ class Model:
                 and self.mask_value is None and self.window is None
                 and isinstance(self.rnn, RNNParams) and not any(self.zero_output_for_mask))
 
-    def prepare(self) -> PreparedStack:
+    def prepare(self, fma=None) -> PreparedStack:
         """Kernel-ready weights of the stack, with the input layers in its dtype (the
         chunk tasks of layer 0 apply them; the head runs on the output blocks)."""
-        ps = self.rnn.prepare()
+        ps = self.rnn.prepare(fma)
         ps.pre = L.cast(self.pre, self.dtype)
         return ps
 
@@ -380,17 +380,20 @@ class Model:
         """The head on the top layer's outputs (any layout, features last; NumPy or dask)."""
         if not self.post:
             return out
+        from .numerics import use_fma
+
         post = L.cast(self.post, out.dtype)
+        fma = use_fma()  # resolved here, on the client, for every block
         if not is_dask(out):
-            return L.apply(post, np.asarray(out))
+            return L.apply(post, np.asarray(out), fma)
         import dask.array as da
         from dask.base import tokenize
 
         out = out.rechunk({out.ndim - 1: -1})  # directions meet in one task
         idx = "abcdefg"[:out.ndim - 1]
-        return da.blockwise(L.apply, idx + "o", post, None, out, idx + "h",
+        return da.blockwise(L.apply, idx + "o", post, None, out, idx + "h", fma, None,
                             new_axes={"o": self.output_size}, concatenate=True,
-                            dtype=out.dtype, name="head-" + tokenize(out.name, self),
+                            dtype=out.dtype, name="head-" + tokenize(out.name, self, fma),
                             meta=np.empty((0,) * out.ndim, out.dtype))
 
     # -------------------------------------------------------------- files

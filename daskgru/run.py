@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .files import hold, stale_temporaries
+from .numerics import use_fma
 
 __all__ = ["RunError", "RunResult", "run", "run_table", "open_input", "demo"]
 
@@ -200,7 +201,7 @@ def fingerprint(input_path, obj, p, options) -> str:
         "input": {"path": os.path.basename(os.path.abspath(input_path)),
                   "stat": _path_stat(input_path), "structure": structure,
                   "coords": tokenize(coords)},
-        "params": tokenize(p),
+        "params": tokenize(p), "fma": use_fma(),
         "options": options,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -640,7 +641,7 @@ def run_table(input, params, output, *, id_col, time_col="time", features=None,
            "input": {"path": os.path.basename(os.path.abspath(input)),
                      "stat": _path_stat(input),
                      "columns": {k: str(v) for k, v in ddf.dtypes.items()}},
-           "params": tokenize(p), "options": options}
+           "params": tokenize(p), "fma": use_fma(), "options": options}
     fp = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
     dtype = np.dtype(frame._dtype(ddf._meta, c))
 

@@ -85,17 +85,18 @@ class PreparedStack:
     object, so that a task graph holds it as one value (dask would walk into nested
     tuples)."""
 
-    __slots__ = ("cells", "weights", "pre", "merges")
+    __slots__ = ("cells", "weights", "pre", "merges", "fma")
 
-    def __init__(self, cells, weights, pre=(), merges=None):
+    def __init__(self, cells, weights, pre=(), merges=None, fma=True):
         self.cells, self.weights, self.pre = cells, weights, pre
         self.merges = merges or ("concat",) * len(cells)
+        self.fma = bool(fma)  # the products' numerics (daskgru.numerics), as resolved
 
     def __getstate__(self):
-        return self.cells, self.weights, self.pre, self.merges
+        return self.cells, self.weights, self.pre, self.merges, self.fma
 
     def __setstate__(self, state):
-        self.cells, self.weights, self.pre, self.merges = state
+        self.cells, self.weights, self.pre, self.merges, self.fma = state
 
 
 class Stack:
@@ -253,9 +254,14 @@ class Stack:
                                                     for w in lay.weights])
                               for lay in self.layers])
 
-    def prepare(self) -> PreparedStack:
-        """Kernel-ready weights; built once per call."""
+    def prepare(self, fma=None) -> PreparedStack:
+        """Kernel-ready weights; built once per call. ``fma``: the products' numerics, by
+        default the ``daskgru.fma`` setting now (:mod:`daskgru.numerics`)."""
+        if fma is None:
+            from .numerics import use_fma
+
+            fma = use_fma()
         return PreparedStack(tuple(lay.cell for lay in self.layers),
-                             tuple(tuple(Prepared.of(w) for w in lay.weights)
+                             tuple(tuple(Prepared.of(w, fma) for w in lay.weights)
                                    for lay in self.layers),
-                             merges=tuple(lay.merge for lay in self.layers))
+                             merges=tuple(lay.merge for lay in self.layers), fma=fma)

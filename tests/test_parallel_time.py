@@ -178,7 +178,7 @@ def test_info_for_scan_and_laziness(rng):
     x = rng.normal(size=(20, 2, 2)).astype("float32")
     out, h_n, info = dg.gru(x, p, return_info=True)
     assert info == dict(method="scan", sweeps=0, chunks=None, chunks_recomputed=0,
-                        max_mismatch=0.0)
+                        max_mismatch=0.0, fma=True)
     xd = da.from_array(x, chunks=(5, 2, 2))
     assert dg.gru(xd, p, return_info=True)[2].compute()["sweeps"] == 0
 

@@ -174,7 +174,7 @@ from daskgru.kernels import jit
 from daskgru.cells import base
 jit.ANNOUNCE_AFTER = 0.0
 k = base._project_kernel
-k(np.ones((2, 3), "f4"), np.ones((3, 4), "f4"), np.ones(4, "f4"), np.empty((2, 4), "f4"))
+k(np.ones((2, 3), "f4"), np.ones((3, 4), "f4"), np.ones(4, "f4"), np.empty((2, 4), "f4"), True)
 k.compile("float64")
 assert k.ready == {np.dtype("float32"), np.dtype("float64")}
 """
@@ -198,11 +198,11 @@ def test_kernels_refuse_what_they_were_not_declared_for():
 
     k = base._project_kernel
     f = np.ones
-    k(f((2, 3)), f((3, 4)), f(4), np.empty((2, 4)))
+    k(f((2, 3)), f((3, 4)), f(4), np.empty((2, 4)), True)
     with pytest.raises(TypeError):
-        k(f((2, 3), "i8"), f((3, 4), "i8"), f(4, "i8"), np.empty((2, 4), "i8"))
+        k(f((2, 3), "i8"), f((3, 4), "i8"), f(4, "i8"), np.empty((2, 4), "i8"), True)
     with pytest.raises(TypeError):
-        k(f((3, 2)).T, f((3, 4)), f(4), np.empty((2, 4)))
+        k(f((3, 2)).T, f((3, 4)), f(4), np.empty((2, 4)), True)
     assert {str(d) for d in k.ready} <= {"float32", "float64"}
     assert len(k.dispatcher.overloads) == len(k.ready)
 
@@ -228,10 +228,10 @@ def test_a_new_float_type_is_readied_while_calls_run():
     def call(i):
         dt = "f8" if i % 2 else "f4"
         out = np.empty((64, 8), dt)
-        k(*args[dt], out)
+        k(*args[dt], out, True)
         return out
 
-    k(*args["f8"], np.empty((64, 8)))
+    k(*args["f8"], np.empty((64, 8)), True)
     with ThreadPoolExecutor(8) as ex:
         outs = list(ex.map(call, range(32)))
     assert all((o == 4).all() for o in outs)

@@ -69,7 +69,9 @@ class Weights(NamedTuple):
 
 class Prepared(NamedTuple):
     """Weights as the kernels take them: the transposes (gates along contiguous columns)
-    for the products, and the torch-layout arrays for the backward."""
+    for the products, and the torch-layout arrays for the backward; ``fma``: whether the
+    products use fused multiply-adds (:mod:`daskgru.numerics`, resolved when the weights
+    are prepared, so the setting travels with them)."""
 
     w_ih_t: np.ndarray
     b_ih: np.ndarray
@@ -77,11 +79,13 @@ class Prepared(NamedTuple):
     b_hh: np.ndarray
     w_ih: np.ndarray
     w_hh: np.ndarray
+    fma: bool = True
 
     @classmethod
-    def of(cls, w: Weights) -> "Prepared":
+    def of(cls, w: Weights, fma: bool = True) -> "Prepared":
         c = np.ascontiguousarray
-        return cls(c(w.w_ih.T), c(w.b_ih), c(w.w_hh.T), c(w.b_hh), c(w.w_ih), c(w.w_hh))
+        return cls(c(w.w_ih.T), c(w.b_ih), c(w.w_hh.T), c(w.b_hh), c(w.w_ih), c(w.w_hh),
+                   bool(fma))
 
     @property
     def hidden_size(self) -> int:
@@ -234,11 +238,11 @@ def sigmoid_(v):
 
 @build
 def _project_kernel(cache_key):
-    @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1]))
-    def project_kernel(x, w_t, b, out):
+    @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1], f[::1], f[:, ::1], numba.boolean))
+    def project_kernel(x, w_t, b, out, fma):
         """out[n, :] = b + sum_k x[n, k] * w_t[k, :] for every row n of x (N, I)."""
         cache_key  # noqa: B018
-        product(x, 0, x.shape[0], w_t, b, 0, w_t.shape[1], out, 0)
+        product(x, 0, x.shape[0], w_t, b, 0, w_t.shape[1], out, 0, fma)
 
     return project_kernel
 
@@ -251,7 +255,7 @@ def project(w: Prepared, x, out=None):
     dt = w.w_ih_t.dtype
     out = np.empty((T, B, G), dtype=dt) if out is None else out
     _project_kernel(writable(x, dt).reshape(T * B, I), w.w_ih_t, w.b_ih,
-                    out.reshape(T * B, G))
+                    out.reshape(T * B, G), w.fma)
     return out
 
 
@@ -274,5 +278,5 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
         x = np.where(steps.valid(T)[..., None], x, dt.type(0))
     dW_ih = dg2.T @ x.reshape(T * B, I)
     d_x = np.empty((T, B, I), dt)
-    product(dg2, 0, T * B, w.w_ih, np.zeros(I, dt), 0, I, d_x.reshape(T * B, I), 0)
+    product(dg2, 0, T * B, w.w_ih, np.zeros(I, dt), 0, I, d_x.reshape(T * B, I), 0, w.fma)
     return d_x, d_state, Weights(dW_ih, dW_hh, dg2.sum(axis=0), db_hh)

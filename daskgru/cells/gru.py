@@ -35,6 +35,7 @@ import numpy as np
 
 from ..kernels.jit import (build, counts, dense, kernel, propagate_tangent, sigmoid,
                            skipped_adjoint, skipped, tanh, typed)
+from ..kernels.tiles import fma as fma_
 from ..kernels.tiles import product
 from ..layout import writable
 from . import base
@@ -49,21 +50,21 @@ def _k(cache_key):
 
     @numba.njit(inline="always")
     def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, reset_after, h,
-             out, acc, rh):
+             out, acc, rh, fma):
         """One step from its projected inputs g (B, G): the recurrent product of all rows,
         then the gates fused with the state update; h (B, H) is updated in place."""
         B, G = g.shape
         H = h.shape[1]
         one = typed(h, 1)
         if reset_after:
-            product(h, 0, B, w_t, b, 0, G, acc, 0)
+            product(h, 0, B, w_t, b, 0, G, acc, 0, fma)
         else:
             # r and z see h; the candidate sees r * h, so it needs r first.
-            product(h, 0, B, w_t, b, 0, 2 * H, acc, 0)
+            product(h, 0, B, w_t, b, 0, 2 * H, acc, 0, fma)
             for bb in range(B):
                 for j in range(H):
                     rh[bb, j] = sigmoid(g[bb, j] + acc[bb, j]) * h[bb, j]
-            product(rh, 0, B, w_t, b, 2 * H, G, acc, 0)
+            product(rh, 0, B, w_t, b, 2 * H, G, acc, 0, fma)
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                 skipped(t, tl, bb, lengths, zero_masked, h, out)
@@ -80,8 +81,8 @@ def _k(cache_key):
                 h[bb, j] = hn
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
-                                 b1, b1, f[:, ::1], f[:, :, ::1]))
-    def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, reset_after, h, out):
+                                 b1, b1, f[:, ::1], f[:, :, ::1], b1))
+    def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, reset_after, h, out, fma):
         """The recurrence over one chunk from its projected inputs gi (T, B, G), step by
         step. h (B, H): start state in, end state out."""
         cache_key  # noqa: B018
@@ -94,13 +95,13 @@ def _k(cache_key):
         for s in range(T):
             tl = T - 1 - s if reverse else s
             step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
-                 reset_after, h, out, acc, rh)
+                 reset_after, h, out, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
                                  u8[:, ::1], i64, b1, b1, b1, f[:, ::1], f[:, :, ::1],
-                                 f[:, :, ::1]))
+                                 f[:, :, ::1], b1))
     def scan_inputs(x, w_ih_t, b_ih, w_t, b, lengths, mask, t0, reverse, zero_masked,
-                    reset_after, h, out, gbuf):
+                    reset_after, h, out, gbuf, fma):
         """The recurrence over one chunk from its inputs x (T, B, I): the steps are taken in
         blocks of gbuf's length, each block's input projection computed into gbuf (Tb, B,
         G) just before its steps, so it is read back from cache rather than memory. The
@@ -122,12 +123,12 @@ def _k(cache_key):
             blk = nblocks - 1 - sb if reverse else sb
             a = blk * Tb
             n = min(Tb, T - a)
-            product(x2, a * B, n * B, w_ih_t, b_ih, 0, G, g2, 0)
+            product(x2, a * B, n * B, w_ih_t, b_ih, 0, G, g2, 0, fma)
             for s in range(n):
                 k = n - 1 - s if reverse else s
                 tl = a + k
                 step(gbuf[k], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask,
-                     zero_masked, reset_after, h, out, acc, rh)
+                     zero_masked, reset_after, h, out, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], i64[::1], u8[:, ::1], i64, b1,
                                  f[:, :, ::1]))
@@ -154,9 +155,10 @@ def _k(cache_key):
         f[:, ::1],      # dh (B, H): adjoint of the end state in, of the start state out
         f[:, :, ::1],   # d_gi (T, B, G) out
         f[:, :, ::1],   # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
+        b1,             # fma: the products' numerics
     ))
     def walk(gates, w_hh, lengths, mask, t0, reverse, zero_masked, reset_after, hk, d_out, dh,
-             d_gi, d_a):
+             d_gi, d_a, fma):
         """The walk back through a chunk carrying the adjoint state (module docstring)."""
         cache_key  # noqa: B018
         T, B, G = d_gi.shape
@@ -211,7 +213,7 @@ def _k(cache_key):
                         d_a[tl, bb, 2 * H + j] = dn
                         dn_[bb, j] = dn
             # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
-            product(dn_, 0, B, w_n, no_bias, 0, H, back, 0)
+            product(dn_, 0, B, w_n, no_bias, 0, H, back, 0, fma)
             if not reset_after:
                 for bb in range(B):
                     if not live[bb]:
@@ -223,7 +225,7 @@ def _k(cache_key):
                         d_gi[tl, bb, j] = dr
                         d_a[tl, bb, j] = dr
                         drz[bb, j] = dr
-            product(drz, 0, B, w_rz, no_bias, 0, H, back_rz, 0)
+            product(drz, 0, B, w_rz, no_bias, 0, H, back_rz, 0, fma)
             for bb in range(B):
                 if not live[bb]:
                     continue  # skipped step: the adjoint passes through
@@ -232,11 +234,11 @@ def _k(cache_key):
                     dh[bb, j] = g_[bb, j] * gates[tl, bb, H + j] + v + back_rz[bb, j]
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
-                                 b1, f, f[:, ::1], f[:, :, ::1]))
-    def tangent(gi, w_t, b, lengths, mask, t0, reverse, reset_after, cutoff, h, M):
+                                 b1, f, f[:, ::1], f[:, :, ::1], b1))
+    def tangent(gi, w_t, b, lengths, mask, t0, reverse, reset_after, cutoff, h, M, fma):
         """Scan one chunk and propagate the tangent M (B, H, H). The state follows the op
-        order of ``scan`` (bias first, products in index order) in plain loops; Newton
-        needs it to tolerance, not bit for bit."""
+        order of ``scan`` (bias first, products in index order, fused or not as ``fma`` says) in
+        plain loops; Newton needs it to tolerance, not bit for bit."""
         cache_key  # noqa: B018
         T, B, G = gi.shape
         H = h.shape[1]
@@ -262,14 +264,16 @@ def _k(cache_key):
                 for k in range(H):
                     hk = h[bb, k]
                     for g in range(nr):
-                        acc[g] += hk * w_t[k, g]
+                        acc[g] = (fma_(hk, w_t[k, g], acc[g]) if fma
+                                  else acc[g] + hk * w_t[k, g])
                 if not reset_after:
                     for j in range(H):
                         rh[j] = sigmoid(gi[tl, bb, j] + acc[j]) * h[bb, j]
                     for k in range(H):
                         rk = rh[k]
                         for g in range(2 * H, G):
-                            acc[g] += rk * w_t[k, g]
+                            acc[g] = (fma_(rk, w_t[k, g], acc[g]) if fma
+                                      else acc[g] + rk * w_t[k, g])
                 for j in range(H):
                     r[j] = sigmoid(gi[tl, bb, j] + acc[j])
                     z[j] = sigmoid(gi[tl, bb, H + j] + acc[H + j])
@@ -349,7 +353,7 @@ class GRUCell(Cell):
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
-                steps.reverse, steps.zero_masked, self.reset_after, h, out)
+                steps.reverse, steps.zero_masked, self.reset_after, h, out, w.fma)
         return out, h
 
     def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None):
@@ -366,7 +370,7 @@ class GRUCell(Cell):
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked,
-                       self.reset_after, h, out, scratch(tb, B, G, dt))
+                       self.reset_after, h, out, scratch(tb, B, G, dt), w.fma)
         return out, h
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
@@ -390,17 +394,17 @@ class GRUCell(Cell):
         with np.errstate(over="ignore"):
             rz = gates[:, :2 * H]
             if self.reset_after:
-                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G, a, 0)
+                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G, a, 0, w.fma)
                 np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
                 sigmoid_(rz)
                 gates[:, 3 * H:] = a[:, 2 * H:]
                 pre = gates[:, :H] * a[:, 2 * H:]
             else:
-                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, 2 * H, a, 0)
+                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, 2 * H, a, 0, w.fma)
                 np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
                 sigmoid_(rz)
                 rh = gates[:, :H] * hk2
-                product(rh, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0)
+                product(rh, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
                 pre = a[:, 2 * H:]
                 gates[:, 3 * H:] = pre
             pre += gi2[:, 2 * H:]
@@ -409,7 +413,7 @@ class GRUCell(Cell):
         d_gi, d_a = np.empty((T, B, G), dt), np.empty((T, B, G), dt)
         _k.walk(gates.reshape(T, B, 4 * H), w.w_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, self.reset_after, hk, c(d_out, dtype=dt),
-                dh, d_gi, d_a)
+                dh, d_gi, d_a, w.fma)
         da2 = d_a.reshape(T * B, G)
         dW_hh = np.empty((G, H), dt)
         if self.reset_after:
@@ -427,5 +431,5 @@ class GRUCell(Cell):
         M = (np.repeat(np.eye(H, dtype=dt)[None], B, axis=0) if M is None
              else np.array(M, dtype=dt, order="C", copy=True))
         _k.tangent(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask,
-                   steps.t0, steps.reverse, self.reset_after, dt.type(cutoff), h, M)
+                   steps.t0, steps.reverse, self.reset_after, dt.type(cutoff), h, M, w.fma)
         return h, M

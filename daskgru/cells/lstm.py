@@ -28,6 +28,7 @@ import numpy as np
 
 from ..kernels.jit import (build, counts, dense, kernel, propagate_tangent, sigmoid,
                            skipped_adjoint, skipped, tanh, typed)
+from ..kernels.tiles import fma as fma_
 from ..kernels.tiles import product
 from ..layout import writable
 from . import base
@@ -42,11 +43,11 @@ def _k(cache_key):
 
     @numba.njit(inline="always")
     def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, h, c, out, rec,
-             acc):
+             acc, fma):
         """One step from its projected inputs g (B, G); h and c (B, H) updated in place."""
         B, G = g.shape
         H = G // 4
-        product(h, 0, B, w_t, b, 0, G, acc, 0)
+        product(h, 0, B, w_t, b, 0, G, acc, 0, fma)
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                 skipped(t, tl, bb, lengths, zero_masked, h, out)
@@ -67,8 +68,8 @@ def _k(cache_key):
                     rec[tl, bb, H + j] = c[bb, j]
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
-                                 b1, f[:, ::1], f[:, :, ::1], f[:, :, ::1]))
-    def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, state, out, rec):
+                                 b1, f[:, ::1], f[:, :, ::1], f[:, :, ::1], b1))
+    def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, state, out, rec, fma):
         """The recurrence over one chunk; state (B, 2H) in and out. ``rec`` (T, B, 2H), or
         empty: the state after every step, for the backward."""
         cache_key  # noqa: B018
@@ -82,15 +83,15 @@ def _k(cache_key):
         for s in range(T):
             tl = T - 1 - s if reverse else s
             step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
-                 h, c, out, rec, acc)
+                 h, c, out, rec, acc, fma)
         state[:, :H] = h
         state[:, H:] = c
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
                                  u8[:, ::1], i64, b1, b1, f[:, ::1], f[:, :, ::1],
-                                 f[:, :, ::1]))
+                                 f[:, :, ::1], b1))
     def scan_inputs(x, w_ih_t, b_ih, w_t, b, lengths, mask, t0, reverse, zero_masked, state,
-                    out, gbuf):
+                    out, gbuf, fma):
         """``scan`` from the inputs x (T, B, I), each block of gbuf's length (Tb, B, G)
         projected just before its steps (as the GRU's: the same bits as ``project`` then
         ``scan``)."""
@@ -112,11 +113,11 @@ def _k(cache_key):
             blk = nblocks - 1 - sb if reverse else sb
             a = blk * Tb
             n = min(Tb, T - a)
-            product(x2, a * B, n * B, w_ih_t, b_ih, 0, G, g2, 0)
+            product(x2, a * B, n * B, w_ih_t, b_ih, 0, G, g2, 0, fma)
             for s in range(n):
                 k = n - 1 - s if reverse else s
                 step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
-                     zero_masked, h, c, out, rec, acc)
+                     zero_masked, h, c, out, rec, acc, fma)
         state[:, :H] = h
         state[:, H:] = c
 
@@ -128,8 +129,10 @@ def _k(cache_key):
         f[:, :, ::1],   # d_out (T, B, H)
         f[:, ::1],      # d_state (B, 2H): adjoint of the end state in, of the start out
         f[:, :, ::1],   # dp (T, B, G) out: adjoint of the pre-activations
+        b1,             # fma: the products' numerics
     ))
-    def walk(gates, w_hh, lengths, mask, t0, reverse, zero_masked, ck, d_out, d_state, dp):
+    def walk(gates, w_hh, lengths, mask, t0, reverse, zero_masked, ck, d_out, d_state, dp,
+             fma):
         """The walk back through a chunk carrying the adjoint state (module docstring)."""
         cache_key  # noqa: B018
         T, B, G = dp.shape
@@ -162,7 +165,7 @@ def _k(cache_key):
                     dp[tl, bb, 2 * H + j] = gc * i * (one - g * g)
                     dp[tl, bb, 3 * H + j] = gh * tc * o * (one - o)
                     dc[bb, j] = gc * f
-            product(dp[tl], 0, B, w_hh, no_bias, 0, H, back, 0)
+            product(dp[tl], 0, B, w_hh, no_bias, 0, H, back, 0, fma)
             for bb in range(B):
                 if live[bb]:
                     for j in range(H):
@@ -171,8 +174,8 @@ def _k(cache_key):
         d_state[:, H:] = dc
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
-                                 f, f[:, ::1], f[:, :, ::1]))
-    def tangent(gi, w_t, b, lengths, mask, t0, reverse, cutoff, state, M):
+                                 f, f[:, ::1], f[:, :, ::1], b1))
+    def tangent(gi, w_t, b, lengths, mask, t0, reverse, cutoff, state, M, fma):
         """Scan one chunk (plain loops, to tolerance) and propagate M (B, 2H, 2H)."""
         cache_key  # noqa: B018
         T, B, G = gi.shape
@@ -198,7 +201,8 @@ def _k(cache_key):
                 for k in range(H):
                     hk = state[bb, k]
                     for g in range(G):
-                        acc[g] += hk * w_t[k, g]
+                        acc[g] = (fma_(hk, w_t[k, g], acc[g]) if fma
+                                  else acc[g] + hk * w_t[k, g])
                 for j in range(H):
                     ig[j] = sigmoid(gi[tl, bb, j] + acc[j])
                     fg[j] = sigmoid(gi[tl, bb, H + j] + acc[H + j])
@@ -265,7 +269,7 @@ class LSTMCell(Cell):
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
-                steps.reverse, steps.zero_masked, st, out, rec)
+                steps.reverse, steps.zero_masked, st, out, rec, w.fma)
         return out, st
 
     def scan(self, w: Prepared, gi, state, steps: Steps, out=None):
@@ -285,7 +289,7 @@ class LSTMCell(Cell):
         out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked, st, out,
-                       scratch(tb, B, G, dt))
+                       scratch(tb, B, G, dt), w.fma)
         return out, st
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
@@ -307,7 +311,7 @@ class LSTMCell(Cell):
             prev[1:], prev[0] = rec[:-1], s0
         hk = c(prev[..., :H]).reshape(T * B, H)
         pre = np.empty((T * B, G), dt)
-        product(hk, 0, T * B, w.w_hh_t, w.b_hh, 0, G, pre, 0)
+        product(hk, 0, T * B, w.w_hh_t, w.b_hh, 0, G, pre, 0, w.fma)
         pre += gi.reshape(T * B, G)
         gates = np.empty((T * B, 5 * H), dt)
         with np.errstate(over="ignore"):
@@ -319,7 +323,8 @@ class LSTMCell(Cell):
         d_st = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, 2 * H)
         dp = np.empty((T, B, G), dt)
         _k.walk(gates.reshape(T, B, 5 * H), w.w_hh, steps.lengths, steps.mask, steps.t0,
-                steps.reverse, steps.zero_masked, c(prev[..., H:]), c(d_out, dtype=dt), d_st, dp)
+                steps.reverse, steps.zero_masked, c(prev[..., H:]), c(d_out, dtype=dt), d_st, dp,
+                w.fma)
         dp2 = dp.reshape(T * B, G)
         return dp, d_st, dp2.T @ hk, dp2.sum(axis=0)
 
@@ -331,5 +336,5 @@ class LSTMCell(Cell):
         M = (np.repeat(np.eye(S, dtype=dt)[None], B, axis=0) if M is None
              else np.array(M, dtype=dt, order="C", copy=True))
         _k.tangent(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask,
-                   steps.t0, steps.reverse, dt.type(cutoff), st, M)
+                   steps.t0, steps.reverse, dt.type(cutoff), st, M, w.fma)
         return st, M

@@ -113,13 +113,16 @@ class Graph:
         self.split = self.opts.split(chains, rows, work)
         self.fuse = self.opts.fuse(len(self.bchunks), self.split)
         self.group = self.opts.group(len(self.tchunks))
+        from ..numerics import use_fma
+
+        self.fma = use_fma()  # the products' numerics, resolved once, here on the client
         self.token = tokenize(kind, [c.name for c in self.collections], self.stack, model,
                               call.zero_masked, literal, self.fuse, self.group, self.split,
-                              *extra)
+                              self.fma, *extra)
         names = {lay.cell.name for lay in self.stack.layers}
         self.root = names.pop() if len(names) == 1 else "rnn"
         wkey = f"{self.root}-weights-{self.token}"
-        ps = self.stack.prepare() if model is None else model.prepare()
+        ps = self.stack.prepare(self.fma) if model is None else model.prepare(self.fma)
         self.weights = Delayed(wkey, HighLevelGraph.from_collections(
             wkey, {wkey: ps}, dependencies=()))
         self.outputs, self.finals = [], []
@@ -128,7 +131,7 @@ class Graph:
         """What this graph's options resolved to, for ``return_info``."""
         return dict(scheduler=self.opts.scheduler, slots=self.opts.slots,
                     fuse_projection=self.fuse, verify_group=self.group,
-                    split_rows=self.split)
+                    split_rows=self.split, fma=self.fma)
 
     # -------------------------------------------------------------- inputs in task form
     def _per_state(self, states, literal):

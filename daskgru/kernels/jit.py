@@ -40,12 +40,11 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from . import tiles
+from .tiles import fma
 
 __all__ = ["CACHE_KEY", "Kernel", "kernel", "build", "precompile", "typed", "fma", "vexp", "sigmoid", "tanh", "counts", "dense",
            "skipped", "skipped_adjoint", "propagate_tangent"]
@@ -202,7 +201,7 @@ def precompile(dtypes=("float32", "float64")):
             k.compile(dt)
         # the product the backward also calls from Python (compiled lazily by Numba)
         z = np.zeros((1, 1), dt)
-        tiles.product(z, 0, 1, z, np.zeros(1, dt), 0, 1, np.zeros((1, 1), dt), 0)
+        tiles.product(z, 0, 1, z, np.zeros(1, dt), 0, 1, np.zeros((1, 1), dt), 0, True)
 
 
 def kernel(signature):
@@ -264,23 +263,6 @@ def _exp_constants(dtype):
     return dict(lo=-708.0, hi=709.0, ln2hi=6.93147180369123816490e-01,
                 ln2lo=1.90821492927058770002e-10, bias=1023, shift=52, deg=13,
                 as_int=np.int64, to_float=_bits_to_float64)
-
-
-@intrinsic
-def fma(typingctx, a, b, c):
-    """``a * b + c`` rounded once (IEEE fused multiply-add: the same bits on every CPU, from
-    its FMA instruction or, on a CPU without one, libm's exact ``fma``); LLVM vectorizes it."""
-    if not (a == b == c and isinstance(a, types.Float)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fty = context.get_value_type(signature.args[0])
-        name = "llvm.fma.f32" if signature.args[0] == types.float32 else "llvm.fma.f64"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty] * 3),
-                                            name)
-        return builder.call(fn, args)
-
-    return a(a, a, a), codegen
 
 
 def vexp(x):

@@ -1,20 +1,24 @@
 """Register-tiled matrix products with a fixed order of operations per element.
 
-``product(a, ra, n, w, b, c0, c1, out, ro)`` computes, for ``i < n`` and ``c0 <= c < c1``::
+``product(a, ra, n, w, b, c0, c1, out, ro, fused)`` computes, for ``i < n`` and
+``c0 <= c < c1``::
 
     out[ro + i, c] = b[c] + a[ra + i, 0] * w[0, c] + a[ra + i, 1] * w[1, c] + ...
 
-added left to right: the bias first, then the products in index order, each a rounded
-multiply followed by a rounded add (no FMA contraction, no reassociation). That is exactly
-what the plain loops compute, so every element gets the same bits whatever the number of rows
-in a call, how they are tiled, or how many threads run: results stay independent of time and
-batch chunking, which BLAS does not promise (its kernel, blocking and summation order change
-with the shape of a call and its thread count).
+added left to right: the bias first, then the products in index order, each either a fused
+multiply-add (``fused``: ``s = a * w + s`` rounded once; the ``daskgru.fma`` setting, see
+:mod:`daskgru.numerics`) or a rounded multiply followed by a rounded add (no fast-math
+contraction, no reassociation: exactly what the plain loops compute). Either way every
+element gets the same bits whatever the number of rows in a call, how they are tiled, or how
+many threads run: results stay independent of time and batch chunking, which BLAS does not
+promise (its kernel, blocking and summation order change with the shape of a call and its
+thread count). An FMA is exactly rounded by every CPU (in software where there is no FMA
+instruction), so neither form depends on the CPU either.
 
 Speed comes from keeping a tile of R rows x V vectors of outputs in registers while k runs:
 each step loads V vectors of ``w[k]`` and R scalars of ``a[:, k]`` and does R*V vector
-multiply-adds (as separate multiply and add, which machines with separate add pipes, e.g.
-AMD Zen, issue at the rate of FMAs). Numba does not keep array tiles in registers, so the tile
+multiply-adds (FMAs, or a multiply and an add: twice the instructions, which even cores with
+separate add pipes such as AMD Zen 4 feel, 25-40% here). Numba does not keep array tiles in registers, so the tile
 is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width (or those of
 ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` when set); LLVM splits
 wider vectors on narrower machines, so the code is portable and only the speed changes.
@@ -46,7 +50,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-__all__ = ["product", "VECTOR_BYTES", "TILE", "tune"]
+__all__ = ["product", "fma", "VECTOR_BYTES", "TILE", "tune"]
 
 
 def _vector_bytes():
@@ -69,6 +73,23 @@ REGISTERS = 32 if VECTOR_BYTES == 64 else 16
 _PANEL_BYTES = 256 << 10
 
 
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (IEEE fused multiply-add: the same bits on every CPU, from
+    its FMA instruction or, on a CPU without one, libm's exact ``fma``); LLVM vectorizes it."""
+    if not (a == b == c and isinstance(a, types.Float)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fty = context.get_value_type(signature.args[0])
+        name = "llvm.fma.f32" if signature.args[0] == types.float32 else "llvm.fma.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty] * 3),
+                                            name)
+        return builder.call(fn, args)
+
+    return a(a, a, a), codegen
+
+
 def _check_types(a, w, b, out):
     """The tiles read and write raw memory with a's element type and unit inner strides:
     refuse (at compile time) anything but C-contiguous arrays of one float type."""
@@ -82,9 +103,10 @@ def _check_types(a, w, b, out):
                           + ", ".join(str(t) for t in arrays))
 
 
-def _make_tile(R, V):
+def _make_tile(R, V, fused=False):
     """An intrinsic ``tile(a, w, b, out, ra, ro, c0)``: the R x (V * lanes) block of outputs
-    with rows ra.. of ``a`` (ro.. of ``out``) and columns c0.., as described above."""
+    with rows ra.. of ``a`` (ro.. of ``out``) and columns c0.., as described above; with
+    ``fused``, each product is added by a fused multiply-add (one rounding)."""
 
     @intrinsic
     def tile(typingctx, a, w, b, out, ra, ro, c0):
@@ -100,6 +122,9 @@ def _make_tile(R, V):
             vty = ir.VectorType(fty, L)
             i64 = ir.IntType(64)
             zeros = ir.Constant(ir.VectorType(ir.IntType(32), L), [0] * L)
+            vfma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty] * 3),
+                f"llvm.fma.v{L}{'f32' if L * 4 == VECTOR_BYTES else 'f64'}")
 
             def vptr(p):
                 return builder.bitcast(p, vty.as_pointer())
@@ -131,8 +156,10 @@ def _make_tile(R, V):
                     xv = builder.insert_element(ir.Constant(vty, ir.Undefined), x, i64(0))
                     xv = builder.shuffle_vector(xv, xv, zeros)
                     for j in range(V):
-                        # plain fmul then fadd: no fast-math flags, so no contraction
-                        s = builder.fadd(builder.load(acc[i][j]), builder.fmul(xv, wv[j]))
+                        if fused:  # llvm.fma: rounded once, on every CPU
+                            s = builder.call(vfma, [xv, wv[j], builder.load(acc[i][j])])
+                        else:  # plain fmul then fadd: no fast-math flags, no contraction
+                            s = builder.fadd(builder.load(acc[i][j]), builder.fmul(xv, wv[j]))
                         builder.store(s, acc[i][j])
             ocol = builder.gep(oo.data, [c0_])
             for i in range(R):
@@ -158,11 +185,12 @@ CANDIDATES = {32: ((12, 2), (8, 3), (5, 4), (6, 4), (4, 6)),
               16: ((6, 2), (4, 3), (5, 2), (3, 4))}
 
 
-def _row_driver(R, V):
+def _row_driver(R, V, fused=False):
     """Rows n of one column block of V vectors at cb: tiles of R rows, then of 4 (when R is
     larger), then of 1."""
-    big, mid, one = _make_tile(R, V), _make_tile(min(4, R), V), _make_tile(1, V)
     R4 = min(4, R)
+    big, one = _make_tile(R, V, fused), _make_tile(1, V, fused)
+    mid = _make_tile(R4, V, fused) if R4 < R else big  # no second copy of the same tile
 
     @numba.njit(nogil=True, boundscheck=False, inline="always")
     def rows(a, w, b, out, ra, ro, n, cb):
@@ -170,9 +198,10 @@ def _row_driver(R, V):
         while i + R <= n:
             big(a, w, b, out, ra + i, ro + i, cb)
             i += R
-        while i + R4 <= n:
-            mid(a, w, b, out, ra + i, ro + i, cb)
-            i += R4
+        if R4 < R:
+            while i + R4 <= n:
+                mid(a, w, b, out, ra + i, ro + i, cb)
+                i += R4
         while i < n:
             one(a, w, b, out, ra + i, ro + i, cb)
             i += 1
@@ -183,14 +212,14 @@ def _row_driver(R, V):
 def _make_product(R, V, cache=True):
     """``product`` with tiles of R rows x V vectors; columns left over get one-vector tiles
     (as many rows as fit the registers), then plain loops."""
-    rows_v = _row_driver(R, V)
-    rows_1 = _row_driver(REGISTERS // 2 - 4, 1)
+    rows_v, rows_1 = _row_driver(R, V), _row_driver(REGISTERS // 2 - 4, 1)
+    rows_vf, rows_1f = _row_driver(R, V, True), _row_driver(REGISTERS // 2 - 4, 1, True)
     RM = math.lcm(R, REGISTERS // 2 - 4)  # rows of a panel: a multiple of both tiles
 
-    def product(a, ra, n, w, b, c0, c1, out, ro):
+    def product(a, ra, n, w, b, c0, c1, out, ro, fused=False):
         """out[ro + i, c] = b[c] + sum_k a[ra + i, k] * w[k, c] for i < n, c0 <= c < c1, in
-        the fixed order of the module docstring. a (., K), w (K, .) and out have contiguous
-        rows."""
+        the fixed order of the module docstring; ``fused``: each product added by a fused
+        multiply-add. a (., K), w (K, .) and out have contiguous rows."""
         K = a.shape[1]
         # The tiles index raw memory: check the block lies inside every array (per call).
         if (w.shape[0] != K or n < 0 or ra < 0 or ro < 0 or ra + n > a.shape[0]
@@ -205,17 +234,23 @@ def _make_product(R, V, cache=True):
             m = min(panel, n - p0)
             cb = c0
             while cb + V * L <= c1:
-                rows_v(a, w, b, out, ra + p0, ro + p0, m, cb)
+                if fused:
+                    rows_vf(a, w, b, out, ra + p0, ro + p0, m, cb)
+                else:
+                    rows_v(a, w, b, out, ra + p0, ro + p0, m, cb)
                 cb += V * L
             while cb + L <= c1:
-                rows_1(a, w, b, out, ra + p0, ro + p0, m, cb)
+                if fused:
+                    rows_1f(a, w, b, out, ra + p0, ro + p0, m, cb)
+                else:
+                    rows_1(a, w, b, out, ra + p0, ro + p0, m, cb)
                 cb += L
             for i in range(ra + p0, ra + p0 + m):
                 o = ro - ra + i
                 for c in range(cb, c1):
                     s = b[c]
                     for k in range(K):
-                        s = s + a[i, k] * w[k, c]
+                        s = fma(a[i, k], w[k, c], s) if fused else s + a[i, k] * w[k, c]
                     out[o, c] = s
 
     # Numba's disk cache keys a function on its code and closure: R and V are in the closure
@@ -248,8 +283,9 @@ def tune_file() -> Path:
 
 
 def _tile_loop(R, V):
-    """Only the main tile of a shape, over blocks that it divides exactly (for :func:`tune`)."""
-    tile = _make_tile(R, V)
+    """Only the main tile of a shape, over blocks that it divides exactly (for :func:`tune`;
+    the fused form, the default numerics)."""
+    tile = _make_tile(R, V, True)
 
     @numba.njit(nogil=True, boundscheck=False)
     def run(a, w, b, out, reps):
