@@ -25,7 +25,7 @@ wider vectors on narrower machines, so the code is portable and only the speed c
 
 The tile shape (R, V) is chosen per CPU, because which one is fastest depends on the core:
 the first import on a machine times the candidates that fit its registers (:func:`tune`,
-about a second) and keeps the choice in a small file beside Numba's cache, keyed by the CPU
+about two seconds) and keeps the choice in a small file beside Numba's cache, keyed by the CPU
 (:func:`tune_file`); ``DASKGRU_TILES="RxV"`` forces one. The shape never changes the bits.
 
 The Numba kernels that call ``product`` are cached on disk; Numba keys its cache on the
@@ -298,16 +298,18 @@ def _tile_loop(R, V):
     return run
 
 
-def tune(rounds=5, seconds=0.02):
-    """Time the main tile of every candidate shape on a product of 120 rows, K = 128 and
-    384 columns (float32, one thread, in cache; every candidate divides it exactly) and
+def tune(rounds=5, seconds=0.02, shape=(240, 512, 1536)):
+    """Time the main tile of every candidate shape on a product of ``shape`` (M rows, K,
+    N columns: by default a step of a GRU with H = 512 over 240 rows, whose weights do not
+    fit L2, which is where the shapes differ; in cache they all come close to the peak;
+    float32, one thread, every candidate dividing it exactly) and
     return ``(best shape, {shape: GF/s})``. Rounds alternate the candidates and each keeps
     its best; the first candidate is kept unless another is more than 3% faster, so noise
-    does not flip the choice. About a second, most of it compiling."""
+    does not flip the choice. About two seconds, most of it compiling."""
     import numpy as np
 
     cands = CANDIDATES[REGISTERS]
-    M, K, N = 120, 128, 384
+    M, K, N = shape
     rng = np.random.default_rng(0)
     a = rng.standard_normal((M, K)).astype(np.float32)
     w = rng.standard_normal((K, N)).astype(np.float32)
@@ -348,7 +350,7 @@ def _parse(text):
 
 def _choose():
     """The tile shape: DASKGRU_TILES if set, else the one chosen for this CPU before (the
-    tune file), else :func:`tune` now (once per CPU and cache; about a second, logged)."""
+    tune file), else :func:`tune` now (once per CPU and cache; about two seconds, logged)."""
     forced = os.environ.get("DASKGRU_TILES")
     if forced:
         return _parse(forced), "forced by DASKGRU_TILES"
