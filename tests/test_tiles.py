@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskgru.kernels.tiles import TILE_ROWS, VECTOR_BYTES, product
+from daskgru.kernels.tiles import VECTOR_BYTES, product
 
 
 def ordered(a, w, b):
@@ -35,7 +35,9 @@ def check(dtype, N, K, G, ra, n, c0, c1, ro, seed=0):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("n", [1, 3, 4, 5, TILE_ROWS, TILE_ROWS + 5, 4 * TILE_ROWS + 7])
+# row counts with every tail of every candidate tile (R in 3..12, then 4-row and 1-row
+# tiles); fixed, not derived from the tuned shape, which two processes may choose apart
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 6, 7, 8, 11, 12, 13, 17, 29, 55])
 def test_every_row_tail(dtype, n):
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     # columns: two-vector blocks, one one-vector block and a scalar tail
