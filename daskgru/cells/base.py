@@ -37,6 +37,13 @@ STEP_BLOCK_BYTES = 256 << 10
 _SCRATCH = threading.local()
 
 
+def block_steps(w: "Prepared", T, B) -> int:
+    """Steps of a chunk of T steps and B rows whose projected inputs fit
+    :data:`STEP_BLOCK_BYTES` (0: not even one step does)."""
+    G = w.w_ih_t.shape[1]
+    return min(T, STEP_BLOCK_BYTES // max(1, B * G * w.w_ih_t.dtype.itemsize))
+
+
 def scratch(steps, B, G, dtype):
     """This thread's reusable buffer of ``steps`` steps of projected inputs (steps, B, G).
 

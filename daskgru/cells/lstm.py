@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from ..kernels.jit import (build, counts, dense, kernel, propagate_tangent, sigmoid,
-                           skipped_adjoint, skipped, tanh, typed)
+from ..kernels.jit import (build, counts, dense, kernel, project_block, propagate_tangent,
+                           sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
 from ..kernels.tiles import product
 from ..layout import writable
@@ -108,12 +108,8 @@ def _k(cache_key):
         g2 = gbuf.reshape(Tb * B, G)
         has_mask = mask.shape[0] > 0
         every = dense(lengths, mask, t0, T)
-        nblocks = (T + Tb - 1) // Tb
-        for sb in range(nblocks):
-            blk = nblocks - 1 - sb if reverse else sb
-            a = blk * Tb
-            n = min(Tb, T - a)
-            product(x2, a * B, n * B, w_ih_t, b_ih, 0, G, g2, 0, fma)
+        for sb in range((T + Tb - 1) // Tb):
+            a, n = project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma)
             for s in range(n):
                 k = n - 1 - s if reverse else s
                 step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
@@ -282,7 +278,7 @@ class LSTMCell(Cell):
         T, B, _ = x.shape
         dt = w.w_hh_t.dtype
         G = w.w_hh_t.shape[1]
-        tb = min(T, base.STEP_BLOCK_BYTES // max(1, B * G * dt.itemsize))
+        tb = base.block_steps(w, T, B)
         if tb < 1:
             return super().scan_inputs(w, x, state, steps, out)
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)

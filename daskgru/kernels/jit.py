@@ -47,7 +47,7 @@ from . import tiles
 from .tiles import fma
 
 __all__ = ["CACHE_KEY", "Kernel", "kernel", "build", "precompile", "typed", "fma", "vexp", "sigmoid", "tanh", "counts", "dense",
-           "skipped", "skipped_adjoint", "propagate_tangent"]
+           "skipped", "skipped_adjoint", "propagate_tangent", "project_block"]
 
 # What identifies the code the kernels call into, for their on-disk caches.
 CACHE_KEY = "{}-{}-{}".format(
@@ -364,6 +364,18 @@ def dense(lengths, mask, t0, T):
         if lengths[bb] < t0 + T:
             return False
     return True
+
+
+@numba.njit(inline="always")
+def project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma):
+    """For the scans that project their own inputs: the sb-th block (in walk order: from
+    the end when ``reverse``) of ``Tb`` steps of a chunk of ``T`` steps of ``B`` rows,
+    projected from x2 (T * B, I) into g2 (Tb * B, G). Returns (its first step, its steps)."""
+    nblocks = (T + Tb - 1) // Tb
+    a = (nblocks - 1 - sb if reverse else sb) * Tb
+    n = min(Tb, T - a)
+    tiles.product(x2, a * B, n * B, w_ih_t, b_ih, 0, w_ih_t.shape[1], g2, 0, fma)
+    return a, n
 
 
 @numba.njit

@@ -209,7 +209,7 @@ def _row_driver(R, V, fused=False):
     return rows
 
 
-def _make_product(R, V, cache=True):
+def _make_product(R, V):
     """``product`` with tiles of R rows x V vectors; columns left over get one-vector tiles
     (as many rows as fit the registers), then plain loops."""
     rows_v, rows_1 = _row_driver(R, V), _row_driver(REGISTERS // 2 - 4, 1)
@@ -256,7 +256,7 @@ def _make_product(R, V, cache=True):
     # Numba's disk cache keys a function on its code and closure: R and V are in the closure
     # (the row drivers are rebuilt from them), so each shape has its own cached code.
     product.__qualname__ = product.__name__ = f"product_{R}x{V}"
-    return numba.njit(nogil=True, boundscheck=False, cache=cache)(product)
+    return numba.njit(nogil=True, boundscheck=False, cache=True)(product)
 
 
 def _cpu_key():
@@ -381,5 +381,4 @@ def _choose():
 
 
 TILE, TILE_SOURCE = _choose()
-TILE_ROWS, TILE_VECTORS = TILE
 product = _make_product(*TILE)
