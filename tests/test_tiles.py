@@ -170,6 +170,53 @@ def test_kernels_compile_on_first_use_only():
     assert dtypes == "['float64']"
 
 
+_WARM = r"""
+import numpy as np, daskgru as dg
+from daskgru.kernels import jit, tiles
+x = np.random.default_rng(0).standard_normal((40, 5, 3)).astype("f4")
+g, l = dg.GRUParams.random(3, 8, seed=0), dg.LSTMParams.random(3, 8, seed=0)
+dg.gru(x, g), dg.lstm(x, l), dg.gru(x.astype("f8"), g.astype("float64"))
+dg.train.gru_backward(x, g, np.ones((40, 5, 8), "f4"))
+dg.train.lstm_backward(x, l, np.ones((40, 5, 8), "f4"))
+used = [k for k in jit.KERNELS if k.dispatcher is not None] + [tiles.product]
+misses = sum(sum((getattr(k, "dispatcher", None) or k).stats.cache_misses.values()) for k in used)
+hits = sum(sum((getattr(k, "dispatcher", None) or k).stats.cache_hits.values()) for k in used)
+print(len(used), hits, misses)
+"""
+
+
+def test_a_second_process_loads_every_kernel_from_the_cache(tmp_path):
+    """Into an empty cache the first process compiles what it uses; a second process (and a
+    third) loads all of it and compiles nothing: the cache key is the same in every process
+    (closures over jitted functions used to pickle with a per-process id, so every process
+    compiled everything again, seconds per kernel)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", _WARM], capture_output=True, text=True,
+                           env=env, check=True).stdout.split() for _ in range(3)]
+    used, hits, misses = map(int, runs[0])
+    assert used >= 5 and misses > 0
+    for again in runs[1:]:
+        used, hits, misses = map(int, again)
+        assert misses == 0 and hits >= used - 1, again  # product: inlined into the kernels
+
+
+def test_the_cache_key_describes_closures_by_value_and_code():
+    """Equal values and code give equal descriptions; another constant, another closure
+    value or another body gives another; an object it cannot describe is refused."""
+    from daskgru.kernels.cache import describe
+
+    def make(k, body=0):
+        if body:
+            return lambda x: x * k
+        return lambda x: x + k
+
+    assert describe(make(2)) == describe(make(2))
+    assert describe(make(2)) != describe(make(3))
+    assert describe(make(2)) != describe(make(2, body=1))
+    with pytest.raises(TypeError, match="closure variable"):
+        describe(object())
+
+
 _ANNOUNCE = r"""
 import numpy as np
 from daskgru.kernels import jit

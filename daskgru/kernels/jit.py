@@ -44,6 +44,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from . import tiles
+from .cache import njit_cached
 from .tiles import fma
 
 __all__ = ["CACHE_KEY", "Kernel", "kernel", "build", "precompile", "typed", "fma", "vexp", "sigmoid", "tanh", "counts", "dense",
@@ -55,11 +56,11 @@ CACHE_KEY = "{}-{}-{}".format(
                    + Path(__file__).read_bytes()).hexdigest()[:16],
     tiles.VECTOR_BYTES, "x".join(map(str, tiles.TILE)))
 
-# Options of every kernel: no GIL (eager threads and dask workers run kernels side by side),
-# on-disk cache, NumPy's error model (no ZeroDivisionError checks), no bounds checks, and no
-# fastmath: every operation is rounded as written, which is what keeps results
-# bit-identical for any chunking.
-OPTIONS = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+# Options of every kernel (each is cached on disk by cache.njit_cached): no GIL (eager
+# threads and dask workers run kernels side by side), NumPy's error model (no
+# ZeroDivisionError checks), no bounds checks, and no fastmath: every operation is rounded
+# as written, which is what keeps results bit-identical for any chunking.
+OPTIONS = dict(nogil=True, error_model="numpy", boundscheck=False)
 
 
 # Compiling that takes longer than this (seconds, all kernels of the process together) is
@@ -153,7 +154,7 @@ class Kernel:
                 timer.start()
             t = time.perf_counter()
             try:
-                dispatcher = numba.njit(sigs, **OPTIONS)(self.py_func)
+                dispatcher = njit_cached(self.py_func, sigs, **OPTIONS)
             finally:
                 if timer is not None:
                     timer.cancel()

@@ -50,6 +50,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from .cache import njit_cached
+
 __all__ = ["product", "fma", "VECTOR_BYTES", "TILE", "tune"]
 
 
@@ -256,7 +258,7 @@ def _make_product(R, V):
     # Numba's disk cache keys a function on its code and closure: R and V are in the closure
     # (the row drivers are rebuilt from them), so each shape has its own cached code.
     product.__qualname__ = product.__name__ = f"product_{R}x{V}"
-    return numba.njit(nogil=True, boundscheck=False, cache=True)(product)
+    return njit_cached(product, nogil=True, boundscheck=False)
 
 
 def _cpu_key():
