@@ -18,3 +18,14 @@ def rng():
 
 # Tolerances that fit the dtype (relative to the size of the values, which are O(1)).
 TOL = {np.dtype("float32"): dict(rtol=2e-6, atol=2e-6), np.dtype("float64"): dict(rtol=1e-12, atol=1e-12)}
+
+
+@pytest.fixture(autouse=True)
+def _user_chunks():
+    """Tests pick small time chunks to exercise chunk boundaries; the scan's default merges
+    such chunks into bigger tasks (``daskgru.merge-chunks``), which would leave one chunk
+    and no boundary. Tests run on the chunks they give; the tests of merging set it."""
+    import dask
+
+    with dask.config.set({"daskgru.merge-chunks": False}):
+        yield

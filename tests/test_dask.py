@@ -62,6 +62,68 @@ def test_any_chunking_is_bit_identical(T, B, tsizes, bsizes, L, bidirectional, r
     np.testing.assert_array_equal(lh, h_n)
 
 
+@given(
+    T=st.integers(1, 40),
+    tsizes=st.lists(st.integers(1, 9), min_size=1, max_size=8),
+    merge=st.sampled_from([1, 300, 2000, 10 ** 9]),
+    cell=st.sampled_from(["gru", "lstm"]),
+    use_lengths=st.booleans(),
+)
+def test_merged_time_chunks_are_bit_identical(T, tsizes, merge, cell, use_lengths):
+    """daskgru.merge-chunks joins consecutive time chunks until a task does ``merge``
+    multiply-adds: the output has the merged chunks, the bits are the eager path's (two
+    bidirectional layers, lengths), and the gradients of the backward agree."""
+    from daskgru.graph.options import resolve
+
+    p, x, h0, lengths = make(T, 4)
+    if cell == "lstm":
+        p = dg.LSTMParams.random(3, 4, num_layers=2, bidirectional=True, seed=0)
+    kw = dict(lengths=lengths if use_lengths else None)
+    f = dg.gru if cell == "gru" else dg.lstm
+    out, fin = f(x, p, **kw)
+    xd = da.from_array(x, chunks=(split(T, tsizes), (2, 2), 3))
+    with dask.config.set({"daskgru.merge-chunks": merge}):
+        lo, lf, info = f(xd, p, return_info=True, **kw)
+        gates = 3 if cell == "gru" else 4  # rows 2, layer 1's input 2 H = 8, H = 4
+        want = resolve().merged(xd.chunks[0], 2 * gates * 4 * (8 + 4), 2 * 4 * 8)
+    assert lo.chunks[0] == want and sum(want) == T
+    assert len(want) <= len(xd.chunks[0]) and (merge > 1 or want == xd.chunks[0])
+    lo, lf, info = dask.compute(lo, lf, info, scheduler="sync")
+    assert info["graph"]["time_chunks"] == len(want)
+    assert info["graph"]["merged_from"] == len(xd.chunks[0])
+    np.testing.assert_array_equal(lo, out)
+    for a, b in zip(lf if cell == "lstm" else [lf], fin if cell == "lstm" else [fin]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_merging_time_chunks():
+    """Runs of chunks merge until they do the work asked (a short run at the end joins the
+    chunk before it), never past MERGE_MAX_BYTES of outputs; off, or on the
+    parallel-in-time methods, the user's chunks stay; "auto" follows the scheduler."""
+    from daskgru.graph import options as o
+
+    opts = o.GraphOptions("threads", 2, "auto", 1, 1, 100)
+    assert opts.merged((10,) * 10, 5) == (20,) * 5
+    assert opts.merged((10,) * 10, 4) == (30, 30, 40)
+    assert opts.merged((10, 50, 10, 10), 2) == (80,)
+    assert opts.merged((10, 50, 10, 50), 2) == (60, 60)
+    assert opts.merged((10,) * 3, 1) == (30,)  # never enough work: one chunk
+    assert opts.merged((10,) * 4, 1, o.MERGE_MAX_BYTES / 20) == (20, 20)
+    assert opts._replace(merge_chunks=False).merged((10,) * 4, 1) == (10,) * 4
+    with dask.config.set({"daskgru.merge-chunks": "auto", "scheduler": "sync"}):
+        assert o.resolve().merge_chunks == o.MERGE_WORK["sync"]
+    p, x, _, _ = make(T=64, B=2)
+    xd = da.from_array(x, chunks=(4, 2, 3))
+    with dask.config.set({"daskgru.merge-chunks": 10 ** 6}):
+        assert dg.gru(xd, p)[0].chunks[0] == (64,)
+        sp, _, info = dg.gru(xd, p, method="speculative", warmup=2, return_info=True)
+        assert sp.chunks[0] == xd.chunks[0] and info.compute()["chunks"] == 16
+    for bad in (0, -3, "yes", 2.5, True):
+        with dask.config.set({"daskgru.merge-chunks": bad}):
+            with pytest.raises(ValueError, match="daskgru.merge-chunks"):
+                dg.gru(xd, p)
+
+
 @pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
 def test_schedulers_bit_identical(scheduler):
     p, x, h0, lengths = make(T=40, B=6, reset_after=False)

@@ -118,7 +118,7 @@ def build(x, call, d_output, d_states, states, lengths, mask):
     p = call.stack
     L = p.num_layers
     g = Graph(x, call, states, lengths, mask, kind="backward", d_output=d_output,
-              adjoints=d_states)
+              adjoints=d_states, merge=True)
     dout = g.d_output
     w = g.weights.key
     forward = []

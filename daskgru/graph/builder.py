@@ -81,7 +81,7 @@ class Graph:
     """
 
     def __init__(self, x, call, states=None, lengths=None, mask=None, *, kind="scan",
-                 extra=(), d_output=None, adjoints=None, model=None):
+                 extra=(), d_output=None, adjoints=None, model=None, merge=False):
         import dask.array as da
         from dask.base import tokenize
         from dask.delayed import Delayed
@@ -90,6 +90,17 @@ class Graph:
         self.call, self.stack = call, call.stack
         self.opts = resolve()
         self.x = canonical(da.asarray(x), call).astype(call.dtype).rechunk({2: -1})
+        # a step's multiply-adds in the costliest layer, for a batch chunk's rows
+        step_work = max(self.x.chunks[1], default=0) * max(
+            (lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
+             for lay in self.stack.layers), default=0)
+        self.user_tchunks = self.x.chunks[0]
+        if merge:  # small time chunks merged into tasks worth their scheduling
+            step_bytes = max(self.x.chunks[1], default=0) * np.dtype(call.dtype).itemsize * max(
+                (lay.hidden_size * lay.num_directions for lay in self.stack.layers), default=0)
+            merged = self.opts.merged(self.x.chunks[0], step_work, step_bytes)
+            if merged != self.x.chunks[0]:
+                self.x = self.x.rechunk({0: merged})
         self.tchunks, self.bchunks = self.x.chunks[0], self.x.chunks[1]
         self.t_starts = np.concatenate([[0], np.cumsum(self.tchunks)[:-1]]).astype(int).tolist()
         self.b_edges = np.cumsum((0,) + self.bchunks)
@@ -107,9 +118,7 @@ class Graph:
         # that give the same graph give the same keys)
         chains = len(self.bchunks) * max(lay.num_directions for lay in self.stack.layers)
         rows = max(self.bchunks, default=0)
-        work = max(self.tchunks, default=0) * rows * max(
-            (lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
-             for lay in self.stack.layers), default=0)
+        work = max(self.tchunks, default=0) * step_work
         self.split = self.opts.split(chains, rows, work)
         self.fuse = self.opts.fuse(len(self.bchunks), self.split)
         self.group = self.opts.group(len(self.tchunks))
@@ -131,7 +140,8 @@ class Graph:
         """What this graph's options resolved to, for ``return_info``."""
         return dict(scheduler=self.opts.scheduler, slots=self.opts.slots,
                     fuse_projection=self.fuse, verify_group=self.group,
-                    split_rows=self.split, fma=self.fma)
+                    split_rows=self.split, fma=self.fma,
+                    time_chunks=len(self.tchunks), merged_from=len(self.user_tchunks))
 
     # -------------------------------------------------------------- inputs in task form
     def _per_state(self, states, literal):

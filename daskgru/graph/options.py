@@ -1,6 +1,6 @@
 """Choices that change a graph's shape (never its results), resolved once per call.
 
-Three options, each a dask config key (``dask.config.set({"daskgru.fuse-projection":
+Four options, each a dask config key (``dask.config.set({"daskgru.fuse-projection":
 True})``) whose default is ``"auto"``:
 
 ``daskgru.fuse-projection`` (True, False or "auto")
@@ -27,6 +27,17 @@ True})``) whose default is ``"auto"``:
     rows to threads and copying their outputs together would cost more than it saves). A
     task never splits below 4 rows a part.
 
+``daskgru.merge-chunks`` ("auto", False, or an int >= 1)
+    Whether the scan (and the backward pass) merges runs of consecutive time chunks into
+    one task where the user's chunks would make small tasks: each merged chunk does at
+    least that many multiply-adds (a batch chunk's rows, the costliest layer), so that the
+    scheduler's cost per task (a few hundred microseconds on the threaded scheduler, a few
+    milliseconds on a cluster) stays a small part of the task. The output then has the
+    merged time chunks (``out.chunks``; ``return_info["graph"]["time_chunks"]``). "auto":
+    :data:`MERGE_WORK` for the scheduler in use; False: the user's chunks, always. The
+    parallel-in-time methods never merge (their chunks are what runs in parallel). The
+    bits do not change.
+
 "auto" looks at the scheduler dask would use now through :func:`scheduler_in_use`, the one
 place that does. The resolved values are logged (logger ``daskgru.graph``, debug level),
 are part of the graph's token (so two shapes never share keys) and are reported in
@@ -43,6 +54,14 @@ __all__ = ["GraphOptions", "resolve", "scheduler_in_use", "choose_method"]
 
 log = logging.getLogger("daskgru.graph")
 MAX_VERIFY_GROUP = 8
+# "auto" of daskgru.merge-chunks: time chunks are merged until a scan task does at least this
+# many multiply-adds (about 8 ms of a kernel at 100 GFLOP/s on the local schedulers; on a
+# cluster a task costs milliseconds of scheduling and transfer). Measured in
+# docs/performance.md ("The dask path's cost per task").
+MERGE_WORK = {"sync": 400_000_000, "threads": 400_000_000, "processes": 2_000_000_000,
+              "distributed": 2_000_000_000}
+# ... but a merged chunk's outputs (a task's result) stay below this many bytes.
+MERGE_MAX_BYTES = 64 << 20
 # A scan task smaller than this (multiply-adds) is not split over threads by "auto": handing
 # rows to threads and copying their outputs together would cost more than it saves.
 MIN_TASK_SPLIT_WORK = 50_000_000
@@ -117,6 +136,34 @@ class GraphOptions(NamedTuple):
     fuse_projection: object  # True, False, or "auto" (decided per layer: fuse(chains))
     verify_group: int
     split_rows: object = 1  # an int, or "auto" (decided per graph: split(chains, rows))
+    merge_chunks: object = False  # False, or the least multiply-adds of a merged scan task
+
+    def merged(self, tchunks, step_work: float, step_bytes: float = 0) -> tuple:
+        """The scan's time chunks: runs of consecutive chunks of ``tchunks`` merged until
+        each does at least ``merge_chunks`` multiply-adds (``step_work`` a step), without
+        a merged chunk's outputs (``step_bytes`` a step) passing :data:`MERGE_MAX_BYTES`;
+        a short run left at the end joins the chunk before it where that fits.
+        ``tchunks`` when not merging."""
+        tchunks = tuple(int(c) for c in tchunks)
+        if not self.merge_chunks or step_work <= 0 or len(tchunks) < 2:
+            return tchunks
+        need = self.merge_chunks / step_work  # steps
+        most = MERGE_MAX_BYTES / step_bytes if step_bytes > 0 else float("inf")
+        out, run = [], 0
+        for c in tchunks:
+            if run and (run + c) > most:
+                out.append(run)
+                run = 0
+            run += c
+            if run >= need:
+                out.append(run)
+                run = 0
+        if run:
+            if out and out[-1] + run <= most:
+                out[-1] += run
+            else:
+                out.append(run)
+        return tuple(out)
 
     def split(self, chains: int, rows: int, work: float = float("inf")) -> int:
         """Parts a scan task of ``rows`` batch rows and ``work`` multiply-adds splits its
@@ -153,7 +200,11 @@ def _config(name, default="auto"):
 def resolve() -> GraphOptions:
     """Read the options, resolve "auto" (probing the scheduler once), log them."""
     fuse, group = _config("fuse-projection"), _config("verify-group")
-    split = _config("split-rows")
+    split, merge = _config("split-rows"), _config("merge-chunks")
+    if merge is not False and merge != "auto" and (
+            isinstance(merge, bool) or not isinstance(merge, int) or merge < 1):
+        raise ValueError(f"dask config daskgru.merge-chunks must be 'auto', False or an int "
+                         f">= 1 (multiply-adds of a task), got {merge!r}")
     if split != "auto" and (isinstance(split, bool) or not isinstance(split, int) or split < 1):
         raise ValueError(f"dask config daskgru.split-rows must be an int >= 1 or 'auto', "
                          f"got {split!r}")
@@ -166,7 +217,9 @@ def resolve() -> GraphOptions:
     kind, slots = scheduler_in_use()
     if group == "auto":
         group = min(MAX_VERIFY_GROUP, 2 * slots) if kind in ("processes", "distributed") else 1
-    opts = GraphOptions(kind, slots, fuse, int(group), split)
+    if merge == "auto":
+        merge = MERGE_WORK.get(kind, MERGE_WORK["threads"])
+    opts = GraphOptions(kind, slots, fuse, int(group), split, merge)
     log.debug("daskgru graph options: %s", opts)
     return opts
 
@@ -190,7 +243,7 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
 
     * ``scan``: the chains (batch chunks x directions) run side by side, the layers as a
       wavefront (layer l+1 one chunk behind layer l): ``(T + (layers - 1) L) s / n`` plus
-      one task overhead per chunk. It keeps ``chains x min(layers, K) x n`` threads busy.
+      one task overhead per chunk (its chunks merged as ``daskgru.merge-chunks`` says). It keeps ``chains x min(layers, K) x n`` threads busy.
     * ``speculative``: every chunk at once, each also warming up over ``w`` steps of its
       predecessor: ``chains (T + (K-1) w)`` steps of every layer shared by the task slots
       (never less than one chunk's own span), plus the fix-up chain's overhead per chunk.
@@ -211,11 +264,14 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
     steps = [2.0 * b * lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
              / ASSUMED_FLOPS for lay in layers]
     chains = nb * D
-    n = opts.split(chains, b, L * b * max(lay.cell.gates * lay.hidden_size
-                                          * (lay.input_size + lay.hidden_size)
-                                          for lay in layers))
-    busy = chains * min(len(layers), K) * n
-    scan = (T + (len(layers) - 1) * L) * max(steps) / n + K * over
+    step_work = b * max(lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
+                        for lay in layers)
+    step_bytes = b * max(lay.hidden_size * lay.num_directions for lay in layers) * 4
+    scan_chunks = opts.merged(tchunks, step_work, step_bytes)  # (daskgru.merge-chunks)
+    Ks, Ls = len(scan_chunks), max(scan_chunks, default=0)
+    n = opts.split(chains, b, Ls * step_work)
+    busy = chains * min(len(layers), Ks) * n
+    scan = (T + (len(layers) - 1) * Ls) * max(steps) / n + Ks * over
     work = chains * (T + (K - 1) * w) * sum(steps)
     spec = max(work / opts.slots, (L + w) * max(steps)) + 2 * K * over
     record = dict(chose="scan", scan_s=scan, speculative_s=spec, chains=chains,

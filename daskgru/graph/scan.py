@@ -111,7 +111,8 @@ def build(x, call, states=None, lengths=None, mask=None, model=None):
     """The lazy scan of a validated call; returns (output, finals, info)."""
     import dask
 
-    g = Graph(x, call, states, lengths, mask, kind="scan", model=model)
+    g = Graph(x, call, states, lengths, mask, kind="scan", model=model,
+              merge=True)
     for l in range(call.stack.num_layers):
         chain, result = scan_chains(g, l)
         g.add_outputs(l, chain, lambda d, j, k, r=result: (outputs_of, r(d, j, k)))
