@@ -78,11 +78,13 @@ def chunk_input(ps, l, parts):
     return layers.apply(ps.pre, x, ps.fma) if l == 0 and ps.pre else x
 
 
-def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
+def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None, row=0):
     """One layer and direction over x (T, B, I) from ``state`` (B, S): the cell's
     :meth:`~daskgru.cells.Cell.scan_inputs` block by block (``EAGER_BLOCK`` steps, at most
-    ``BLOCK_BYTES`` of projected inputs). Returns (outputs (T, B, H), end state). Blocks are
-    whole steps, so the result is the same for any block size."""
+    ``BLOCK_BYTES`` of projected inputs). Returns (outputs (T, B, H), end state), the
+    outputs written to ``out`` (T, B', H) rows ``row`` to ``row + B`` when given (then all
+    of ``out`` is returned). Blocks are whole steps, so the result is the same for any block
+    size."""
     T, B = x.shape[0], x.shape[1]
     H, G = w.hidden_size, w.w_hh_t.shape[1]
     dt = w.w_hh_t.dtype
@@ -93,7 +95,8 @@ def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None):
     starts = range(0, T, step)
     for a in (reversed(starts) if steps.reverse else starts):
         b = min(a + step, T)
-        _, state = cell.scan_inputs(w, x[a:b], state, steps.block(a, b), out=out[a:b])
+        _, state = cell.scan_inputs(w, x[a:b], state, steps.block(a, b), out=out[a:b],
+                                    row=row)
     return out, state
 
 
@@ -106,15 +109,17 @@ def run_rows(threads, cell: Cell, w: Prepared, x, state, steps: Steps):
     parts = batch_parts(B, 0, threads, min_work=0)
     if len(parts) == 1:
         return run_direction(cell, w, x, state, steps)
+    # every part writes its rows of one output (no copy of the outputs afterwards: on
+    # machines where first touches of fresh memory are slow that copy cost as much as a
+    # thread's share of the scan)
+    out = np.empty((x.shape[0], B, w.hidden_size), w.w_hh_t.dtype)
 
     def part(s):
         rows = np.arange(s.start, s.stop)
         return run_direction(cell, w, np.ascontiguousarray(x[:, s]),
-                             np.asarray(state)[s], steps.rows(rows))
+                             np.asarray(state)[s], steps.rows(rows), out, s.start)[1]
 
-    res = _in_parts(part, parts)
-    return (np.concatenate([r[0] for r in res], axis=1),
-            np.concatenate([r[1] for r in res], axis=0))
+    return out, np.concatenate(_in_parts(part, parts), axis=0)
 
 
 _POOLS: dict = {}
@@ -139,17 +144,19 @@ def _pool(n):
         return _POOLS[n]
 
 
-def _stack(x, ps, states, lengths, mask, zero_masked):
-    """The layers on x (T, B, I) contiguous; returns (output, [final states (D, B, S) per
-    layer])."""
+def _stack(x, ps, states, lengths, mask, zero_masked, out=None, row=0):
+    """The layers on x (T, B, I); returns (output, [final states (D, B, S) per layer]).
+    ``out``: where the top layer (one direction) writes its outputs, rows ``row`` on."""
     T, B, _ = x.shape
     layer_in, finals, i = chunk_input(ps, 0, [x]), [], 0
+    top = len(ps.cells) - 1
     for l, cell in enumerate(ps.cells):
         outs, ends = [], []
         for d, w in enumerate(ps.weights[l]):
             steps = Steps.make(B, T, lengths=lengths, mask=mask, reverse=d == 1,
                                zero_masked=zero_masked[l])
-            o, s = run_direction(cell, w, layer_in, states[i], steps)
+            shared = (out, row) if l == top and out is not None else (None, 0)
+            o, s = run_direction(cell, w, layer_in, states[i], steps, *shared)
             outs.append(o)
             ends.append(s)
             i += 1
@@ -173,11 +180,17 @@ def run_stack(x, stack, states, lengths, mask, zero_masked, ps=None):
     parts = batch_parts(B, work)
     if len(parts) == 1:
         return _stack(x, ps, states, lengths, mask, zero_masked)
+    top = stack.layers[-1]
+    # a top layer of one direction: every part writes its rows of one output (no copy of
+    # the outputs afterwards; see run_rows)
+    out = np.empty((T, B, top.hidden_size), dt) if len(top.weights) == 1 else None
+
     def part(s):
         return _stack(x[:, s], ps, [st[s] for st in states], lengths[s],
-                      None if mask is None else mask[:, s], zero_masked)
+                      None if mask is None else mask[:, s], zero_masked, out, s.start)
 
     res = _in_parts(part, parts)
-    out = np.concatenate([r[0] for r in res], axis=1)
+    if out is None:
+        out = np.concatenate([r[0] for r in res], axis=1)
     finals = [np.concatenate([r[1][l] for r in res], axis=1) for l in range(len(res[0][1]))]
     return out, finals

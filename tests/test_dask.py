@@ -267,6 +267,49 @@ def test_large_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dty
         np.testing.assert_array_equal(lh, h_n)
 
 
+@pytest.mark.parametrize("block_bytes", [None, 1])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_eager_threads_share_one_output_bit_for_bit(cell, block_bytes, monkeypatch):
+    """Eager threads split the batch rows and write their rows of one output array (top
+    layer of one direction; a lower bidirectional layer): the bits of one thread, with
+    lengths and a mask with holes, also where the cell projects the chunk first (a step's
+    projection over the block budget)."""
+    from daskgru.cells import base
+
+    rng = np.random.default_rng(7)
+    T, B, I, H = 50, 11, 3, 16
+    Params, run = (dg.GRUParams, dg.gru) if cell == "gru" else (dg.LSTMParams, dg.lstm)
+    lower = Params.random(I, H, num_layers=1, bidirectional=True, seed=7)
+    top = Params.random(2 * H, H, seed=8)
+    x = rng.standard_normal((T, B, I)).astype("float32")
+    lengths, mask = rng.integers(0, T + 1, B), rng.random((T, B)) > 0.2
+    if block_bytes:
+        monkeypatch.setattr(base, "STEP_BLOCK_BYTES", block_bytes)
+    monkeypatch.setenv("DASKGRU_NUM_THREADS", "1")
+    y1 = run(x, lower, lengths=lengths, mask=mask)[0]
+    want = run(y1, top, lengths=lengths, mask=mask)
+    monkeypatch.setenv("DASKGRU_NUM_THREADS", "3")
+    monkeypatch.setattr("daskgru.eager.MIN_SPLIT_WORK", 0)
+    y3 = run(x, lower, lengths=lengths, mask=mask)[0]
+    got = run(y3, top, lengths=lengths, mask=mask)
+    np.testing.assert_array_equal(y3, y1)
+    flat = lambda r: [r[0], r[1]] if cell == "gru" else [r[0], *r[1]]  # noqa: E731
+    for a, b in zip(flat(got), flat(want)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_output_too_small_for_the_rows_is_refused():
+    from daskgru.cells import Steps
+    from daskgru.api import validate
+
+    p = dg.GRUParams.random(3, 4, seed=0)
+    x = np.ones((5, 2, 3), "float32")
+    ps = validate(x, p).stack.prepare()
+    with pytest.raises(ValueError, match="cannot take rows"):
+        ps.cells[0].scan_inputs(ps.weights[0][0], x, np.zeros((2, 4), "float32"),
+                                Steps.make(2, 5), out=np.empty((5, 3, 4), "float32"), row=2)
+
+
 @pytest.mark.parametrize("split", [1, 2, 3])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_scan_tasks_split_rows_over_threads_bit_for_bit(split, cell, monkeypatch):

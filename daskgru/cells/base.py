@@ -197,14 +197,21 @@ class Cell:
         inputs ``gi`` (T, B, G); returns (outputs (T, B, H), end state (B, S))."""
         raise NotImplementedError
 
-    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None):
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0):
         """:meth:`scan` from the chunk's inputs x (T, B, I) rather than its projection: the
         same results bit for bit. This default projects the whole chunk first; a cell may
         project block by block inside its kernel instead, so that the projected inputs are
-        read back from cache."""
+        read back from cache. ``out`` (T, B', H), if given, takes the outputs in its rows
+        ``row`` to ``row + B`` (threads that split a batch share one output array); the
+        outputs returned are then all of ``out``."""
         T, B, _ = x.shape
         gi = project(w, x, out=scratch(T, B, w.w_ih_t.shape[1], w.w_ih_t.dtype))
-        return self.scan(w, gi, state, steps, out)
+        if out is None or (row == 0 and out.shape[1] == B):
+            return self.scan(w, gi, state, steps, out)
+        check_rows(out, T, B, row)
+        o, end = self.scan(w, gi, state, steps)
+        out[:, row:row + B] = o
+        return out, end
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
         """Backward of :meth:`scan` over one chunk: from its start state, the gradient of
@@ -233,6 +240,15 @@ class Cell:
         """Keras's bias of this variant: one vector (b_ih + b_hh) unless a subclass keeps
         the two apart."""
         return b_ih + b_hh
+
+
+def check_rows(out, T, B, row):
+    """That ``out`` can take B rows of outputs from row ``row`` on (the kernels do not
+    check their indices)."""
+    if (out.ndim != 3 or out.shape[0] != T or not 0 <= row <= out.shape[1] - B
+            or not out.flags.c_contiguous):
+        raise ValueError(f"an output of shape {out.shape} cannot take rows {row}..{row + B} "
+                         f"of {T} steps")
 
 
 def sigmoid_(v):

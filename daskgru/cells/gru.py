@@ -50,9 +50,10 @@ def _k(cache_key):
 
     @numba.njit(inline="always")
     def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, reset_after, h,
-             out, acc, rh, fma):
+             out, ro, acc, rh, fma):
         """One step from its projected inputs g (B, G): the recurrent product of all rows,
-        then the gates fused with the state update; h (B, H) is updated in place."""
+        then the gates fused with the state update; h (B, H) is updated in place, the
+        outputs go to rows ro.. of out."""
         B, G = g.shape
         H = h.shape[1]
         one = typed(h, 1)
@@ -67,7 +68,7 @@ def _k(cache_key):
             product(rh, 0, B, w_t, b, 2 * H, G, acc, 0, fma)
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
-                skipped(t, tl, bb, lengths, zero_masked, h, out)
+                skipped(t, tl, bb, lengths, zero_masked, h, out, ro)
                 continue
             for j in range(H):
                 z = sigmoid(g[bb, H + j] + acc[bb, H + j])
@@ -77,7 +78,7 @@ def _k(cache_key):
                 else:  # r was applied to h before the product (rh above)
                     n = tanh(g[bb, 2 * H + j] + acc[bb, 2 * H + j])
                 hn = (one - z) * n + z * h[bb, j]
-                out[tl, bb, j] = hn
+                out[tl, ro + bb, j] = hn
                 h[bb, j] = hn
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
@@ -95,18 +96,19 @@ def _k(cache_key):
         for s in range(T):
             tl = T - 1 - s if reverse else s
             step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
-                 reset_after, h, out, acc, rh, fma)
+                 reset_after, h, out, 0, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
-                                 u8[:, ::1], i64, b1, b1, b1, f[:, ::1], f[:, :, ::1],
+                                 u8[:, ::1], i64, b1, b1, b1, f[:, ::1], f[:, :, ::1], i64,
                                  f[:, :, ::1], b1))
     def scan_inputs(x, w_ih_t, b_ih, w_t, b, lengths, mask, t0, reverse, zero_masked,
-                    reset_after, h, out, gbuf, fma):
+                    reset_after, h, out, ro, gbuf, fma):
         """The recurrence over one chunk from its inputs x (T, B, I): the steps are taken in
         blocks of gbuf's length, each block's input projection computed into gbuf (Tb, B,
         G) just before its steps, so it is read back from cache rather than memory. The
         same products as projecting the whole chunk first (row-invariant), so the same
-        bits as ``scan`` after ``project``."""
+        bits as ``scan`` after ``project``. The outputs go to rows ro.. of out (several
+        threads may share one output, each its rows)."""
         cache_key  # noqa: B018
         T, B, I = x.shape
         G = w_t.shape[1]
@@ -123,7 +125,7 @@ def _k(cache_key):
             for s in range(n):
                 k = n - 1 - s if reverse else s
                 step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
-                     zero_masked, reset_after, h, out, acc, rh, fma)
+                     zero_masked, reset_after, h, out, ro, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], i64[::1], u8[:, ::1], i64, b1,
                                  f[:, :, ::1]))
@@ -351,7 +353,7 @@ class GRUCell(Cell):
                 steps.reverse, steps.zero_masked, self.reset_after, h, out, w.fma)
         return out, h
 
-    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None):
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0):
         """The projection computed block by block inside the kernel, just before its steps
         (blocks of at most ``STEP_BLOCK_BYTES`` of projected inputs, so they stay in L2);
         where one step's projection is larger than that, the chunk is projected first."""
@@ -360,12 +362,13 @@ class GRUCell(Cell):
         G = w.w_hh_t.shape[1]
         tb = base.block_steps(w, T, B)
         if tb < 1:  # not even one step fits the cache budget: project the chunk first
-            return super().scan_inputs(w, x, state, steps, out)
+            return super().scan_inputs(w, x, state, steps, out, row)
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
+        base.check_rows(out, T, B, row)
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked,
-                       self.reset_after, h, out, scratch(tb, B, G, dt), w.fma)
+                       self.reset_after, h, out, row, scratch(tb, B, G, dt), w.fma)
         return out, h
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):

@@ -42,15 +42,16 @@ def _k(cache_key):
     u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
 
     @numba.njit(inline="always")
-    def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, h, c, out, rec,
-             acc, fma):
-        """One step from its projected inputs g (B, G); h and c (B, H) updated in place."""
+    def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, h, c, out, ro,
+             rec, acc, fma):
+        """One step from its projected inputs g (B, G); h and c (B, H) updated in place, the
+        outputs to rows ro.. of out."""
         B, G = g.shape
         H = G // 4
         product(h, 0, B, w_t, b, 0, G, acc, 0, fma)
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
-                skipped(t, tl, bb, lengths, zero_masked, h, out)
+                skipped(t, tl, bb, lengths, zero_masked, h, out, ro)
             else:
                 for j in range(H):
                     i = sigmoid(g[bb, j] + acc[bb, j])
@@ -61,7 +62,7 @@ def _k(cache_key):
                     hn = o * tanh(cn)
                     c[bb, j] = cn
                     h[bb, j] = hn
-                    out[tl, bb, j] = hn
+                    out[tl, ro + bb, j] = hn
             if rec.shape[0]:
                 for j in range(H):
                     rec[tl, bb, j] = h[bb, j]
@@ -83,18 +84,18 @@ def _k(cache_key):
         for s in range(T):
             tl = T - 1 - s if reverse else s
             step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
-                 h, c, out, rec, acc, fma)
+                 h, c, out, 0, rec, acc, fma)
         state[:, :H] = h
         state[:, H:] = c
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
-                                 u8[:, ::1], i64, b1, b1, f[:, ::1], f[:, :, ::1],
+                                 u8[:, ::1], i64, b1, b1, f[:, ::1], f[:, :, ::1], i64,
                                  f[:, :, ::1], b1))
     def scan_inputs(x, w_ih_t, b_ih, w_t, b, lengths, mask, t0, reverse, zero_masked, state,
-                    out, gbuf, fma):
+                    out, ro, gbuf, fma):
         """``scan`` from the inputs x (T, B, I), each block of gbuf's length (Tb, B, G)
         projected just before its steps (as the GRU's: the same bits as ``project`` then
-        ``scan``)."""
+        ``scan``); the outputs go to rows ro.. of out."""
         cache_key  # noqa: B018
         T, B, I = x.shape
         G = w_t.shape[1]
@@ -113,7 +114,7 @@ def _k(cache_key):
             for s in range(n):
                 k = n - 1 - s if reverse else s
                 step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
-                     zero_masked, h, c, out, rec, acc, fma)
+                     zero_masked, h, c, out, ro, rec, acc, fma)
         state[:, :H] = h
         state[:, H:] = c
 
@@ -272,7 +273,7 @@ class LSTMCell(Cell):
         B = gi.shape[1]
         return self._scan(w, gi, state, steps, out, np.empty((0, B, 0), w.w_hh_t.dtype))
 
-    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None):
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0):
         """As the GRU's: each block of steps projected inside the kernel just before it runs
         (or the chunk projected first where one step's projection exceeds the budget)."""
         T, B, _ = x.shape
@@ -280,11 +281,12 @@ class LSTMCell(Cell):
         G = w.w_hh_t.shape[1]
         tb = base.block_steps(w, T, B)
         if tb < 1:
-            return super().scan_inputs(w, x, state, steps, out)
+            return super().scan_inputs(w, x, state, steps, out, row)
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
+        base.check_rows(out, T, B, row)
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
-                       steps.mask, steps.t0, steps.reverse, steps.zero_masked, st, out,
+                       steps.mask, steps.t0, steps.reverse, steps.zero_masked, st, out, row,
                        scratch(tb, B, G, dt), w.fma)
         return out, st
 
