@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import daskgru as dg
+from conftest import TOL  # noqa: E402
 from daskgru.train import NotFittedError
 
 torch = pytest.importorskip("torch")
@@ -472,3 +473,45 @@ def test_dask_backward_on_merged_time_chunks(rng):
     gd, dxd, dh0d = dask.compute(gl, dxl, dh0l, scheduler="sync")
     assert _params_rel(gd, g) <= 1e-12
     assert _rel(dxd, d_x) <= 1e-12 and _rel(dh0d, d_h0) <= 1e-12
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kept_recurrent_products_give_the_recomputed_bits(rng, reset_after, dtype):
+    """The forward keeps each step's recurrent products (``rec``) and the backward uses them
+    instead of computing them again: a backward that runs the forward itself (the dask
+    path's) has the bits of one given the forward's outputs and products (the eager
+    tape's), and with reset_after the bits of computing the products again (in the Cho
+    form the product W_hn (r h) sees the kernel's r, not NumPy's: within rounding), with
+    lengths and a mask with holes, both directions, the kernel projecting its own inputs or
+    given them."""
+    from daskgru.cells import Steps, chunk_backward, project
+    from daskgru.api import validate
+
+    T, B, I, H = 37, 5, 3, 8
+    p = dg.GRUParams.random(I, H, reset_after=reset_after, dtype=dtype, seed=2)
+    x = rng.normal(size=(T, B, I)).astype(dtype)
+    ps = validate(x, p).stack.prepare()
+    cell, w = ps.cells[0], ps.weights[0][0]
+    lengths, mask = rng.integers(0, T + 1, B), rng.random((T, B)) > 0.25
+    d_out = rng.normal(size=(T, B, H)).astype(dtype)
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+    for reverse in (False, True):
+        steps = Steps.make(B, T, lengths=lengths, mask=mask, reverse=reverse)
+        rec = np.empty((T, B, 3 * H), dtype)
+        out, _ = cell.scan_inputs(w, x, h0, steps, rec=rec)
+        rec2 = np.empty_like(rec)
+        out2, _ = cell.scan(w, project(w, x), h0, steps, rec=rec2)
+        np.testing.assert_array_equal(rec, rec2)
+        np.testing.assert_array_equal(out, out2)
+        kept = chunk_backward(cell, w, x, h0, steps, d_out, np.zeros((B, H), dtype), out, rec)
+        again = chunk_backward(cell, w, x, h0, steps, d_out, np.zeros((B, H), dtype), out)
+        fresh = chunk_backward(cell, w, x, h0, steps, d_out, np.zeros((B, H), dtype))
+        tol = dict(rtol=0, atol=0) if reset_after else TOL[np.dtype(dtype)]
+        for got, t in ((fresh, dict(rtol=0, atol=0)), (again, tol)):
+            np.testing.assert_allclose(kept[0], got[0], **t)
+            np.testing.assert_allclose(kept[1], got[1], **t)
+            for a, b in zip(kept[2], got[2]):
+                np.testing.assert_allclose(a, b, **{k: v * 10 for k, v in t.items()})
+    with pytest.raises(ValueError, match="record of the recurrent products"):
+        cell.scan_inputs(w, x, h0, steps, rec=np.empty((T, B, H), dtype))

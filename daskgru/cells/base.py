@@ -197,21 +197,27 @@ class Cell:
         inputs ``gi`` (T, B, G); returns (outputs (T, B, H), end state (B, S))."""
         raise NotImplementedError
 
-    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0):
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
         """:meth:`scan` from the chunk's inputs x (T, B, I) rather than its projection: the
         same results bit for bit. This default projects the whole chunk first; a cell may
         project block by block inside its kernel instead, so that the projected inputs are
         read back from cache. ``out`` (T, B', H), if given, takes the outputs in its rows
         ``row`` to ``row + B`` (threads that split a batch share one output array); the
-        outputs returned are then all of ``out``."""
+        outputs returned are then all of ``out``. ``rec``: where a cell that
+        :attr:`records_products` keeps each step's recurrent products for its backward."""
         T, B, _ = x.shape
         gi = project(w, x, out=scratch(T, B, w.w_ih_t.shape[1], w.w_ih_t.dtype))
+        kept = {} if rec is None else {"rec": rec}
         if out is None or (row == 0 and out.shape[1] == B):
-            return self.scan(w, gi, state, steps, out)
+            return self.scan(w, gi, state, steps, out, **kept)
         check_rows(out, T, B, row)
-        o, end = self.scan(w, gi, state, steps)
+        o, end = self.scan(w, gi, state, steps, **kept)
         out[:, row:row + B] = o
         return out, end
+
+    # whether scan, scan_inputs and backward take ``rec``: the recurrent products of every
+    # step, kept by the forward so that the backward need not compute them again
+    records_products = False
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
         """Backward of :meth:`scan` over one chunk: from its start state, the gradient of
@@ -282,9 +288,11 @@ def project(w: Prepared, x, out=None):
     return out
 
 
-def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_state, out=None):
+def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_state, out=None,
+                   rec=None):
     """Backward of one chunk of one layer and direction from its input x (T, B, I):
-    recomputes the projection (memory O(chunk)), runs the cell's backward and adds what
+    recomputes the projection (memory O(chunk)), runs the cell's backward (with the
+    forward's outputs ``out`` and recurrent products ``rec`` where kept) and adds what
     follows from the projection. Returns ``(d_x, d_state, Weights of gradients)``.
 
     Inputs at skipped steps are zero-filled for the weight gradient: their ``d_gi`` is 0,
@@ -295,7 +303,9 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
     dt = w.w_ih.dtype
     x = writable(x, dt)
     gi = project(w, x)
-    d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out)
+    kept = {} if rec is None else {"rec": rec}
+    d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out,
+                                                **kept)
     dg2 = d_gi.reshape(T * B, G)
     if steps.any_skipped(T):
         x = np.where(steps.valid(T)[..., None], x, dt.type(0))

@@ -44,16 +44,31 @@ from .base import Cell, Prepared, Steps, scratch, sigmoid_
 __all__ = ["GRUCell"]
 
 
+def _no_rec(dt):
+    """An empty record: the kernels keep no recurrent products."""
+    return np.empty((0, 0, 0), dt)
+
+
+def _check_rec(rec, shape):
+    """``rec`` as the kernels take it: C-contiguous of the chunk's (T, B, G) (they do not
+    check their indices)."""
+    if rec.shape != tuple(shape) or not rec.flags.c_contiguous or not rec.flags.writeable:
+        raise ValueError(f"a record of the recurrent products must be a writable "
+                         f"C-contiguous array of shape {tuple(shape)}, got {rec.shape}")
+    return rec
+
+
 @build
 def _k(cache_key):
     u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
 
     @numba.njit(inline="always")
     def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, reset_after, h,
-             out, ro, acc, rh, fma):
+             out, ro, rec, acc, rh, fma):
         """One step from its projected inputs g (B, G): the recurrent product of all rows,
         then the gates fused with the state update; h (B, H) is updated in place, the
-        outputs go to rows ro.. of out."""
+        outputs go to rows ro.. of out; ``rec`` (T, B, G), unless empty, keeps the step's
+        recurrent products (the backward's pre-activations)."""
         B, G = g.shape
         H = h.shape[1]
         one = typed(h, 1)
@@ -66,6 +81,10 @@ def _k(cache_key):
                 for j in range(H):
                     rh[bb, j] = sigmoid(g[bb, j] + acc[bb, j]) * h[bb, j]
             product(rh, 0, B, w_t, b, 2 * H, G, acc, 0, fma)
+        if rec.shape[0]:
+            for bb in range(B):
+                for j in range(G):
+                    rec[tl, bb, j] = acc[bb, j]
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                 skipped(t, tl, bb, lengths, zero_masked, h, out, ro)
@@ -82,10 +101,12 @@ def _k(cache_key):
                 h[bb, j] = hn
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], i64[::1], u8[:, ::1], i64, b1,
-                                 b1, b1, f[:, ::1], f[:, :, ::1], b1))
-    def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, reset_after, h, out, fma):
+                                 b1, b1, f[:, ::1], f[:, :, ::1], f[:, :, ::1], b1))
+    def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, reset_after, h, out, rec,
+             fma):
         """The recurrence over one chunk from its projected inputs gi (T, B, G), step by
-        step. h (B, H): start state in, end state out."""
+        step. h (B, H): start state in, end state out; rec (T, B, G) or empty: the
+        recurrent products of every step."""
         cache_key  # noqa: B018
         T, B, G = gi.shape
         H = h.shape[1]
@@ -96,13 +117,13 @@ def _k(cache_key):
         for s in range(T):
             tl = T - 1 - s if reverse else s
             step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
-                 reset_after, h, out, 0, acc, rh, fma)
+                 reset_after, h, out, 0, rec, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
                                  u8[:, ::1], i64, b1, b1, b1, f[:, ::1], f[:, :, ::1], i64,
-                                 f[:, :, ::1], b1))
+                                 f[:, :, ::1], f[:, :, ::1], b1))
     def scan_inputs(x, w_ih_t, b_ih, w_t, b, lengths, mask, t0, reverse, zero_masked,
-                    reset_after, h, out, ro, gbuf, fma):
+                    reset_after, h, out, ro, rec, gbuf, fma):
         """The recurrence over one chunk from its inputs x (T, B, I): the steps are taken in
         blocks of gbuf's length, each block's input projection computed into gbuf (Tb, B,
         G) just before its steps, so it is read back from cache rather than memory. The
@@ -125,7 +146,7 @@ def _k(cache_key):
             for s in range(n):
                 k = n - 1 - s if reverse else s
                 step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
-                     zero_masked, reset_after, h, out, ro, acc, rh, fma)
+                     zero_masked, reset_after, h, out, ro, rec, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], i64[::1], u8[:, ::1], i64, b1,
                                  f[:, :, ::1]))
@@ -344,37 +365,48 @@ class GRUCell(Cell):
     def keras_bias(self, b_ih, b_hh):
         return np.stack([b_ih, b_hh]) if self.reset_after else b_ih + b_hh
 
-    def scan(self, w: Prepared, gi, state, steps: Steps, out=None):
+    records_products = True
+
+    def scan(self, w: Prepared, gi, state, steps: Steps, out=None, rec=None):
         T, B, _ = gi.shape
         dt = w.w_hh_t.dtype
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
-                steps.reverse, steps.zero_masked, self.reset_after, h, out, w.fma)
+                steps.reverse, steps.zero_masked, self.reset_after, h, out,
+                _no_rec(dt) if rec is None else _check_rec(rec, gi.shape), w.fma)
         return out, h
 
-    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0):
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
         """The projection computed block by block inside the kernel, just before its steps
         (blocks of at most ``STEP_BLOCK_BYTES`` of projected inputs, so they stay in L2);
-        where one step's projection is larger than that, the chunk is projected first."""
+        where one step's projection is larger than that, the chunk is projected first.
+        ``rec`` (T, B, G): where to keep every step's recurrent products, for
+        :meth:`backward` (which then need not compute them again)."""
         T, B, _ = x.shape
         dt = w.w_hh_t.dtype
         G = w.w_hh_t.shape[1]
         tb = base.block_steps(w, T, B)
         if tb < 1:  # not even one step fits the cache budget: project the chunk first
-            return super().scan_inputs(w, x, state, steps, out, row)
+            return super().scan_inputs(w, x, state, steps, out, row, rec)
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
         base.check_rows(out, T, B, row)
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked,
-                       self.reset_after, h, out, row, scratch(tb, B, G, dt), w.fma)
+                       self.reset_after, h, out, row,
+                       _no_rec(dt) if rec is None else _check_rec(rec, (T, B, G)),
+                       scratch(tb, B, G, dt), w.fma)
         return out, h
 
-    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
-        """Gates of every step at once from the start states (products over the whole
-        chunk, the tiles again, so the pre-activations equal the forward's bit for bit;
-        NumPy's exp/tanh on top), then the sequential walk."""
+    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None,
+                 rec=None):
+        """Gates of every step at once from the start states (the recurrent products the
+        forward kept in ``rec``, else computed again over the whole chunk with the tiles,
+        which gives the forward's bits with reset_after; in the Cho form the product
+        W_hn (r h) then sees NumPy's r, within rounding of the kernel's; NumPy's exp/tanh
+        on top), then the sequential walk. Without ``out`` the forward runs here first and
+        keeps its products."""
         T, B, G = gi.shape
         H = w.hidden_size
         dt = w.w_hh.dtype
@@ -382,7 +414,8 @@ class GRUCell(Cell):
         gi = c(gi, dtype=dt)
         h0 = c(state, dtype=dt).reshape(B, H)
         if out is None:  # recompute: the one sequential forward pass of the chunk
-            out, _ = self.scan(w, gi, h0, steps)
+            rec = np.empty((T, B, G), dt)
+            out, _ = self.scan(w, gi, h0, steps, rec=rec)
         hk = np.empty((T, B, H), dt)
         _k.prev_states(c(out, dtype=dt), h0, steps.lengths, steps.mask, steps.t0,
                        steps.reverse, hk)
@@ -391,19 +424,25 @@ class GRUCell(Cell):
         a = np.empty((T * B, G), dt)
         with np.errstate(over="ignore"):
             rz = gates[:, :2 * H]
+            kept = rec is not None
+            if kept:
+                a = _check_rec(rec, (T, B, G)).reshape(T * B, G)
             if self.reset_after:
-                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G, a, 0, w.fma)
+                if not kept:
+                    product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G, a, 0, w.fma)
                 np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
                 sigmoid_(rz)
                 gates[:, 3 * H:] = a[:, 2 * H:]
                 pre = gates[:, :H] * a[:, 2 * H:]
             else:
-                product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, 2 * H, a, 0, w.fma)
+                if not kept:
+                    product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, 2 * H, a, 0, w.fma)
                 np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
                 sigmoid_(rz)
                 rh = gates[:, :H] * hk2
-                product(rh, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
-                pre = a[:, 2 * H:]
+                if not kept:
+                    product(rh, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
+                pre = a[:, 2 * H:].copy() if kept else a[:, 2 * H:]
                 gates[:, 3 * H:] = pre
             pre += gi2[:, 2 * H:]
             np.tanh(pre, out=gates[:, 2 * H:3 * H])

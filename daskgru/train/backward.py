@@ -42,10 +42,11 @@ def check_grad_args(call, d_output, d_states):
 
 # ----------------------------------------------------------------------------- eager
 class Tape:
-    """What the eager forward keeps for the backward: each layer's input and output, and
-    the start state of every block of every (layer, direction)."""
+    """What the eager forward keeps for the backward: each layer's input and output, the
+    start state of every block of every (layer, direction), and where the cell keeps them
+    (:attr:`~daskgru.cells.Cell.records_products`) the recurrent products of every step."""
 
-    __slots__ = ("inputs", "output", "starts", "blocks", "finals")
+    __slots__ = ("inputs", "output", "starts", "blocks", "finals", "recs")
 
 
 def forward_tape(x, stack, states, lengths, mask, zero_masked):
@@ -56,6 +57,7 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
     blocks = [(t0, min(t0 + EAGER_BLOCK, T)) for t0 in range(0, T, EAGER_BLOCK)]
     tape = Tape()
     tape.inputs, tape.starts, tape.blocks, tape.finals = [], [], blocks, []
+    tape.recs = []  # per (layer, direction): the recurrent products, where the cell keeps them
     layer_in, i = np.ascontiguousarray(x, dtype=stack.dtype), 0
     for l, cell in enumerate(ps.cells):
         tape.inputs.append(layer_in)
@@ -64,12 +66,16 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
             steps = Steps.make(B, T, lengths=lengths, mask=mask, reverse=d == 1,
                                zero_masked=zero_masked[l])
             out = np.empty((T, B, w.hidden_size), stack.dtype)
+            rec = (np.empty((T, B, w.w_hh_t.shape[1]), stack.dtype)
+                   if cell.records_products else None)
             state, starts = states[i], [None] * len(blocks)
             for b in (reversed(range(len(blocks))) if d else range(len(blocks))):
                 t0, t1 = blocks[b]
                 starts[b] = state
+                kept = {} if rec is None else {"rec": rec[t0:t1]}
                 _, state = cell.scan_inputs(w, layer_in[t0:t1], state, steps.block(t0, t1),
-                                            out=out[t0:t1])
+                                            out=out[t0:t1], **kept)
+            tape.recs.append(rec)
             outs.append(out)
             ends.append(state)
             tape.starts.append(starts)
@@ -101,9 +107,11 @@ def backward_tape(tape, stack, lengths, mask, zero_masked, d_output, d_states):
             for b in (range(len(tape.blocks)) if d else reversed(range(len(tape.blocks)))):
                 t0, t1 = tape.blocks[b]
                 # this layer's outputs are held anyway (the next layer's input)
+                rec = tape.recs[i]
                 d_x, ds, g = chunk_backward(cell, w, layer_in[t0:t1], tape.starts[i][b],
                                             steps.block(t0, t1), d_out[t0:t1], ds,
-                                            out=outs[t0:t1, :, d * H:(d + 1) * H])
+                                            out=outs[t0:t1, :, d * H:(d + 1) * H],
+                                            rec=None if rec is None else rec[t0:t1])
                 d_in[t0:t1] += d_x
                 sums = g if sums is None else Weights(*[a + c for a, c in zip(sums, g)])
             grads[i], d_starts[i] = sums, ds
