@@ -515,3 +515,26 @@ def test_kept_recurrent_products_give_the_recomputed_bits(rng, reset_after, dtyp
                 np.testing.assert_allclose(a, b, **{k: v * 10 for k, v in t.items()})
     with pytest.raises(ValueError, match="record of the recurrent products"):
         cell.scan_inputs(w, x, h0, steps, rec=np.empty((T, B, H), dtype))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_the_backward_gates_are_the_forward_gates(rng, reset_after):
+    """The backward's gates (a kernel with the step's own expressions) rebuild every output
+    of the forward bit for bit: h_t = (1 - z) n + z h_{t-1}."""
+    from daskgru.cells import Steps, project
+    from daskgru.api import validate
+    from daskgru.cells.gru import _k
+
+    T, B, I, H = 30, 4, 3, 16
+    p = dg.GRUParams.random(I, H, reset_after=reset_after, dtype="float32", seed=4)
+    x = rng.normal(size=(T, B, I)).astype("float32")
+    ps = validate(x, p).stack.prepare()
+    cell, w = ps.cells[0], ps.weights[0][0]
+    h0 = rng.normal(size=(B, H)).astype("float32")
+    rec = np.empty((T, B, 3 * H), "float32")
+    out, _ = cell.scan_inputs(w, x, h0, Steps.make(B, T), rec=rec)
+    gates = np.empty((T * B, 4 * H), "float32")
+    _k.gates(project(w, x).reshape(T * B, 3 * H), rec.reshape(T * B, 3 * H), reset_after, gates)
+    z, n = gates[:, H:2 * H].reshape(T, B, H), gates[:, 2 * H:3 * H].reshape(T, B, H)
+    prev = np.concatenate([h0[None], out[:-1]])
+    np.testing.assert_array_equal((np.float32(1) - z) * n + z * prev, out)

@@ -148,6 +148,25 @@ def _k(cache_key):
                 step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
                      zero_masked, reset_after, h, out, ro, rec, acc, rh, fma)
 
+    @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1], b1, f[:, ::1]))
+    def gates(gi, a, reset_after, out):
+        """out (N, 4H) = r, z, n and a_n of N rows from their projected inputs gi (N, G)
+        and recurrent products a (N, G) (for the Cho form a_n = W_hn (r h) + b_hn): the
+        expressions of ``step``, so the forward's gates bit for bit."""
+        cache_key  # noqa: B018
+        N, G = gi.shape
+        H = G // 3
+        for i in range(N):
+            for j in range(2 * H):
+                out[i, j] = sigmoid(gi[i, j] + a[i, j])
+            for j in range(H):
+                an = a[i, 2 * H + j]
+                if reset_after:
+                    out[i, 2 * H + j] = tanh(gi[i, 2 * H + j] + out[i, j] * an)
+                else:
+                    out[i, 2 * H + j] = tanh(gi[i, 2 * H + j] + an)
+                out[i, 3 * H + j] = an
+
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], i64[::1], u8[:, ::1], i64, b1,
                                  f[:, :, ::1]))
     def prev_states(out, h_start, lengths, mask, t0, reverse, hk):
@@ -333,7 +352,7 @@ def _k(cache_key):
                     h[bb, j] = (one - z[j]) * n[j] + z[j] * h[bb, j]
 
     return SimpleNamespace(scan=scan, scan_inputs=scan_inputs, prev_states=prev_states,
-                           walk=walk, tangent=tangent)
+                           walk=walk, tangent=tangent, gates=gates)
 
 
 class GRUCell(Cell):
@@ -401,12 +420,12 @@ class GRUCell(Cell):
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None,
                  rec=None):
-        """Gates of every step at once from the start states (the recurrent products the
-        forward kept in ``rec``, else computed again over the whole chunk with the tiles,
-        which gives the forward's bits with reset_after; in the Cho form the product
-        W_hn (r h) then sees NumPy's r, within rounding of the kernel's; NumPy's exp/tanh
-        on top), then the sequential walk. Without ``out`` the forward runs here first and
-        keeps its products."""
+        """Gates of every step at once (a kernel with the step's expressions) from the
+        recurrent products the forward kept in ``rec``, else from products over the whole
+        chunk computed again with the tiles (the forward's bits with reset_after; in the
+        Cho form W_hn (r h) then sees NumPy's r, within rounding of the kernels'), then the
+        sequential walk. Without ``out`` the forward runs here first and keeps its
+        products."""
         T, B, G = gi.shape
         H = w.hidden_size
         dt = w.w_hh.dtype
@@ -421,31 +440,20 @@ class GRUCell(Cell):
                        steps.reverse, hk)
         hk2, gi2 = hk.reshape(T * B, H), gi.reshape(T * B, G)
         gates = np.empty((T * B, 4 * H), dt)
-        a = np.empty((T * B, G), dt)
-        with np.errstate(over="ignore"):
-            rz = gates[:, :2 * H]
-            kept = rec is not None
-            if kept:
-                a = _check_rec(rec, (T, B, G)).reshape(T * B, G)
-            if self.reset_after:
-                if not kept:
-                    product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G, a, 0, w.fma)
-                np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
-                sigmoid_(rz)
-                gates[:, 3 * H:] = a[:, 2 * H:]
-                pre = gates[:, :H] * a[:, 2 * H:]
-            else:
-                if not kept:
-                    product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, 2 * H, a, 0, w.fma)
-                np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
-                sigmoid_(rz)
-                rh = gates[:, :H] * hk2
-                if not kept:
-                    product(rh, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
-                pre = a[:, 2 * H:].copy() if kept else a[:, 2 * H:]
-                gates[:, 3 * H:] = pre
-            pre += gi2[:, 2 * H:]
-            np.tanh(pre, out=gates[:, 2 * H:3 * H])
+        if rec is not None:  # the recurrent products as the forward computed them
+            a = _check_rec(rec, (T, B, G)).reshape(T * B, G)
+        else:
+            a = np.empty((T * B, G), dt)
+            product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G if self.reset_after else 2 * H,
+                    a, 0, w.fma)
+            if not self.reset_after:  # the candidate's product sees r * h: r first
+                rz = gates[:, :2 * H]
+                with np.errstate(over="ignore"):
+                    np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
+                    sigmoid_(rz)
+                product(rz[:, :H] * hk2, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
+        _k.gates(gi2, a, self.reset_after, gates)  # the kernels' exp: the forward's gates
+        rh = None if self.reset_after else gates[:, :H] * hk2
         dh = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, H)
         d_gi, d_a = np.empty((T, B, G), dt), np.empty((T, B, G), dt)
         _k.walk(gates.reshape(T, B, 4 * H), w.w_hh, steps.lengths, steps.mask, steps.t0,
