@@ -17,7 +17,7 @@ from .cells import Cell, Prepared, Steps
 from .layout import writable
 
 __all__ = ["run_stack", "run_direction", "run_rows", "layer_input", "chunk_input",
-           "get_num_threads", "batch_parts"]
+           "get_num_threads", "batch_parts", "in_parts"]
 
 # Eager calls walk time in blocks of this many steps so that the projected inputs of a
 # whole long sequence never sit in memory at once. Results do not depend on it.
@@ -45,10 +45,11 @@ def get_num_threads() -> int:
         return os.cpu_count() or 1
 
 
-def batch_parts(B, work, threads=None, min_work=MIN_SPLIT_WORK):
+def batch_parts(B, work, threads=None, min_work=None):
     """Contiguous batch slices, one per thread (``threads``, default
     :func:`get_num_threads`), each of at least 4 rows; one slice when ``work`` (a row's
-    multiply-adds) times B is below ``min_work``."""
+    multiply-adds) times B is below ``min_work`` (default :data:`MIN_SPLIT_WORK`)."""
+    min_work = MIN_SPLIT_WORK if min_work is None else min_work
     n = min(get_num_threads() if threads is None else threads, B // 4)
     if n <= 1 or work * B < min_work:
         return [slice(0, B)]
@@ -119,14 +120,14 @@ def run_rows(threads, cell: Cell, w: Prepared, x, state, steps: Steps):
         return run_direction(cell, w, np.ascontiguousarray(x[:, s]),
                              np.asarray(state)[s], steps.rows(rows), out, s.start)[1]
 
-    return out, np.concatenate(_in_parts(part, parts), axis=0)
+    return out, np.concatenate(in_parts(part, parts), axis=0)
 
 
 _POOLS: dict = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _in_parts(part, parts):
+def in_parts(part, parts):
     """``[part(s) for s in parts]``, the first on the calling thread and the others on a
     kept pool at the same time."""
     futures = [_pool(len(parts) - 1).submit(part, s) for s in parts[1:]]
@@ -189,7 +190,7 @@ def run_stack(x, stack, states, lengths, mask, zero_masked, ps=None):
         return _stack(x[:, s], ps, [st[s] for st in states], lengths[s],
                       None if mask is None else mask[:, s], zero_masked, out, s.start)
 
-    res = _in_parts(part, parts)
+    res = in_parts(part, parts)
     if out is None:
         out = np.concatenate([r[0] for r in res], axis=1)
     finals = [np.concatenate([r[1][l] for r in res], axis=1) for l in range(len(res[0][1]))]

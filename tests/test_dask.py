@@ -290,8 +290,14 @@ def test_eager_threads_share_one_output_bit_for_bit(cell, block_bytes, monkeypat
     want = run(y1, top, lengths=lengths, mask=mask)
     monkeypatch.setenv("DASKGRU_NUM_THREADS", "3")
     monkeypatch.setattr("daskgru.eager.MIN_SPLIT_WORK", 0)
+    from daskgru import eager
+
+    used = []
+    monkeypatch.setattr(eager, "in_parts", lambda part, parts: used.append(len(parts))
+                        or [part(s) for s in parts])
     y3 = run(x, lower, lengths=lengths, mask=mask)[0]
     got = run(y3, top, lengths=lengths, mask=mask)
+    assert used == [2, 2]  # 11 rows: two parts of at least 4, in both calls
     np.testing.assert_array_equal(y3, y1)
     flat = lambda r: [r[0], r[1]] if cell == "gru" else [r[0], *r[1]]  # noqa: E731
     for a, b in zip(flat(got), flat(want)):
@@ -328,13 +334,13 @@ def test_scan_tasks_split_rows_over_threads_bit_for_bit(split, cell, monkeypatch
     from daskgru import eager
 
     splits = []
-    in_parts = eager._in_parts
+    in_parts = eager.in_parts
 
     def counted(part, parts):
         splits.append(len(parts))
         return in_parts(part, parts)
 
-    monkeypatch.setattr(eager, "_in_parts", counted)
+    monkeypatch.setattr(eager, "in_parts", counted)
     with dask.config.set({"daskgru.split-rows": split}, scheduler="threads", num_workers=4):
         got = run(xd, p, lengths=lengths, mask=mask, return_info=True)
         info = got[2].compute()

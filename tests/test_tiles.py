@@ -136,7 +136,7 @@ def test_cached_kernels_are_keyed_on_the_tiles():
 
     kernels = [base._project_kernel, *vars(gru._k).values(), *vars(lstm._k).values(),
                *layers._k]
-    assert len(kernels) == 14
+    assert len(kernels) == 15
     for k in kernels:
         cells = [c.cell_contents for c in k.py_func.__closure__ or ()]
         assert jit.CACHE_KEY in cells, k

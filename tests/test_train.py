@@ -538,3 +538,51 @@ def test_the_backward_gates_are_the_forward_gates(rng, reset_after):
     z, n = gates[:, H:2 * H].reshape(T, B, H), gates[:, 2 * H:3 * H].reshape(T, B, H)
     prev = np.concatenate([h0[None], out[:-1]])
     np.testing.assert_array_equal((np.float32(1) - z) * n + z * prev, out)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 1])
+@pytest.mark.parametrize("cell", ["gru", "gru-cho", "lstm"])
+def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypatch):
+    """The eager forward and the walk back split the batch rows over threads: every
+    gradient has the bits of one thread (two bidirectional layers, lengths, a mask with
+    holes), also where the cell projects a chunk first (a step over the block budget)."""
+    from daskgru.cells import base
+
+    T, B, I, H = 33, 11, 3, 8
+    if cell == "lstm":
+        p, f = dg.LSTMParams.random(I, H, num_layers=2, bidirectional=True, seed=9), dg.lstm_backward
+    else:
+        p = dg.GRUParams.random(I, H, num_layers=2, bidirectional=True,
+                                reset_after=cell == "gru", seed=9)
+        f = dg.gru_backward
+    x = rng.normal(size=(T, B, I)).astype("float32")
+    d_out = rng.normal(size=(T, B, 2 * H)).astype("float32")
+    kw = dict(lengths=rng.integers(0, T + 1, B), mask=rng.random((T, B)) > 0.2)
+    if block_bytes:
+        monkeypatch.setattr(base, "STEP_BLOCK_BYTES", block_bytes)
+    monkeypatch.setenv("DASKGRU_NUM_THREADS", "1")
+    want = f(x, p, d_out, **kw)
+    monkeypatch.setenv("DASKGRU_NUM_THREADS", "3")
+    monkeypatch.setattr("daskgru.eager.MIN_SPLIT_WORK", 0)
+    from daskgru import eager
+    import importlib
+
+    backward = importlib.import_module("daskgru.train.backward")
+
+    used = []
+
+    def counted(part, parts):
+        used.append(len(parts))
+        return [part(s) for s in parts]
+
+    monkeypatch.setattr(eager, "in_parts", counted)  # the walk's
+    monkeypatch.setattr(backward, "in_parts", counted)  # the forward's
+    got = f(x, p, d_out, **kw)
+    assert set(used) == {2}  # 11 rows: two parts of at least 4
+    assert _params_rel(got[0], want[0]) == 0
+
+    def flat(r):
+        return [a for v in r for a in (flat(v) if isinstance(v, tuple) else [v])]
+
+    for a, b in zip(flat(got[1:]), flat(want[1:])):
+        np.testing.assert_array_equal(a, b)

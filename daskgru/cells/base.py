@@ -207,11 +207,18 @@ class Cell:
         :attr:`records_products` keeps each step's recurrent products for its backward."""
         T, B, _ = x.shape
         gi = project(w, x, out=scratch(T, B, w.w_ih_t.shape[1], w.w_ih_t.dtype))
-        kept = {} if rec is None else {"rec": rec}
-        if out is None or (row == 0 and out.shape[1] == B):
-            return self.scan(w, gi, state, steps, out, **kept)
-        check_rows(out, T, B, row)
-        o, end = self.scan(w, gi, state, steps, **kept)
+        whole = out is None or (row == 0 and out.shape[1] == B)
+        if whole and (rec is None or rec.shape[1] == B):
+            return self.scan(w, gi, state, steps, out, **({} if rec is None else {"rec": rec}))
+        if out is not None:
+            check_rows(out, T, B, row)
+        part = None if rec is None else np.empty((T, B) + rec.shape[2:], rec.dtype)
+        o, end = self.scan(w, gi, state, steps, **({} if part is None else {"rec": part}))
+        if part is not None:
+            check_rows(rec, T, B, row)
+            rec[:, row:row + B] = part
+        if out is None:
+            return o, end
         out[:, row:row + B] = o
         return out, end
 
@@ -253,8 +260,8 @@ def check_rows(out, T, B, row):
     check their indices)."""
     if (out.ndim != 3 or out.shape[0] != T or not 0 <= row <= out.shape[1] - B
             or not out.flags.c_contiguous):
-        raise ValueError(f"an output of shape {out.shape} cannot take rows {row}..{row + B} "
-                         f"of {T} steps")
+        raise ValueError(f"an output (or record) of shape {out.shape} cannot take rows "
+                         f"{row}..{row + B} of {T} steps")
 
 
 def sigmoid_(v):

@@ -49,10 +49,13 @@ def _no_rec(dt):
     return np.empty((0, 0, 0), dt)
 
 
-def _check_rec(rec, shape):
-    """``rec`` as the kernels take it: C-contiguous of the chunk's (T, B, G) (they do not
-    check their indices)."""
-    if rec.shape != tuple(shape) or not rec.flags.c_contiguous or not rec.flags.writeable:
+def _check_rec(rec, shape, row=0):
+    """``rec`` as the kernels take it: C-contiguous (T, B', G) with the chunk's B rows
+    from ``row`` on (the kernels do not check their indices)."""
+    T, B, G = shape
+    if (rec.ndim != 3 or rec.shape[0] != T or rec.shape[2] != G
+            or not 0 <= row <= rec.shape[1] - B or not rec.flags.c_contiguous
+            or not rec.flags.writeable):
         raise ValueError(f"a record of the recurrent products must be a writable "
                          f"C-contiguous array of shape {tuple(shape)}, got {rec.shape}")
     return rec
@@ -84,7 +87,7 @@ def _k(cache_key):
         if rec.shape[0]:
             for bb in range(B):
                 for j in range(G):
-                    rec[tl, bb, j] = acc[bb, j]
+                    rec[tl, ro + bb, j] = acc[bb, j]
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                 skipped(t, tl, bb, lengths, zero_masked, h, out, ro)
@@ -192,11 +195,13 @@ def _k(cache_key):
         f[:, ::1],      # dh (B, H): adjoint of the end state in, of the start state out
         f[:, :, ::1],   # d_gi (T, B, G) out
         f[:, :, ::1],   # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
+        i64, i64,       # r0, r1: the rows walked
         b1,             # fma: the products' numerics
     ))
     def walk(gates, w_hh, lengths, mask, t0, reverse, zero_masked, reset_after, hk, d_out, dh,
-             d_gi, d_a, fma):
-        """The walk back through a chunk carrying the adjoint state (module docstring)."""
+             d_gi, d_a, r0, r1, fma):
+        """The walk back through a chunk carrying the adjoint state (module docstring), for
+        rows r0 to r1 (threads walk parts of the batch side by side)."""
         cache_key  # noqa: B018
         T, B, G = d_gi.shape
         H = dh.shape[1]
@@ -215,7 +220,7 @@ def _k(cache_key):
         for s in range(T - 1, -1, -1):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
-            for bb in range(B):
+            for bb in range(r0, r1):
                 live[bb] = counts(t, tl, bb, lengths, mask, has_mask)
                 if not live[bb]:
                     skipped_adjoint(t, tl, bb, lengths, zero_masked, d_out, dh)
@@ -250,9 +255,9 @@ def _k(cache_key):
                         d_a[tl, bb, 2 * H + j] = dn
                         dn_[bb, j] = dn
             # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
-            product(dn_, 0, B, w_n, no_bias, 0, H, back, 0, fma)
+            product(dn_, r0, r1 - r0, w_n, no_bias, 0, H, back, r0, fma)
             if not reset_after:
-                for bb in range(B):
+                for bb in range(r0, r1):
                     if not live[bb]:
                         continue
                     for j in range(H):
@@ -262,8 +267,8 @@ def _k(cache_key):
                         d_gi[tl, bb, j] = dr
                         d_a[tl, bb, j] = dr
                         drz[bb, j] = dr
-            product(drz, 0, B, w_rz, no_bias, 0, H, back_rz, 0, fma)
-            for bb in range(B):
+            product(drz, r0, r1 - r0, w_rz, no_bias, 0, H, back_rz, r0, fma)
+            for bb in range(r0, r1):
                 if not live[bb]:
                     continue  # skipped step: the adjoint passes through
                 for j in range(H):
@@ -414,7 +419,7 @@ class GRUCell(Cell):
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked,
                        self.reset_after, h, out, row,
-                       _no_rec(dt) if rec is None else _check_rec(rec, (T, B, G)),
+                       _no_rec(dt) if rec is None else _check_rec(rec, (T, B, G), row),
                        scratch(tb, B, G, dt), w.fma)
         return out, h
 
@@ -456,9 +461,16 @@ class GRUCell(Cell):
         rh = None if self.reset_after else gates[:, :H] * hk2
         dh = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, H)
         d_gi, d_a = np.empty((T, B, G), dt), np.empty((T, B, G), dt)
-        _k.walk(gates.reshape(T, B, 4 * H), w.w_hh, steps.lengths, steps.mask, steps.t0,
-                steps.reverse, steps.zero_masked, self.reset_after, hk, c(d_out, dtype=dt),
-                dh, d_gi, d_a, w.fma)
+        from ..eager import batch_parts, in_parts
+
+        gates3, d_out = gates.reshape(T, B, 4 * H), c(d_out, dtype=dt)
+
+        def walk(rows):  # the rows are independent: parts of the batch walk side by side
+            _k.walk(gates3, w.w_hh, steps.lengths, steps.mask, steps.t0, steps.reverse,
+                    steps.zero_masked, self.reset_after, hk, d_out, dh, d_gi, d_a,
+                    rows.start, rows.stop, w.fma)
+
+        in_parts(walk, batch_parts(B, T * G * H))
         da2 = d_a.reshape(T * B, G)
         dW_hh = np.empty((G, H), dt)
         if self.reset_after:

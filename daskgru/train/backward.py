@@ -18,7 +18,7 @@ import numpy as np
 from ..api import _per_layer_states, check_state, split_hx, validate
 from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical, writable
 from ..cells import Steps, Weights, chunk_backward
-from ..eager import EAGER_BLOCK, layer_input
+from ..eager import EAGER_BLOCK, batch_parts, in_parts, layer_input
 from ..params import GRUParams, LSTMParams
 
 __all__ = ["gru_backward", "lstm_backward", "backward"]
@@ -69,12 +69,22 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
             rec = (np.empty((T, B, w.w_hh_t.shape[1]), stack.dtype)
                    if cell.records_products else None)
             state, starts = states[i], [None] * len(blocks)
+            # rows are independent: parts of the batch run side by side, each writing its
+            # rows of out and rec (the bits of one call)
+            parts = batch_parts(B, T * w.w_hh_t.shape[1] * (w.hidden_size + layer_in.shape[2]))
             for b in (reversed(range(len(blocks))) if d else range(len(blocks))):
                 t0, t1 = blocks[b]
                 starts[b] = state
-                kept = {} if rec is None else {"rec": rec[t0:t1]}
-                _, state = cell.scan_inputs(w, layer_in[t0:t1], state, steps.block(t0, t1),
-                                            out=out[t0:t1], **kept)
+
+                def part(s, t0=t0, t1=t1, state=state, steps=steps, rec=rec, out=out, w=w):
+                    kept = {} if rec is None else {"rec": rec[t0:t1]}
+                    rows = np.arange(s.start, s.stop)
+                    return cell.scan_inputs(w, np.ascontiguousarray(layer_in[t0:t1, s]),
+                                            np.asarray(state)[s], steps.rows(rows).block(t0, t1),
+                                            out=out[t0:t1], row=s.start, **kept)[1]
+
+                state = (part(parts[0]) if len(parts) == 1
+                         else np.concatenate(in_parts(part, parts), axis=0))
             tape.recs.append(rec)
             outs.append(out)
             ends.append(state)
