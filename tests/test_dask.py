@@ -108,6 +108,7 @@ def test_merging_time_chunks():
     assert opts.merged((10, 50, 10, 10), 2) == (80,)
     assert opts.merged((10, 50, 10, 50), 2) == (60, 60)
     assert opts.merged((10,) * 3, 1) == (30,)  # never enough work: one chunk
+    assert opts.merged((0, 0), 1) == (0, 0) and opts.merged((0, 10, 0), 1) == (10,)
     assert opts.merged((10,) * 4, 1, o.MERGE_MAX_BYTES / 20) == (20, 20)
     assert opts._replace(merge_chunks=False).merged((10,) * 4, 1) == (10,) * 4
     with dask.config.set({"daskgru.merge-chunks": "auto", "scheduler": "sync"}):
@@ -311,9 +312,10 @@ def test_an_output_too_small_for_the_rows_is_refused():
     p = dg.GRUParams.random(3, 4, seed=0)
     x = np.ones((5, 2, 3), "float32")
     ps = validate(x, p).stack.prepare()
-    with pytest.raises(ValueError, match="cannot take rows"):
-        ps.cells[0].scan_inputs(ps.weights[0][0], x, np.zeros((2, 4), "float32"),
-                                Steps.make(2, 5), out=np.empty((5, 3, 4), "float32"), row=2)
+    for out, row in (((5, 3, 4), 2), ((5, 2, 5), 0), ((4, 2, 4), 0)):
+        with pytest.raises(ValueError, match="cannot take rows"):
+            ps.cells[0].scan_inputs(ps.weights[0][0], x, np.zeros((2, 4), "float32"),
+                                    Steps.make(2, 5), out=np.empty(out, "float32"), row=row)
 
 
 @pytest.mark.parametrize("split", [1, 2, 3])

@@ -213,6 +213,13 @@ def test_the_cache_key_describes_closures_by_value_and_code():
     assert describe(make(2)) == describe(make(2))
     assert describe(make(2)) != describe(make(3))
     assert describe(make(2)) != describe(make(2, body=1))
+
+    def with_default(n):
+        def f(x, k=n):
+            return x + k
+        return f
+
+    assert describe(with_default(1)) != describe(with_default(2))
     with pytest.raises(TypeError, match="closure variable"):
         describe(object())
 

@@ -207,11 +207,11 @@ class Cell:
         :attr:`records_products` keeps each step's recurrent products for its backward."""
         T, B, _ = x.shape
         gi = project(w, x, out=scratch(T, B, w.w_ih_t.shape[1], w.w_ih_t.dtype))
+        if out is not None:
+            check_rows(out, T, B, row, w.hidden_size)
         whole = out is None or (row == 0 and out.shape[1] == B)
         if whole and (rec is None or rec.shape[1] == B):
             return self.scan(w, gi, state, steps, out, **({} if rec is None else {"rec": rec}))
-        if out is not None:
-            check_rows(out, T, B, row)
         part = None if rec is None else np.empty((T, B) + rec.shape[2:], rec.dtype)
         o, end = self.scan(w, gi, state, steps, **({} if part is None else {"rec": part}))
         if part is not None:
@@ -255,11 +255,12 @@ class Cell:
         return b_ih + b_hh
 
 
-def check_rows(out, T, B, row):
-    """That ``out`` can take B rows of outputs from row ``row`` on (the kernels do not
-    check their indices)."""
+def check_rows(out, T, B, row, width=None):
+    """That ``out`` can take B rows of outputs (``width`` numbers each, when given) from
+    row ``row`` on (the kernels do not check their indices)."""
     if (out.ndim != 3 or out.shape[0] != T or not 0 <= row <= out.shape[1] - B
-            or not out.flags.c_contiguous):
+            or (width is not None and out.shape[2] != width)
+            or not out.flags.c_contiguous or not out.flags.writeable):
         raise ValueError(f"an output (or record) of shape {out.shape} cannot take rows "
                          f"{row}..{row + B} of {T} steps")
 
@@ -296,11 +297,12 @@ def project(w: Prepared, x, out=None):
 
 
 def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_state, out=None,
-                   rec=None):
+                   rec=None, threads=None):
     """Backward of one chunk of one layer and direction from its input x (T, B, I):
     recomputes the projection (memory O(chunk)), runs the cell's backward (with the
     forward's outputs ``out`` and recurrent products ``rec`` where kept) and adds what
-    follows from the projection. Returns ``(d_x, d_state, Weights of gradients)``.
+    follows from the projection; ``threads`` for a cell whose backward splits its rows.
+    Returns ``(d_x, d_state, Weights of gradients)``.
 
     Inputs at skipped steps are zero-filled for the weight gradient: their ``d_gi`` is 0,
     and 0 * NaN would still be NaN.
@@ -311,6 +313,8 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
     x = writable(x, dt)
     gi = project(w, x)
     kept = {} if rec is None else {"rec": rec}
+    if threads is not None and cell.records_products:
+        kept["threads"] = threads
     d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out,
                                                 **kept)
     dg2 = d_gi.reshape(T * B, G)

@@ -396,6 +396,7 @@ class GRUCell(Cell):
         dt = w.w_hh_t.dtype
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
+        base.check_rows(out, T, B, 0, h.shape[1])
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, self.reset_after, h, out,
                 _no_rec(dt) if rec is None else _check_rec(rec, gi.shape), w.fma)
@@ -415,7 +416,7 @@ class GRUCell(Cell):
             return super().scan_inputs(w, x, state, steps, out, row, rec)
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
-        base.check_rows(out, T, B, row)
+        base.check_rows(out, T, B, row, h.shape[1])
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked,
                        self.reset_after, h, out, row,
@@ -424,13 +425,15 @@ class GRUCell(Cell):
         return out, h
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None,
-                 rec=None):
+                 rec=None, threads=None):
         """Gates of every step at once (a kernel with the step's expressions) from the
         recurrent products the forward kept in ``rec``, else from products over the whole
         chunk computed again with the tiles (the forward's bits with reset_after; in the
         Cho form W_hn (r h) then sees NumPy's r, within rounding of the kernels'), then the
         sequential walk. Without ``out`` the forward runs here first and keeps its
-        products."""
+        products. ``threads``: over how many threads the walk splits its rows (default:
+        the eager path's, :func:`daskgru.eager.get_num_threads`; a dask task passes the
+        graph's ``daskgru.split-rows``)."""
         T, B, G = gi.shape
         H = w.hidden_size
         dt = w.w_hh.dtype
@@ -470,7 +473,7 @@ class GRUCell(Cell):
                     steps.zero_masked, self.reset_after, hk, d_out, dh, d_gi, d_a,
                     rows.start, rows.stop, w.fma)
 
-        in_parts(walk, batch_parts(B, T * G * H))
+        in_parts(walk, batch_parts(B, T * G * H, threads))
         da2 = d_a.reshape(T * B, G)
         dW_hh = np.empty((G, H), dt)
         if self.reset_after:

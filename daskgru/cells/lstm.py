@@ -265,6 +265,7 @@ class LSTMCell(Cell):
         dt = w.w_hh_t.dtype
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
+        base.check_rows(out, T, B, 0, st.shape[1] // 2)
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, st, out, rec, w.fma)
         return out, st
@@ -284,7 +285,7 @@ class LSTMCell(Cell):
             return super().scan_inputs(w, x, state, steps, out, row)
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
-        base.check_rows(out, T, B, row)
+        base.check_rows(out, T, B, row, st.shape[1] // 2)
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked, st, out, row,
                        scratch(tb, B, G, dt), w.fma)

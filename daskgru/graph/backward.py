@@ -57,7 +57,7 @@ def _chunk_input(ps, where, flags, x0, starts, lengths, mask):
     return x
 
 
-def _bwd_task(ps, where, flags, x0, starts, start, lengths, mask, d_srcs, d_end):
+def _bwd_task(ps, where, flags, split, x0, starts, start, lengths, mask, d_srcs, d_end):
     """Backward of chunk (l, d, ·, k): ``starts`` the lower layers' start states on this
     chunk, ``start`` its own, ``d_srcs`` arrays whose sum holds this layer's output
     gradient (the d_output block, or the d_x of both directions of the layer above);
@@ -74,7 +74,8 @@ def _bwd_task(ps, where, flags, x0, starts, start, lengths, mask, d_srcs, d_end)
         d_end = np.zeros_like(state)
     dsrc = d_srcs[0] if len(d_srcs) == 1 else sum(d_srcs[1:], d_srcs[0])
     d_out = np.ascontiguousarray(dsrc[..., d * H:(d + 1) * H], dtype=w.w_hh.dtype)
-    return BackwardResult(*chunk_backward(cell, w, x, state, steps, d_out, d_end))
+    return BackwardResult(*chunk_backward(cell, w, x, state, steps, d_out, d_end,
+                                          threads=split))
 
 
 def _d_x(res):
@@ -117,8 +118,10 @@ def build(x, call, d_output, d_states, states, lengths, mask):
 
     p = call.stack
     L = p.num_layers
+    # a backward task holds about 16 times its outputs (states, gates, adjoints): merged
+    # chunks are capped accordingly
     g = Graph(x, call, states, lengths, mask, kind="backward", d_output=d_output,
-              adjoints=d_states, merge=True)
+              adjoints=d_states, merge=16)
     dout = g.d_output
     w = g.weights.key
     forward = []
@@ -150,7 +153,8 @@ def build(x, call, d_output, d_states, states, lengths, mask):
                           [g.key("bwd-dx", l + 1, dd, j, k)
                            for dd in range(p.layers[l + 1].num_directions)])
                 bk = g.key("bwd-scan", l, d, j, k)
-                tasks[bk] = (_bwd_task, w, where, call.zero_masked, (g.x.name, k, j, 0), starts,
+                tasks[bk] = (_bwd_task, w, where, call.zero_masked, g.split,
+                             (g.x.name, k, j, 0), starts,
                              start_key(l, d, j, k), g.lengths(j), g.mask(j, k), d_srcs, adj)
                 tasks[g.key("bwd-dx", l, d, j, k)] = (_d_x, bk)
                 tasks[g.key("bwd-dh", l, d, j, k)] = (_d_state, bk)

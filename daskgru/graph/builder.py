@@ -96,7 +96,9 @@ class Graph:
              for lay in self.stack.layers), default=0)
         self.user_tchunks = self.x.chunks[0]
         if merge:  # small time chunks merged into tasks worth their scheduling
-            step_bytes = max(self.x.chunks[1], default=0) * np.dtype(call.dtype).itemsize * max(
+            # merge: True, or how many times its outputs a task holds (the backward's)
+            step_bytes = int(merge) * max(self.x.chunks[1], default=0) * np.dtype(
+                call.dtype).itemsize * max(
                 (lay.hidden_size * lay.num_directions for lay in self.stack.layers), default=0)
             merged = self.opts.merged(self.x.chunks[0], step_work, step_bytes)
             if merged != self.x.chunks[0]:

@@ -50,6 +50,8 @@ import logging
 import sys
 from typing import NamedTuple
 
+import numpy as np
+
 __all__ = ["GraphOptions", "resolve", "scheduler_in_use", "choose_method"]
 
 log = logging.getLogger("daskgru.graph")
@@ -145,7 +147,7 @@ class GraphOptions(NamedTuple):
         a short run left at the end joins the chunk before it where that fits.
         ``tchunks`` when not merging."""
         tchunks = tuple(int(c) for c in tchunks)
-        if not self.merge_chunks or step_work <= 0 or len(tchunks) < 2:
+        if not self.merge_chunks or step_work <= 0 or len(tchunks) < 2 or not sum(tchunks):
             return tchunks
         need = self.merge_chunks / step_work  # steps
         most = MERGE_MAX_BYTES / step_bytes if step_bytes > 0 else float("inf")
@@ -266,7 +268,8 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
     chains = nb * D
     step_work = b * max(lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
                         for lay in layers)
-    step_bytes = b * max(lay.hidden_size * lay.num_directions for lay in layers) * 4
+    step_bytes = b * max(lay.hidden_size * lay.num_directions for lay in layers) * np.dtype(
+        stack.dtype).itemsize
     scan_chunks = opts.merged(tchunks, step_work, step_bytes)  # (daskgru.merge-chunks)
     Ks, Ls = len(scan_chunks), max(scan_chunks, default=0)
     n = opts.split(chains, b, Ls * step_work)

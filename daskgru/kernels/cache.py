@@ -28,7 +28,8 @@ _PLAIN = (int, float, complex, str, bytes, bool, type(None))
 
 def _code(co: pytypes.CodeType) -> tuple:
     return (co.co_code, co.co_names, co.co_varnames,
-            tuple(_code(c) if isinstance(c, pytypes.CodeType) else repr(c)
+            tuple(_code(c) if isinstance(c, pytypes.CodeType)
+                  else repr(sorted(c, key=repr)) if isinstance(c, frozenset) else repr(c)
                   for c in co.co_consts))
 
 
@@ -48,9 +49,11 @@ def describe(v, _seen=None):
             return ("again", func.__module__, func.__qualname__)
         seen.add(id(func))
         cells = tuple(describe(c.cell_contents, seen) for c in (func.__closure__ or ()))
+        defaults = (describe(func.__defaults__ or (), seen),
+                    describe(sorted((func.__kwdefaults__ or {}).items()), seen))
         options = getattr(v, "targetoptions", None)
         return ("function", type(v).__name__, func.__module__, func.__qualname__,
-                _code(func.__code__), cells, repr(sorted((options or {}).items())))
+                _code(func.__code__), cells, defaults, repr(sorted((options or {}).items())))
     raise TypeError(f"cannot key Numba's cache on a closure variable of type "
                     f"{type(v).__name__}: {v!r}")
 
