@@ -98,8 +98,9 @@ def test_merged_time_chunks_are_bit_identical(T, tsizes, merge, cell, use_length
 
 def test_merging_time_chunks():
     """Runs of chunks merge until they do the work asked (a short run at the end joins the
-    chunk before it), never past MERGE_MAX_BYTES of outputs; off, or on the
-    parallel-in-time methods, the user's chunks stay; "auto" follows the scheduler."""
+    chunk before it), never past MERGE_MAX_BYTES of outputs, and for the speculative method
+    never below 2 chunks a task slot; off, or for newton, the user's chunks stay; "auto"
+    follows the scheduler."""
     from daskgru.graph import options as o
 
     opts = o.GraphOptions("threads", 2, "auto", 1, 1, 100)
@@ -109,6 +110,7 @@ def test_merging_time_chunks():
     assert opts.merged((10, 50, 10, 50), 2) == (60, 60)
     assert opts.merged((10,) * 3, 1) == (30,)  # never enough work: one chunk
     assert opts.merged((0, 0), 1) == (0, 0) and opts.merged((0, 10, 0), 1) == (10,)
+    assert opts.merged((10,) * 10, 2, min_chunks=4) == (30, 30, 40)  # ~1/4 of the steps each
     assert opts.merged((10,) * 4, 1, o.MERGE_MAX_BYTES / 20) == (20, 20)
     assert opts._replace(merge_chunks=False).merged((10,) * 4, 1) == (10,) * 4
     with dask.config.set({"daskgru.merge-chunks": "auto", "scheduler": "sync"}):
@@ -117,8 +119,13 @@ def test_merging_time_chunks():
     xd = da.from_array(x, chunks=(4, 2, 3))
     with dask.config.set({"daskgru.merge-chunks": 10 ** 6}):
         assert dg.gru(xd, p)[0].chunks[0] == (64,)
-        sp, _, info = dg.gru(xd, p, method="speculative", warmup=2, return_info=True)
-        assert sp.chunks[0] == xd.chunks[0] and info.compute()["chunks"] == 16
+        with dask.config.set(scheduler="threads", num_workers=2):
+            sp, _, info = dg.gru(xd, p, method="speculative", warmup=2, return_info=True)
+            nw, _, ninfo = dg.gru(xd, p, method="newton", return_info=True)
+        # the speculative method keeps 2 chunks a task slot; newton keeps the user's
+        assert sp.chunks[0] == (16,) * 4 and info.compute()["chunks"] == 4
+        assert nw.chunks[0] == xd.chunks[0] and ninfo.compute()["chunks"] == 16
+        np.testing.assert_array_equal(sp.compute(), dg.gru(x, p)[0])
     for bad in (0, -3, "yes", 2.5, True):
         with dask.config.set({"daskgru.merge-chunks": bad}):
             with pytest.raises(ValueError, match="daskgru.merge-chunks"):

@@ -81,7 +81,8 @@ class Graph:
     """
 
     def __init__(self, x, call, states=None, lengths=None, mask=None, *, kind="scan",
-                 extra=(), d_output=None, adjoints=None, model=None, merge=False):
+                 extra=(), d_output=None, adjoints=None, model=None, merge=False,
+                 min_chunks_per_slot=0):
         import dask.array as da
         from dask.base import tokenize
         from dask.delayed import Delayed
@@ -100,7 +101,8 @@ class Graph:
             step_bytes = int(merge) * max(self.x.chunks[1], default=0) * np.dtype(
                 call.dtype).itemsize * max(
                 (lay.hidden_size * lay.num_directions for lay in self.stack.layers), default=0)
-            merged = self.opts.merged(self.x.chunks[0], step_work, step_bytes)
+            merged = self.opts.merged(self.x.chunks[0], step_work, step_bytes,
+                                      min_chunks_per_slot * self.opts.slots)
             if merged != self.x.chunks[0]:
                 self.x = self.x.rechunk({0: merged})
         self.tchunks, self.bchunks = self.x.chunks[0], self.x.chunks[1]

@@ -34,9 +34,10 @@ True})``) whose default is ``"auto"``:
     scheduler's cost per task (a few hundred microseconds on the threaded scheduler, a few
     milliseconds on a cluster) stays a small part of the task. The output then has the
     merged time chunks (``out.chunks``; ``return_info["graph"]["time_chunks"]``). "auto":
-    :data:`MERGE_WORK` for the scheduler in use; False: the user's chunks, always. The
-    parallel-in-time methods never merge (their chunks are what runs in parallel). The
-    bits do not change.
+    :data:`MERGE_WORK` for the scheduler in use; False: the user's chunks, always.
+    ``method="speculative"`` merges too but keeps about :data:`SPEC_CHUNKS_PER_SLOT`
+    chunks a task slot (its chunks are what runs in parallel); ``method="newton"`` never
+    merges. The bits do not change.
 
 "auto" looks at the scheduler dask would use now through :func:`scheduler_in_use`, the one
 place that does. The resolved values are logged (logger ``daskgru.graph``, debug level),
@@ -140,16 +141,19 @@ class GraphOptions(NamedTuple):
     split_rows: object = 1  # an int, or "auto" (decided per graph: split(chains, rows))
     merge_chunks: object = False  # False, or the least multiply-adds of a merged scan task
 
-    def merged(self, tchunks, step_work: float, step_bytes: float = 0) -> tuple:
+    def merged(self, tchunks, step_work: float, step_bytes: float = 0,
+               min_chunks: int = 1) -> tuple:
         """The scan's time chunks: runs of consecutive chunks of ``tchunks`` merged until
         each does at least ``merge_chunks`` multiply-adds (``step_work`` a step), without
         a merged chunk's outputs (``step_bytes`` a step) passing :data:`MERGE_MAX_BYTES`;
-        a short run left at the end joins the chunk before it where that fits.
-        ``tchunks`` when not merging."""
+        a short run left at the end joins the chunk before it where that fits; a run
+        closes once it holds ``1 / min_chunks`` of the steps (the parallel-in-time
+        methods keep about that many chunks to run side by side). ``tchunks`` when not
+        merging."""
         tchunks = tuple(int(c) for c in tchunks)
         if not self.merge_chunks or step_work <= 0 or len(tchunks) < 2 or not sum(tchunks):
             return tchunks
-        need = self.merge_chunks / step_work  # steps
+        need = min(self.merge_chunks / step_work, sum(tchunks) / max(1, min_chunks))
         most = MERGE_MAX_BYTES / step_bytes if step_bytes > 0 else float("inf")
         out, run = [], 0
         for c in tchunks:
@@ -232,6 +236,7 @@ ASSUMED_FLOPS = 10e9  # multiply-adds x 2 per second one task slot sustains in a
 TASK_OVERHEAD = {"sync": 1e-4, "threads": 1e-4, "processes": 2e-3, "distributed": 2e-3}
 MIN_SECONDS = 0.05  # below this (modelled) the scan's chain is not worth splitting
 MARGIN = 0.8  # the parallel method must be modelled this much faster to be chosen
+SPEC_CHUNKS_PER_SLOT = 2  # merged chunks of method="speculative" kept per task slot
 
 
 def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
@@ -250,16 +255,16 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
       predecessor: ``chains (T + (K-1) w)`` steps of every layer shared by the task slots
       (never less than one chunk's own span), plus the fix-up chain's overhead per chunk.
 
+    The speculative method's chunks are merged too, keeping about 2 per task slot.
+
     "speculative" is chosen where it is modelled at most :data:`MARGIN` of the scan's time,
     the scan takes at least :data:`MIN_SECONDS`, there is more than one time chunk and the
     scan keeps fewer threads busy than there are task slots. "newton" is never chosen (its
     sweeps depend on the weights). The model assumes the outputs stay where they are
     computed (``persist``, ``to_zarr`` on the workers).
     """
-    K, T, nb = len(tchunks), int(sum(tchunks)), len(bchunks)
+    T, nb = int(sum(tchunks)), len(bchunks)
     b = max(bchunks) if bchunks else 0
-    L = max(tchunks) if tchunks else 0
-    w = min(int(warmup), L)
     over = TASK_OVERHEAD.get(opts.scheduler, TASK_OVERHEAD["threads"])
     layers = stack.layers
     D = max(lay.num_directions for lay in layers)
@@ -272,6 +277,9 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
         stack.dtype).itemsize
     scan_chunks = opts.merged(tchunks, step_work, step_bytes)  # (daskgru.merge-chunks)
     Ks, Ls = len(scan_chunks), max(scan_chunks, default=0)
+    spec_chunks = opts.merged(tchunks, step_work, step_bytes, SPEC_CHUNKS_PER_SLOT * opts.slots)
+    K, L = len(spec_chunks), max(spec_chunks, default=0)
+    w = min(int(warmup), L)
     n = opts.split(chains, b, Ls * step_work)
     busy = chains * min(len(layers), Ks) * n
     scan = (T + (len(layers) - 1) * Ls) * max(steps) / n + Ks * over

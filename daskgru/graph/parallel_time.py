@@ -481,7 +481,12 @@ def build(x, call, states, lengths, mask, method, warmup, tol, model=None):
                 raise ValueError(f"method='newton' needs the tangent of the "
                                  f"{lay.cell.name.upper()} cell, which it does not have; "
                                  "use method='speculative'")
-    g = Graph(x, call, states, lengths, mask, kind=method, extra=(warmup, tol), model=model)
+    from .options import SPEC_CHUNKS_PER_SLOT
+
+    # speculative: small chunks merged, keeping about SPEC_CHUNKS_PER_SLOT a task slot
+    spec = method == "speculative"
+    g = Graph(x, call, states, lengths, mask, kind=method, extra=(warmup, tol), model=model,
+              merge=spec, min_chunks_per_slot=SPEC_CHUNKS_PER_SLOT if spec else 0)
     K = g.nt
     G = g.group  # changes what a fix key holds, so it is in the token
     w = g.weights.key
