@@ -17,7 +17,7 @@ from .cells import Cell, Prepared, Steps
 from .layout import writable
 
 __all__ = ["run_stack", "run_direction", "run_rows", "layer_input", "chunk_input",
-           "get_num_threads", "batch_parts", "in_parts"]
+           "get_num_threads", "batch_parts", "in_parts", "in_row_parts"]
 
 # Eager calls walk time in blocks of this many steps so that the projected inputs of a
 # whole long sequence never sit in memory at once. Results do not depend on it.
@@ -110,17 +110,26 @@ def run_rows(threads, cell: Cell, w: Prepared, x, state, steps: Steps):
     parts = batch_parts(B, 0, threads, min_work=0)
     if len(parts) == 1:
         return run_direction(cell, w, x, state, steps)
-    # every part writes its rows of one output (no copy of the outputs afterwards: on
-    # machines where first touches of fresh memory are slow that copy cost as much as a
-    # thread's share of the scan)
     out = np.empty((x.shape[0], B, w.hidden_size), w.w_hh_t.dtype)
+    return out, in_row_parts(parts, x, state, steps, lambda xp, sp, stp, row: run_direction(
+        cell, w, xp, sp, stp, out, row)[1])
+
+
+def in_row_parts(parts, x, state, steps: Steps, run):
+    """A scan split over the batch rows: ``run(x part, state part, steps part, first row)``
+    for every part of ``parts`` (:func:`batch_parts`) side by side (:func:`in_parts`), each
+    writing its rows of shared outputs (no copy of the outputs afterwards: on machines where
+    first touches of fresh memory are slow that copy cost as much as a thread's share of the
+    scan) and returning its end state; returns the end states of all rows."""
+    if len(parts) == 1:
+        return run(x, state, steps, 0)
 
     def part(s):
         rows = np.arange(s.start, s.stop)
-        return run_direction(cell, w, np.ascontiguousarray(x[:, s]),
-                             np.asarray(state)[s], steps.rows(rows), out, s.start)[1]
+        return run(np.ascontiguousarray(x[:, s]), np.asarray(state)[s], steps.rows(rows),
+                   s.start)
 
-    return out, np.concatenate(in_parts(part, parts), axis=0)
+    return np.concatenate(in_parts(part, parts), axis=0)
 
 
 _POOLS: dict = {}

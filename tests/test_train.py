@@ -565,9 +565,6 @@ def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypat
     monkeypatch.setenv("DASKGRU_NUM_THREADS", "3")
     monkeypatch.setattr("daskgru.eager.MIN_SPLIT_WORK", 0)
     from daskgru import eager
-    import importlib
-
-    backward = importlib.import_module("daskgru.train.backward")
 
     used = []
 
@@ -575,8 +572,7 @@ def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypat
         used.append(len(parts))
         return [part(s) for s in parts]
 
-    monkeypatch.setattr(eager, "in_parts", counted)  # the walk's
-    monkeypatch.setattr(backward, "in_parts", counted)  # the forward's
+    monkeypatch.setattr(eager, "in_parts", counted)  # the forward's and the walk's
     got = f(x, p, d_out, **kw)
     assert set(used) == {2}  # 11 rows: two parts of at least 4
     assert _params_rel(got[0], want[0]) == 0

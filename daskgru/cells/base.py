@@ -226,10 +226,13 @@ class Cell:
     # step, kept by the forward so that the backward need not compute them again
     records_products = False
 
-    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
+    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None,
+                 rec=None, threads=None):
         """Backward of :meth:`scan` over one chunk: from its start state, the gradient of
         its outputs and of its end state. ``out``, if given, holds the chunk's forward
-        outputs (a cell may use them instead of recomputing). Returns ``(d_gi (T, B, G),
+        outputs (a cell may use them instead of recomputing); ``rec`` what the forward kept
+        for it (a cell that :attr:`records_products`; else None); ``threads``: over how many
+        threads a cell may split its rows (None: the eager path's count). Returns ``(d_gi (T, B, G),
         d_state (B, S) of the start state, dW_hh (G, H), db_hh (G,))``."""
         raise NotImplementedError
 
@@ -312,11 +315,8 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
     dt = w.w_ih.dtype
     x = writable(x, dt)
     gi = project(w, x)
-    kept = {} if rec is None else {"rec": rec}
-    if threads is not None and cell.records_products:
-        kept["threads"] = threads
     d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out,
-                                                **kept)
+                                                rec, threads)
     dg2 = d_gi.reshape(T * B, G)
     if steps.any_skipped(T):
         x = np.where(steps.valid(T)[..., None], x, dt.type(0))

@@ -291,9 +291,12 @@ class LSTMCell(Cell):
                        scratch(tb, B, G, dt), w.fma)
         return out, st
 
-    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None):
+    def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None,
+                 rec=None, threads=None):
         """Recompute the chunk recording its states, the gates of every step at once (tiles
-        for the products, NumPy's exp/tanh), then the sequential walk."""
+        for the products, NumPy's exp/tanh), then the sequential walk. ``rec`` and
+        ``threads`` are not used: the LSTM's forward keeps nothing for it and its walk runs
+        on the calling thread."""
         T, B, G = gi.shape
         H = w.hidden_size
         dt = w.w_hh.dtype

@@ -121,7 +121,7 @@ def build(x, call, d_output, d_states, states, lengths, mask):
     # a backward task holds about 16 times its outputs (states, gates, adjoints): merged
     # chunks are capped accordingly
     g = Graph(x, call, states, lengths, mask, kind="backward", d_output=d_output,
-              adjoints=d_states, merge=16)
+              adjoints=d_states, merge=True, held=16)
     dout = g.d_output
     w = g.weights.key
     forward = []

@@ -37,7 +37,7 @@ import numpy as np
 from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical
 from ..cells import Steps
 from ..eager import layer_input
-from .options import resolve
+from .options import resolve, step_costs
 
 __all__ = ["Graph", "Where", "chunk_steps", "start_state"]
 
@@ -81,7 +81,7 @@ class Graph:
     """
 
     def __init__(self, x, call, states=None, lengths=None, mask=None, *, kind="scan",
-                 extra=(), d_output=None, adjoints=None, model=None, merge=False,
+                 extra=(), d_output=None, adjoints=None, model=None, merge=False, held=1,
                  min_chunks_per_slot=0):
         import dask.array as da
         from dask.base import tokenize
@@ -91,16 +91,11 @@ class Graph:
         self.call, self.stack = call, call.stack
         self.opts = resolve()
         self.x = canonical(da.asarray(x), call).astype(call.dtype).rechunk({2: -1})
-        # a step's multiply-adds in the costliest layer, for a batch chunk's rows
-        step_work = max(self.x.chunks[1], default=0) * max(
-            (lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
-             for lay in self.stack.layers), default=0)
+        # a step of a batch chunk's rows in the costliest layer; a task holds ``held``
+        # times its outputs (the backward's: about 16)
+        step_work, step_bytes = step_costs(self.stack, max(self.x.chunks[1], default=0), held)
         self.user_tchunks = self.x.chunks[0]
         if merge:  # small time chunks merged into tasks worth their scheduling
-            # merge: True, or how many times its outputs a task holds (the backward's)
-            step_bytes = int(merge) * max(self.x.chunks[1], default=0) * np.dtype(
-                call.dtype).itemsize * max(
-                (lay.hidden_size * lay.num_directions for lay in self.stack.layers), default=0)
             merged = self.opts.merged(self.x.chunks[0], step_work, step_bytes,
                                       min_chunks_per_slot * self.opts.slots)
             if merged != self.x.chunks[0]:

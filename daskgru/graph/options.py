@@ -53,7 +53,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["GraphOptions", "resolve", "scheduler_in_use", "choose_method"]
+__all__ = ["GraphOptions", "resolve", "scheduler_in_use", "choose_method", "step_costs"]
 
 log = logging.getLogger("daskgru.graph")
 MAX_VERIFY_GROUP = 8
@@ -239,6 +239,18 @@ MARGIN = 0.8  # the parallel method must be modelled this much faster to be chos
 SPEC_CHUNKS_PER_SLOT = 2  # merged chunks of method="speculative" kept per task slot
 
 
+def step_costs(stack, rows, held=1):
+    """``(multiply-adds, bytes)`` of one step of ``rows`` batch rows in the costliest
+    layer of ``stack``: its products, and its outputs times ``held`` (what a task holds
+    beside them)."""
+    layers = stack.layers
+    work = rows * max((lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
+                       for lay in layers), default=0)
+    out = rows * np.dtype(stack.dtype).itemsize * max(
+        (lay.hidden_size * lay.num_directions for lay in layers), default=0)
+    return work, held * out
+
+
 def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
     """``(method, record)``: what ``method="auto"`` runs for a lazy call, and why.
 
@@ -250,7 +262,8 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
 
     * ``scan``: the chains (batch chunks x directions) run side by side, the layers as a
       wavefront (layer l+1 one chunk behind layer l): ``(T + (layers - 1) L) s / n`` plus
-      one task overhead per chunk (its chunks merged as ``daskgru.merge-chunks`` says). It keeps ``chains x min(layers, K) x n`` threads busy.
+      one task overhead per chunk (its chunks merged as ``daskgru.merge-chunks`` says). It
+      keeps ``chains x min(layers, K) x n`` threads busy.
     * ``speculative``: every chunk at once, each also warming up over ``w`` steps of its
       predecessor: ``chains (T + (K-1) w)`` steps of every layer shared by the task slots
       (never less than one chunk's own span), plus the fix-up chain's overhead per chunk.
@@ -271,10 +284,7 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
     steps = [2.0 * b * lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
              / ASSUMED_FLOPS for lay in layers]
     chains = nb * D
-    step_work = b * max(lay.cell.gates * lay.hidden_size * (lay.input_size + lay.hidden_size)
-                        for lay in layers)
-    step_bytes = b * max(lay.hidden_size * lay.num_directions for lay in layers) * np.dtype(
-        stack.dtype).itemsize
+    step_work, step_bytes = step_costs(stack, b)
     scan_chunks = opts.merged(tchunks, step_work, step_bytes)  # (daskgru.merge-chunks)
     Ks, Ls = len(scan_chunks), max(scan_chunks, default=0)
     spec_chunks = opts.merged(tchunks, step_work, step_bytes, SPEC_CHUNKS_PER_SLOT * opts.slots)

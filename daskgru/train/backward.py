@@ -18,7 +18,7 @@ import numpy as np
 from ..api import _per_layer_states, check_state, split_hx, validate
 from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical, writable
 from ..cells import Steps, Weights, chunk_backward
-from ..eager import EAGER_BLOCK, batch_parts, in_parts, layer_input
+from ..eager import EAGER_BLOCK, batch_parts, in_row_parts, layer_input
 from ..params import GRUParams, LSTMParams
 
 __all__ = ["gru_backward", "lstm_backward", "backward"]
@@ -75,16 +75,11 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
             for b in (reversed(range(len(blocks))) if d else range(len(blocks))):
                 t0, t1 = blocks[b]
                 starts[b] = state
-
-                def part(s, t0=t0, t1=t1, state=state, steps=steps, rec=rec, out=out, w=w):
-                    kept = {} if rec is None else {"rec": rec[t0:t1]}
-                    rows = np.arange(s.start, s.stop)
-                    return cell.scan_inputs(w, np.ascontiguousarray(layer_in[t0:t1, s]),
-                                            np.asarray(state)[s], steps.rows(rows).block(t0, t1),
-                                            out=out[t0:t1], row=s.start, **kept)[1]
-
-                state = (part(parts[0]) if len(parts) == 1
-                         else np.concatenate(in_parts(part, parts), axis=0))
+                kept = {} if rec is None else {"rec": rec[t0:t1]}
+                state = in_row_parts(
+                    parts, layer_in[t0:t1], state, steps.block(t0, t1),
+                    lambda xp, sp, stp, row, o=out[t0:t1], w=w, kept=kept: cell.scan_inputs(
+                        w, xp, sp, stp, out=o, row=row, **kept)[1])
             tape.recs.append(rec)
             outs.append(out)
             ends.append(state)
