@@ -14,7 +14,7 @@ import numpy as np
 
 from . import layers
 from .cells import Cell, Prepared, Steps
-from .layout import writable
+from .layout import output, writable
 
 __all__ = ["run_stack", "run_direction", "run_rows", "layer_input", "chunk_input",
            "get_num_threads", "batch_parts", "in_parts", "in_row_parts"]
@@ -89,7 +89,7 @@ def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None, row
     T, B = x.shape[0], x.shape[1]
     H, G = w.hidden_size, w.w_hh_t.shape[1]
     dt = w.w_hh_t.dtype
-    out = np.empty((T, B, H), dt) if out is None else out
+    out = output((T, B, H), dt) if out is None else out
     if T == 0:
         return out, np.array(state, dtype=dt, copy=True).reshape(B, -1)
     step = max(1, min(EAGER_BLOCK, T, BLOCK_BYTES // max(1, B * G * dt.itemsize)))
@@ -110,7 +110,7 @@ def run_rows(threads, cell: Cell, w: Prepared, x, state, steps: Steps):
     parts = batch_parts(B, 0, threads, min_work=0)
     if len(parts) == 1:
         return run_direction(cell, w, x, state, steps)
-    out = np.empty((x.shape[0], B, w.hidden_size), w.w_hh_t.dtype)
+    out = output((x.shape[0], B, w.hidden_size), w.w_hh_t.dtype)
     return out, in_row_parts(parts, x, state, steps, lambda xp, sp, stp, row: run_direction(
         cell, w, xp, sp, stp, out, row)[1])
 
@@ -193,7 +193,7 @@ def run_stack(x, stack, states, lengths, mask, zero_masked, ps=None):
     top = stack.layers[-1]
     # a top layer of one direction: every part writes its rows of one output (no copy of
     # the outputs afterwards; see run_rows)
-    out = np.empty((T, B, top.hidden_size), dt) if len(top.weights) == 1 else None
+    out = output((T, B, top.hidden_size), dt) if len(top.weights) == 1 else None
 
     def part(s):
         return _stack(x[:, s], ps, [st[s] for st in states], lengths[s],

@@ -165,3 +165,39 @@ def test_state_dict_round_trip(dtype, L, bidirectional, bias):
         dst.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
         got = numpy_state_dict(dst)
         assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_prefaulted_outputs_change_no_bits(rng, monkeypatch, cell):
+    """Large new arrays have their pages mapped before the kernels fill them
+    (daskgru.layout.output); whether or not they are, every output, state and gradient
+    has the same bits, and against torch they agree as everywhere else."""
+    from daskgru import layout
+
+    T, B, I, H = 40, 9, 5, 12
+    x = rng.standard_normal((T, B, I)).astype("float32")
+    lengths = np.array([40, 3, 17, 40, 0, 25, 40, 1, 39])
+    p = (dg.GRUParams if cell == "gru" else dg.LSTMParams).random(
+        I, H, num_layers=2, bidirectional=True, seed=1, dtype="float32")
+    run, back = (dg.gru, dg.gru_backward) if cell == "gru" else (dg.lstm, dg.lstm_backward)
+    d_out = rng.standard_normal((T, B, 2 * H)).astype("float32")
+
+    def everything():
+        out = run(x, p, lengths=lengths)
+        grads, d_x, *_ = back(x, p, d_out, lengths=lengths)
+        states = [out[1]] if cell == "gru" else list(out[1])
+        flat = [out[0], *states, d_x]
+        return flat + [np.asarray(a) for lay in grads.layers for w in lay.weights for a in w]
+
+    monkeypatch.setattr(layout, "PREFAULT_BYTES", 1 << 62)
+    plain = everything()
+    monkeypatch.setattr(layout, "PREFAULT_BYTES", 0)  # every new array touched first
+    touched = everything()
+    for a, b in zip(plain, touched):
+        np.testing.assert_array_equal(a, b)
+    big = layout.output((3, 1 << 20), np.float32)
+    assert big.shape == (3, 1 << 20) and big.dtype == np.float32 and big.flags.c_contiguous
+    if cell == "gru":
+        m = make_gru(I, H, L=2, bidirectional=True)
+        dg_out = dg.gru(x, dg.GRUParams.from_torch(m))[0]
+        np.testing.assert_allclose(dg_out, run_torch(m, x)[0], **TOL[np.dtype("float32")])

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..kernels.jit import build, kernel
 from ..kernels.tiles import product
-from ..layout import writable
+from ..layout import output, writable
 
 __all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward", "scratch"]
 
@@ -212,7 +212,7 @@ class Cell:
         whole = out is None or (row == 0 and out.shape[1] == B)
         if whole and (rec is None or rec.shape[1] == B):
             return self.scan(w, gi, state, steps, out, **({} if rec is None else {"rec": rec}))
-        part = None if rec is None else np.empty((T, B) + rec.shape[2:], rec.dtype)
+        part = None if rec is None else output((T, B) + rec.shape[2:], rec.dtype)
         o, end = self.scan(w, gi, state, steps, **({} if part is None else {"rec": part}))
         if part is not None:
             check_rows(rec, T, B, row)
@@ -293,7 +293,7 @@ def project(w: Prepared, x, out=None):
     T, B, I = x.shape
     G = w.w_ih_t.shape[1]
     dt = w.w_ih_t.dtype
-    out = np.empty((T, B, G), dtype=dt) if out is None else out
+    out = output((T, B, G), dt) if out is None else out
     _project_kernel(writable(x, dt).reshape(T * B, I), w.w_ih_t, w.b_ih,
                     out.reshape(T * B, G), w.fma)
     return out
@@ -321,6 +321,6 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
     if steps.any_skipped(T):
         x = np.where(steps.valid(T)[..., None], x, dt.type(0))
     dW_ih = dg2.T @ x.reshape(T * B, I)
-    d_x = np.empty((T, B, I), dt)
+    d_x = output((T, B, I), dt)
     product(dg2, 0, T * B, w.w_ih, np.zeros(I, dt), 0, I, d_x.reshape(T * B, I), 0, w.fma)
     return d_x, d_state, Weights(dW_ih, dW_hh, dg2.sum(axis=0), db_hh)

@@ -37,7 +37,7 @@ from ..kernels.jit import (build, counts, dense, kernel, project_block, propagat
                            sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
 from ..kernels.tiles import product
-from ..layout import writable
+from ..layout import output, writable
 from . import base
 from .base import Cell, Prepared, Steps, scratch, sigmoid_
 
@@ -395,7 +395,7 @@ class GRUCell(Cell):
         T, B, _ = gi.shape
         dt = w.w_hh_t.dtype
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
-        out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
+        out = output((T, B, h.shape[1]), dt) if out is None else out
         base.check_rows(out, T, B, 0, h.shape[1])
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, self.reset_after, h, out,
@@ -415,7 +415,7 @@ class GRUCell(Cell):
         if tb < 1:  # not even one step fits the cache budget: project the chunk first
             return super().scan_inputs(w, x, state, steps, out, row, rec)
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
-        out = np.empty((T, B, h.shape[1]), dtype=dt) if out is None else out
+        out = output((T, B, h.shape[1]), dt) if out is None else out
         base.check_rows(out, T, B, row, h.shape[1])
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked,
@@ -441,17 +441,17 @@ class GRUCell(Cell):
         gi = c(gi, dtype=dt)
         h0 = c(state, dtype=dt).reshape(B, H)
         if out is None:  # recompute: the one sequential forward pass of the chunk
-            rec = np.empty((T, B, G), dt)
+            rec = output((T, B, G), dt)
             out, _ = self.scan(w, gi, h0, steps, rec=rec)
-        hk = np.empty((T, B, H), dt)
+        hk = output((T, B, H), dt)
         _k.prev_states(c(out, dtype=dt), h0, steps.lengths, steps.mask, steps.t0,
                        steps.reverse, hk)
         hk2, gi2 = hk.reshape(T * B, H), gi.reshape(T * B, G)
-        gates = np.empty((T * B, 4 * H), dt)
+        gates = output((T * B, 4 * H), dt)
         if rec is not None:  # the recurrent products as the forward computed them
             a = _check_rec(rec, (T, B, G)).reshape(T * B, G)
         else:
-            a = np.empty((T * B, G), dt)
+            a = output((T * B, G), dt)
             product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G if self.reset_after else 2 * H,
                     a, 0, w.fma)
             if not self.reset_after:  # the candidate's product sees r * h: r first
@@ -463,7 +463,7 @@ class GRUCell(Cell):
         _k.gates(gi2, a, self.reset_after, gates)  # the kernels' exp: the forward's gates
         rh = None if self.reset_after else gates[:, :H] * hk2
         dh = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, H)
-        d_gi, d_a = np.empty((T, B, G), dt), np.empty((T, B, G), dt)
+        d_gi, d_a = output((T, B, G), dt), output((T, B, G), dt)
         from ..eager import batch_parts, in_parts
 
         gates3, d_out = gates.reshape(T, B, 4 * H), c(d_out, dtype=dt)

@@ -30,7 +30,7 @@ from ..kernels.jit import (build, counts, dense, kernel, project_block, propagat
                            sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
 from ..kernels.tiles import product
-from ..layout import writable
+from ..layout import output, writable
 from . import base
 from .base import Cell, Prepared, Steps, scratch, sigmoid_
 
@@ -264,7 +264,7 @@ class LSTMCell(Cell):
         T, B, _ = gi.shape
         dt = w.w_hh_t.dtype
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
-        out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
+        out = output((T, B, st.shape[1] // 2), dt) if out is None else out
         base.check_rows(out, T, B, 0, st.shape[1] // 2)
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, st, out, rec, w.fma)
@@ -284,7 +284,7 @@ class LSTMCell(Cell):
         if tb < 1:
             return super().scan_inputs(w, x, state, steps, out, row)
         st = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
-        out = np.empty((T, B, st.shape[1] // 2), dtype=dt) if out is None else out
+        out = output((T, B, st.shape[1] // 2), dt) if out is None else out
         base.check_rows(out, T, B, row, st.shape[1] // 2)
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked, st, out, row,
@@ -303,7 +303,7 @@ class LSTMCell(Cell):
         c = writable
         gi = c(gi, dtype=dt)
         s0 = c(state, dtype=dt).reshape(B, 2 * H)
-        rec = np.empty((T, B, 2 * H), dt)
+        rec = output((T, B, 2 * H), dt)
         self._scan(w, gi, s0, steps, None, rec)
         # the state each step starts from: the recorded one of the step before it
         prev = np.empty_like(rec)
@@ -312,7 +312,7 @@ class LSTMCell(Cell):
         else:
             prev[1:], prev[0] = rec[:-1], s0
         hk = c(prev[..., :H]).reshape(T * B, H)
-        pre = np.empty((T * B, G), dt)
+        pre = output((T * B, G), dt)
         product(hk, 0, T * B, w.w_hh_t, w.b_hh, 0, G, pre, 0, w.fma)
         pre += gi.reshape(T * B, G)
         gates = np.empty((T * B, 5 * H), dt)

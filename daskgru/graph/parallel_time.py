@@ -69,7 +69,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..layout import check_lengths
+from ..layout import check_lengths, output
 from ..cells import project
 from ..eager import chunk_input, run_direction
 from .builder import Graph, chunk_steps, start_state, state_block
@@ -202,7 +202,7 @@ def _spec_task(ps, where, start, tail, tail_where, tail_mask, h0, lengths, mask,
             tsteps = chunk_steps(tail_where, lengths, tail_mask, B, tail.shape[0])
             _, h = run_direction(cell, w, tail, h, tsteps)
     steps = chunk_steps(where, lengths, mask, B, n)
-    out = np.empty((n, B, w.hidden_size), w.w_hh.dtype)
+    out = output((n, B, w.hidden_size), w.w_hh.dtype)
     end, checkpoints = h, []
     for pos, m in _blocks(n):
         a, b = _span(n, pos, m, steps.reverse)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..api import _per_layer_states, check_state, split_hx, validate
-from ..layout import as_mask, canonical, check_lengths, is_dask, uncanonical, writable
+from ..layout import (as_mask, canonical, check_lengths, is_dask, output, uncanonical,
+                      writable)
 from ..cells import Steps, Weights, chunk_backward
 from ..eager import EAGER_BLOCK, batch_parts, in_row_parts, layer_input
 from ..params import GRUParams, LSTMParams
@@ -65,8 +66,8 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
         for d, w in enumerate(ps.weights[l]):
             steps = Steps.make(B, T, lengths=lengths, mask=mask, reverse=d == 1,
                                zero_masked=zero_masked[l])
-            out = np.empty((T, B, w.hidden_size), stack.dtype)
-            rec = (np.empty((T, B, w.w_hh_t.shape[1]), stack.dtype)
+            out = output((T, B, w.hidden_size), stack.dtype)
+            rec = (output((T, B, w.w_hh_t.shape[1]), stack.dtype)
                    if cell.records_products else None)
             state, starts = states[i], [None] * len(blocks)
             # rows are independent: parts of the batch run side by side, each writing its
