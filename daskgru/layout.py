@@ -104,13 +104,13 @@ def output(shape, dtype):
     """A new array that a kernel is about to fill: ``np.empty``, its pages touched first
     when it is large (:data:`PREFAULT_BYTES`).
 
-    Fresh memory from the operating system is mapped page by page on its first write. When
-    those writes come one step at a time from inside a scan, each fault (a trip into the
-    kernel, on a virtual machine often into the hypervisor) also costs the scan its caches
-    and branch predictions; written once, in a tight loop, the same pages cost a memset's
-    time. On a 2-CPU KVM guest (AMD Zen 5) a 268 MB output took 19 ms to touch first and
-    saved 300-400 ms of a 1.3 s scan (docs/performance.md, "Fresh output memory"). Contents
-    are never read before the kernel writes them, so results do not change.
+    Fresh memory from the operating system is mapped page by page on its first write.
+    Taken one step at a time from inside a scan, those faults cost far more than the same
+    faults taken in a tight loop (measured; that each trip into the kernel, on a virtual
+    machine into the hypervisor, costs the scan its caches is our reading): on a 2-CPU KVM
+    guest (AMD Zen 5) touching a 268 MB output first took 19 ms and saved 300-400 ms of a
+    1.3 s scan (docs/performance.md, the Zen 5 section). One write a page maps it; the
+    contents are never read before the kernel writes them, so results do not change.
     """
     out = np.empty(shape, dtype)
     if out.nbytes >= PREFAULT_BYTES:
