@@ -25,6 +25,10 @@ import statistics
 import sys
 import time
 
+# Seconds of rest before each timed call: torch's and JAX's thread pools spin for a while
+# after a call and slow whichever contender runs next on the same CPUs (see compare.py).
+REST = 0.1
+
 
 def jax_grad(p, x, d_out):
     """``f()`` giving JAX's gradients (w_ih, w_hh, b_ih, b_hh, x) of sum(gru(x) * d_out)."""
@@ -136,6 +140,7 @@ def main(argv=None):
                     times = {k: [] for k in fns}
                     for _ in range(args.repeats):
                         for k, f in fns.items():
+                            time.sleep(REST)  # other pools' spinning threads park first
                             t0 = time.perf_counter()
                             f()
                             times[k].append(time.perf_counter() - t0)

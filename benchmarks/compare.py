@@ -67,14 +67,24 @@ def numpy_loop(x, w_ih, w_hh, b_ih, b_hh):
     return out
 
 
+# Seconds of rest before each timed call: the engines' thread pools spin for a while after
+# a call (JAX's, ONNX Runtime's, OpenMP's), and on as many CPUs as threads that spinning
+# slows whichever contender runs next (2 threads, (1024, 64, 64, 256), Zen 5: daskgru right
+# after JAX 134 ms, after a 0.1 s rest 105 ms; OpenVINO right after ONNX Runtime 126 ms,
+# rested 110 ms).
+REST = 0.1
+
+
 def alternate(fns, repeats):
-    """Run each function once to warm up, then alternately; return median seconds each. A
-    function that returns a number has timed itself (seconds)."""
+    """Run each function once to warm up, then alternately, each after :data:`REST`
+    seconds of rest; return median seconds each. A function that returns a number has
+    timed itself (seconds)."""
     for f in fns.values():
         f()
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            time.sleep(REST)
             t = time.perf_counter()
             own = f()
             times[k].append(own if isinstance(own, float) else time.perf_counter() - t)
