@@ -188,11 +188,14 @@ CANDIDATES = {32: ((12, 2), (8, 3), (5, 4), (6, 4), (4, 6)),
 
 
 def _row_driver(R, V, fused=False):
-    """Rows n of one column block of V vectors at cb: tiles of R rows, then of 4 (when R is
-    larger), then of 1."""
-    R4 = min(4, R)
+    """Rows n of one column block of V vectors at cb: tiles of R rows, then of 8 and of 4
+    (those smaller than R), then of 1. The 8-row tile is for what a split batch leaves:
+    with 12-row tiles, 20 or 32 rows ran 15-20% faster with it than with two 4-row tiles
+    (one thread, AMD Zen 5)."""
+    R8, R4 = min(8, R), min(4, R)
     big, one = _make_tile(R, V, fused), _make_tile(1, V, fused)
-    mid = _make_tile(R4, V, fused) if R4 < R else big  # no second copy of the same tile
+    mid8 = _make_tile(R8, V, fused) if R8 < R else big  # no second copy of the same tile
+    mid4 = _make_tile(R4, V, fused) if R4 < R8 else mid8
 
     @numba.njit(nogil=True, boundscheck=False, inline="always")
     def rows(a, w, b, out, ra, ro, n, cb):
@@ -200,9 +203,13 @@ def _row_driver(R, V, fused=False):
         while i + R <= n:
             big(a, w, b, out, ra + i, ro + i, cb)
             i += R
-        if R4 < R:
+        if R8 < R:
+            while i + R8 <= n:
+                mid8(a, w, b, out, ra + i, ro + i, cb)
+                i += R8
+        if R4 < R8:
             while i + R4 <= n:
-                mid(a, w, b, out, ra + i, ro + i, cb)
+                mid4(a, w, b, out, ra + i, ro + i, cb)
                 i += R4
         while i < n:
             one(a, w, b, out, ra + i, ro + i, cb)
