@@ -110,7 +110,10 @@ def output(shape, dtype):
     machine into the hypervisor, costs the scan its caches is our reading): on a 2-CPU KVM
     guest (AMD Zen 5) touching a 268 MB output first took 19 ms and saved 300-400 ms of a
     1.3 s scan (docs/performance.md, the Zen 5 section). One write a page maps it; the
-    contents are never read before the kernel writes them, so results do not change.
+    contents are never read before the kernel writes them, so results do not change. The
+    calling thread maps the pages, so on a machine with several memory nodes they land on
+    its node even where other threads then fill them (not measured: only single-socket
+    machines so far).
     """
     out = np.empty(shape, dtype)
     if out.nbytes >= PREFAULT_BYTES:

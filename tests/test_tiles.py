@@ -35,8 +35,8 @@ def check(dtype, N, K, G, ra, n, c0, c1, ro, seed=0):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-# row counts with every tail of every candidate tile (R in 3..12, then 4-row and 1-row
-# tiles); fixed, not derived from the tuned shape, which two processes may choose apart
+# row counts with every tail of every candidate tile (R in 3..12, then 8-row, 4-row and
+# 1-row tiles); fixed, not derived from the tuned shape, which two processes may choose apart
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 6, 7, 8, 11, 12, 13, 17, 29, 55])
 def test_every_row_tail(dtype, n):
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
@@ -329,6 +329,18 @@ def _bits_under(shape):
 
 
 @pytest.mark.slow
+def test_every_candidate_tile_fits_the_registers():
+    """R x V accumulators, V vectors of w and a broadcast, for every register file; the
+    smaller row tiles of the same driver (8 and 4 rows) fit whenever the main one does."""
+    from daskgru.kernels import tiles
+
+    for regs, shapes in tiles.CANDIDATES.items():
+        for R, V in shapes:
+            assert R * V + V + 1 <= regs, (regs, R, V)
+            if regs == tiles.REGISTERS:  # DASKGRU_TILES accepts every candidate here
+                assert tiles._parse(f"{R}x{V}") == (R, V)
+
+
 def test_every_tile_shape_the_tuner_can_pick_gives_the_same_bits():
     """The tuner only chooses among shapes that change speed, never bits: products with
     every row and column tail, and a GRU, under each candidate forced in a fresh process."""

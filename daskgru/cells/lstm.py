@@ -315,7 +315,7 @@ class LSTMCell(Cell):
         pre = output((T * B, G), dt)
         product(hk, 0, T * B, w.w_hh_t, w.b_hh, 0, G, pre, 0, w.fma)
         pre += gi.reshape(T * B, G)
-        gates = np.empty((T * B, 5 * H), dt)
+        gates = output((T * B, 5 * H), dt)
         with np.errstate(over="ignore"):
             gates[:, :G] = pre
             for a, b in ((0, 2 * H), (3 * H, 4 * H)):
@@ -323,7 +323,7 @@ class LSTMCell(Cell):
             np.tanh(pre[:, 2 * H:3 * H], out=gates[:, 2 * H:3 * H])
             np.tanh(rec[..., H:].reshape(T * B, H), out=gates[:, 4 * H:])
         d_st = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, 2 * H)
-        dp = np.empty((T, B, G), dt)
+        dp = output((T, B, G), dt)
         _k.walk(gates.reshape(T, B, 5 * H), w.w_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, c(prev[..., H:]), c(d_out, dtype=dt), d_st, dp,
                 w.fma)

@@ -184,7 +184,7 @@ def _make_tile(R, V, fused=False):
 # every element in the same order. The candidates fit the register file; the shape is
 # chosen per CPU by timing them once (:func:`tune`), or forced with DASKGRU_TILES="RxV".
 CANDIDATES = {32: ((12, 2), (8, 3), (5, 4), (6, 4), (4, 6)),
-              16: ((6, 2), (4, 3), (5, 2), (3, 4))}
+              16: ((6, 2), (4, 3), (5, 2), (3, 3))}
 
 
 def _row_driver(R, V, fused=False):
