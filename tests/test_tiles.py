@@ -328,7 +328,6 @@ def _bits_under(shape):
     return r.stdout.split()[-1], r.stdout
 
 
-@pytest.mark.slow
 def test_every_candidate_tile_fits_the_registers():
     """R x V accumulators, V vectors of w and a broadcast, for every register file; the
     smaller row tiles of the same driver (8 and 4 rows) fit whenever the main one does."""
@@ -341,6 +340,7 @@ def test_every_candidate_tile_fits_the_registers():
                 assert tiles._parse(f"{R}x{V}") == (R, V)
 
 
+@pytest.mark.slow
 def test_every_tile_shape_the_tuner_can_pick_gives_the_same_bits():
     """The tuner only chooses among shapes that change speed, never bits: products with
     every row and column tail, and a GRU, under each candidate forced in a fresh process."""

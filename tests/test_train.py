@@ -582,3 +582,20 @@ def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypat
 
     for a, b in zip(flat(got[1:]), flat(want[1:])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_lstm_refuses_a_record_of_products():
+    """Only a cell that records its recurrent products takes somewhere to keep them."""
+    from daskgru.api import validate
+    from daskgru.cells import Steps
+
+    p = dg.LSTMParams.random(3, 4, seed=0, dtype="float32")
+    x = np.ones((5, 2, 3), "float32")
+    ps = validate(x, p).stack.prepare()
+    cell, w = ps.cells[0], ps.weights[0][0]
+    assert not cell.records_products
+    for call in (cell.scan, cell.scan_inputs):
+        with pytest.raises(ValueError, match="keeps no record"):
+            call(w, x if call == cell.scan_inputs else np.ones((5, 2, 16), "float32"),
+                 np.zeros((2, 8), "float32"), Steps.make(2, 5),
+                 rec=np.empty((5, 2, 16), "float32"))

@@ -192,9 +192,11 @@ class Cell:
         return (state,)
 
     # -------------------------------------------------------------- numerics
-    def scan(self, w: Prepared, gi, state, steps: Steps, out=None):
+    def scan(self, w: Prepared, gi, state, steps: Steps, out=None, rec=None):
         """Run the recurrence over one chunk from ``state`` (B, S), given its projected
-        inputs ``gi`` (T, B, G); returns (outputs (T, B, H), end state (B, S))."""
+        inputs ``gi`` (T, B, G); returns (outputs (T, B, H), end state (B, S)). ``rec``
+        (T, B, G): where a cell that :attr:`records_products` keeps them (others refuse
+        one)."""
         raise NotImplementedError
 
     def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
@@ -211,9 +213,9 @@ class Cell:
             check_rows(out, T, B, row, w.hidden_size)
         whole = out is None or (row == 0 and out.shape[1] == B)
         if whole and (rec is None or rec.shape[1] == B):
-            return self.scan(w, gi, state, steps, out, **({} if rec is None else {"rec": rec}))
+            return self.scan(w, gi, state, steps, out, rec)
         part = None if rec is None else output((T, B) + rec.shape[2:], rec.dtype)
-        o, end = self.scan(w, gi, state, steps, **({} if part is None else {"rec": part}))
+        o, end = self.scan(w, gi, state, steps, rec=part)
         if part is not None:
             check_rows(rec, T, B, row)
             rec[:, row:row + B] = part

@@ -230,6 +230,12 @@ def _k(cache_key):
     return SimpleNamespace(scan=scan, scan_inputs=scan_inputs, walk=walk, tangent=tangent)
 
 
+def _no_products(rec):
+    if rec is not None:
+        raise ValueError("the LSTM keeps no record of its recurrent products "
+                         "(LSTMCell.records_products is False)")
+
+
 class LSTMCell(Cell):
     """An LSTM with torch.nn.LSTM's equations (no peepholes, no projection).
 
@@ -270,13 +276,15 @@ class LSTMCell(Cell):
                 steps.reverse, steps.zero_masked, st, out, rec, w.fma)
         return out, st
 
-    def scan(self, w: Prepared, gi, state, steps: Steps, out=None):
+    def scan(self, w: Prepared, gi, state, steps: Steps, out=None, rec=None):
+        _no_products(rec)
         B = gi.shape[1]
         return self._scan(w, gi, state, steps, out, np.empty((0, B, 0), w.w_hh_t.dtype))
 
-    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0):
+    def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
         """As the GRU's: each block of steps projected inside the kernel just before it runs
         (or the chunk projected first where one step's projection exceeds the budget)."""
+        _no_products(rec)
         T, B, _ = x.shape
         dt = w.w_hh_t.dtype
         G = w.w_hh_t.shape[1]

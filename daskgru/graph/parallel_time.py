@@ -73,6 +73,7 @@ from ..layout import check_lengths, output
 from ..cells import project
 from ..eager import chunk_input, run_direction
 from .builder import Graph, chunk_steps, start_state, state_block
+from .options import SPEC_CHUNKS_PER_SLOT
 
 __all__ = ["build", "run_numpy", "DEFAULT_WARMUP", "DEFAULT_TOL", "NUMPY_CHUNK"]
 
@@ -481,8 +482,6 @@ def build(x, call, states, lengths, mask, method, warmup, tol, model=None):
                 raise ValueError(f"method='newton' needs the tangent of the "
                                  f"{lay.cell.name.upper()} cell, which it does not have; "
                                  "use method='speculative'")
-    from .options import SPEC_CHUNKS_PER_SLOT
-
     # speculative: small chunks merged, keeping about SPEC_CHUNKS_PER_SLOT a task slot
     spec = method == "speculative"
     g = Graph(x, call, states, lengths, mask, kind=method, extra=(warmup, tol), model=model,

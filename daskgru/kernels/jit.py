@@ -383,8 +383,8 @@ def project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma):
 def skipped(t, tl, bb, lengths, zero_masked, h, out, ro):
     """The output of row ``bb`` (row ``ro + bb`` of ``out``) at a step it skips: 0 past
     its length (padding) or with ``zero_masked``, else its state ``h[bb]`` (a masked step).
-    Not inlined: it is the rare
-    path, kept out of the loop that computes the gates (inlined, it cost 3-5% at H = 64)."""
+    Not inlined: it is the rare path, kept out of the loop that computes the gates
+    (inlined, it cost 3-5% at H = 64)."""
     carry = t < lengths[bb] and not zero_masked
     zero = typed(out, 0)
     for j in range(out.shape[2]):

@@ -76,11 +76,11 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
             for b in (reversed(range(len(blocks))) if d else range(len(blocks))):
                 t0, t1 = blocks[b]
                 starts[b] = state
-                kept = {} if rec is None else {"rec": rec[t0:t1]}
                 state = in_row_parts(
                     parts, layer_in[t0:t1], state, steps.block(t0, t1),
-                    lambda xp, sp, stp, row, o=out[t0:t1], w=w, kept=kept: cell.scan_inputs(
-                        w, xp, sp, stp, out=o, row=row, **kept)[1])
+                    lambda xp, sp, stp, row, o=out[t0:t1], w=w,
+                    r=None if rec is None else rec[t0:t1]: cell.scan_inputs(
+                        w, xp, sp, stp, out=o, row=row, rec=r)[1])
             tape.recs.append(rec)
             outs.append(out)
             ends.append(state)
