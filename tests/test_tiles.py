@@ -134,8 +134,8 @@ def test_cached_kernels_are_keyed_on_the_tiles():
     from daskgru.cells import base, gru, lstm
     from daskgru.kernels import jit
 
-    kernels = [base._project_kernel, *vars(gru._k).values(), *vars(lstm._k).values(),
-               *layers._k]
+    kernels = [k for k in (base._project_kernel, *vars(gru._k).values(),
+                           *vars(lstm._k).values(), *layers._k) if isinstance(k, jit.Kernel)]
     assert len(kernels) == 15
     for k in kernels:
         cells = [c.cell_contents for c in k.py_func.__closure__ or ()]
@@ -438,3 +438,36 @@ def test_the_kernels_exp_sigmoid_and_tanh_are_accurate(dtype):
     assert np.max(err_t) <= 2.5
     assert np.isnan(e[-6]) and np.isnan(s[-6]) and np.isnan(t[-6])
     assert np.all(np.isfinite(e[-5:])) and np.all(np.isfinite(s[-5:-1]))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_step_keeps_no_reference_counts(cell):
+    """The step the scans call once per time step is compiled without Numba's reference
+    counting: counted (an atomic add and subtract per array and view), it took 40% of a step
+    at H = 32, B = 1. Its machine code must not touch a reference count, nor may the product
+    it calls."""
+    import importlib
+    import re
+
+    from daskgru.kernels import tiles
+
+    mod = importlib.import_module(f"daskgru.cells.{cell}")
+    T, B, H, dt = 3, 2, 4, np.float64
+    G = (3 if cell == "gru" else 4) * H
+    rng = np.random.default_rng(0)
+    gs = rng.standard_normal((T, B, G))
+    w_t, b = rng.standard_normal((H, G)) * 0.3, rng.standard_normal(G)
+    lengths, mask = np.full(B, T, np.int64), np.empty((0, 0), np.uint8)
+    h, out, rec = np.zeros((B, H)), np.zeros((T, B, H)), np.empty((0, 0, 0), dt)
+    acc, rh, c = np.empty((B, G)), np.empty((B, H)), np.zeros((B, H))
+    head = (gs, 1, w_t, b, lengths, mask, 1, 1, True, False, False)
+    if cell == "gru":
+        mod._k.step(*head, True, h, out, 0, rec, acc, rh, True)
+    else:
+        mod._k.step(*head, h, c, out, 0, rec, acc, True)
+    assert np.isfinite(out[1]).all() and np.abs(out[1]).sum() > 0  # the step ran
+    step = mod._k.step
+    llvm = step.inspect_llvm(step.signatures[0])
+    bodies = re.findall(r"\ndefine [^\n]*\n(.*?)\n}", llvm, flags=re.S)
+    assert bodies and not any("NRT_incref" in f or "NRT_decref" in f for f in bodies)
+    assert tiles.product.targetoptions.get("_nrt") is False

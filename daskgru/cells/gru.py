@@ -65,13 +65,15 @@ def _check_rec(rec, shape, row=0):
 def _k(cache_key):
     u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
 
-    @numba.njit(inline="always")
-    def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, reset_after, h,
-             out, ro, rec, acc, rh, fma):
-        """One step from its projected inputs g (B, G): the recurrent product of all rows,
-        then the gates fused with the state update; h (B, H) is updated in place, the
+    @numba.njit(_nrt=False)
+    def step(gs, k, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, reset_after,
+             h, out, ro, rec, acc, rh, fma):
+        """One step from its projected inputs g = gs[k] (B, G): the recurrent product of all
+        rows, then the gates fused with the state update; h (B, H) is updated in place, the
         outputs go to rows ro.. of out; ``rec`` (T, B, G), unless empty, keeps the step's
-        recurrent products (the backward's pre-activations)."""
+        recurrent products (the backward's pre-activations). Compiled without reference
+        counting and called, not inlined (see :mod:`daskgru.kernels.jit`)."""
+        g = gs[k]
         B, G = g.shape
         H = h.shape[1]
         one = typed(h, 1)
@@ -119,7 +121,7 @@ def _k(cache_key):
         every = dense(lengths, mask, t0, T)
         for s in range(T):
             tl = T - 1 - s if reverse else s
-            step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
+            step(gi, tl, w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
                  reset_after, h, out, 0, rec, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, :, ::1], f[:, ::1], f[::1], f[:, ::1], f[::1], i64[::1],
@@ -148,7 +150,7 @@ def _k(cache_key):
             a, n = project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma)
             for s in range(n):
                 k = n - 1 - s if reverse else s
-                step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
+                step(gbuf, k, w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
                      zero_masked, reset_after, h, out, ro, rec, acc, rh, fma)
 
     @kernel(lambda f: numba.void(f[:, ::1], f[:, ::1], b1, f[:, ::1]))
@@ -357,7 +359,7 @@ def _k(cache_key):
                     h[bb, j] = (one - z[j]) * n[j] + z[j] * h[bb, j]
 
     return SimpleNamespace(scan=scan, scan_inputs=scan_inputs, prev_states=prev_states,
-                           walk=walk, tangent=tangent, gates=gates)
+                           walk=walk, tangent=tangent, gates=gates, step=step)
 
 
 class GRUCell(Cell):

@@ -41,11 +41,13 @@ __all__ = ["LSTMCell"]
 def _k(cache_key):
     u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
 
-    @numba.njit(inline="always")
-    def step(g, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, h, c, out, ro,
-             rec, acc, fma):
-        """One step from its projected inputs g (B, G); h and c (B, H) updated in place, the
-        outputs to rows ro.. of out."""
+    @numba.njit(_nrt=False)
+    def step(gs, k, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, h, c, out,
+             ro, rec, acc, fma):
+        """One step from its projected inputs g = gs[k] (B, G); h and c (B, H) updated in
+        place, the outputs to rows ro.. of out. Compiled without reference counting and
+        called, not inlined (see :mod:`daskgru.kernels.jit`)."""
+        g = gs[k]
         B, G = g.shape
         H = G // 4
         product(h, 0, B, w_t, b, 0, G, acc, 0, fma)
@@ -83,7 +85,7 @@ def _k(cache_key):
         every = dense(lengths, mask, t0, T)
         for s in range(T):
             tl = T - 1 - s if reverse else s
-            step(gi[tl], w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
+            step(gi, tl, w_t, b, lengths, mask, t0 + tl, tl, every, has_mask, zero_masked,
                  h, c, out, 0, rec, acc, fma)
         state[:, :H] = h
         state[:, H:] = c
@@ -113,7 +115,7 @@ def _k(cache_key):
             a, n = project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma)
             for s in range(n):
                 k = n - 1 - s if reverse else s
-                step(gbuf[k], w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
+                step(gbuf, k, w_t, b, lengths, mask, t0 + a + k, a + k, every, has_mask,
                      zero_masked, h, c, out, ro, rec, acc, fma)
         state[:, :H] = h
         state[:, H:] = c
@@ -141,6 +143,7 @@ def _k(cache_key):
         no_bias = np.zeros(H, dtype=dp.dtype)
         live = np.empty(B, dtype=np.bool_)
         has_mask = mask.shape[0] > 0
+        dp2 = dp.reshape(T * B, G)  # rows of steps, so no view is made per step
         for s in range(T - 1, -1, -1):
             tl = T - 1 - s if reverse else s
             t = t0 + tl
@@ -162,7 +165,7 @@ def _k(cache_key):
                     dp[tl, bb, 2 * H + j] = gc * i * (one - g * g)
                     dp[tl, bb, 3 * H + j] = gh * tc * o * (one - o)
                     dc[bb, j] = gc * f
-            product(dp[tl], 0, B, w_hh, no_bias, 0, H, back, 0, fma)
+            product(dp2, tl * B, B, w_hh, no_bias, 0, H, back, 0, fma)
             for bb in range(B):
                 if live[bb]:
                     for j in range(H):
@@ -227,7 +230,8 @@ def _k(cache_key):
                     state[bb, H + j] = fg[j] * state[bb, H + j] + ig[j] * gg[j]
                     state[bb, j] = og[j] * tanh(state[bb, H + j])
 
-    return SimpleNamespace(scan=scan, scan_inputs=scan_inputs, walk=walk, tangent=tangent)
+    return SimpleNamespace(scan=scan, scan_inputs=scan_inputs, walk=walk, tangent=tangent,
+                           step=step)
 
 
 def _no_products(rec):

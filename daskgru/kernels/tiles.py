@@ -265,7 +265,7 @@ def _make_product(R, V):
     # Numba's disk cache keys a function on its code and closure: R and V are in the closure
     # (the row drivers are rebuilt from them), so each shape has its own cached code.
     product.__qualname__ = product.__name__ = f"product_{R}x{V}"
-    return njit_cached(product, nogil=True, boundscheck=False)
+    return njit_cached(product, nogil=True, boundscheck=False, _nrt=False)
 
 
 def _cpu_key():
