@@ -74,9 +74,12 @@ def layer_input(parts, merge="concat"):
 
 def chunk_input(ps, l, parts):
     """Layer l's input from its pieces: the lower layer's directions side by side, or for
-    layer 0 the model's input through its per-step layers before the stack (``ps.pre``)."""
-    x = layer_input(parts)
-    return layers.apply(ps.pre, x, ps.fma) if l == 0 and ps.pre else x
+    layer 0 the input's time chunks one after the other (a graph's merged chunk), through
+    the model's per-step layers before the stack (``ps.pre``)."""
+    if l > 0:
+        return layer_input(parts)
+    x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return layers.apply(ps.pre, x, ps.fma) if ps.pre else x
 
 
 def run_direction(cell: Cell, w: Prepared, x, state, steps: Steps, out=None, row=0):

@@ -95,12 +95,26 @@ class Graph:
         # times its outputs (the backward's: about 16)
         step_work, step_bytes = step_costs(self.stack, max(self.x.chunks[1], default=0), held)
         self.user_tchunks = self.x.chunks[0]
+        # the user's time chunks that make up each of the graph's (one each, unless merged)
+        self.pieces = [[k] for k in range(len(self.user_tchunks))]
+        self.tchunks = self.user_tchunks
         if merge:  # small time chunks merged into tasks worth their scheduling
             merged = self.opts.merged(self.x.chunks[0], step_work, step_bytes,
                                       min_chunks_per_slot * self.opts.slots)
-            if merged != self.x.chunks[0]:
-                self.x = self.x.rechunk({0: merged})
-        self.tchunks, self.bchunks = self.x.chunks[0], self.x.chunks[1]
+            if merged != self.x.chunks[0] and kind == "backward":
+                self.x = self.x.rechunk({0: merged})  # its tasks index x's chunks directly
+            elif merged != self.x.chunks[0]:
+                # a merged chunk's task takes the user's chunks as they are and joins them
+                # itself (chunk_input): no rechunk tasks, no scheduler round trip for them
+                ends = np.cumsum(self.user_tchunks).tolist()
+                runs, first = [], 0
+                for e in np.cumsum(merged).tolist():
+                    last = ends.index(e)
+                    runs.append(list(range(first, last + 1)))
+                    first = last + 1
+                self.pieces = runs
+            self.tchunks = tuple(int(c) for c in merged)
+        self.bchunks = self.x.chunks[1]
         self.t_starts = np.concatenate([[0], np.cumsum(self.tchunks)[:-1]]).astype(int).tolist()
         self.b_edges = np.cumsum((0,) + self.bchunks)
         self.collections = [self.x]
@@ -124,9 +138,9 @@ class Graph:
         from ..numerics import use_fma
 
         self.fma = use_fma()  # the products' numerics, resolved once, here on the client
-        self.token = tokenize(kind, [c.name for c in self.collections], self.stack, model,
-                              call.zero_masked, literal, self.fuse, self.group, self.split,
-                              self.fma, *extra)
+        self.token = tokenize(kind, [c.name for c in self.collections], self.tchunks,
+                              self.stack, model, call.zero_masked, literal, self.fuse,
+                              self.group, self.split, self.fma, *extra)
         names = {lay.cell.name for lay in self.stack.layers}
         self.root = names.pop() if len(names) == 1 else "rnn"
         wkey = f"{self.root}-weights-{self.token}"
@@ -225,9 +239,11 @@ class Graph:
         return Where(l, d, self.t_starts[k], self.call.T, self.call.zero_masked[l])
 
     def parts(self, l, j, k) -> list:
-        """Keys of layer l's input pieces on chunk (k, j), side by side."""
+        """Keys of layer l's input pieces on chunk (k, j): for layer 0 the user's time
+        chunks that make it up, one after the other; above, the directions of the layer
+        below, side by side (:func:`daskgru.eager.chunk_input` joins either)."""
         if l == 0:
-            return [(self.x.name, k, j, 0)]
+            return [(self.x.name, u, j, 0) for u in self.pieces[k]]
         below = self.outputs[l - 1]
         return [(below.name, k, j, d) for d in range(len(below.chunks[2]))]
 

@@ -59,10 +59,12 @@ log = logging.getLogger("daskgru.graph")
 MAX_VERIFY_GROUP = 8
 # "auto" of daskgru.merge-chunks: time chunks are merged until a scan task does at least this
 # many multiply-adds (about 8 ms of a kernel at 100 GFLOP/s on the local schedulers; on a
-# cluster a task costs milliseconds of scheduling and transfer). Measured in
-# docs/performance.md ("The dask path's cost per task").
-MERGE_WORK = {"sync": 400_000_000, "threads": 400_000_000, "processes": 2_000_000_000,
-              "distributed": 2_000_000_000}
+# cluster, where each hop of a chain is a round trip to the scheduler of milliseconds, about
+# 40 ms at 200 GFLOP/s: 2e9 left a 2-worker LocalCluster at 1.5x eager on T=1024, B=64,
+# H=256, 8e9 at 1.27x on the AMD Zen 5). Measured in docs/performance.md ("The dask path's
+# cost per task").
+MERGE_WORK = {"sync": 400_000_000, "threads": 400_000_000, "processes": 8_000_000_000,
+              "distributed": 8_000_000_000}
 # ... but a merged chunk's outputs (a task's result) stay below this many bytes.
 MERGE_MAX_BYTES = 64 << 20
 # A scan task smaller than this (multiply-adds) is not split over threads by "auto": handing
