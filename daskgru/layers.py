@@ -184,7 +184,7 @@ def _k(cache_key):
     def dense(x, w, b, kinds, out, fma):
         """out = act_j(b + x @ w) for every row of x (N, n_in); kinds[j] names act_j."""
         cache_key  # noqa: B018
-        product(x, 0, x.shape[0], w, b, 0, w.shape[1], out, 0, fma)
+        product(x, int(0), x.shape[0], w, b, int(0), w.shape[1], out, int(0), fma)
         if np.any(kinds != 0):
             for i in range(out.shape[0]):
                 for j in range(out.shape[1]):

@@ -471,3 +471,60 @@ def test_the_step_keeps_no_reference_counts(cell):
     bodies = re.findall(r"\ndefine [^\n]*\n(.*?)\n}", llvm, flags=re.S)
     assert bodies and not any("NRT_incref" in f or "NRT_decref" in f for f in bodies)
     assert tiles.product.targetoptions.get("_nrt") is False
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_long_sums_are_taken_in_ranges_with_the_same_bits(dtype, fused):
+    """A sum over more terms than tiles._LONG_K_BYTES (the weight gradients, summed over every
+    row and step) is taken in ranges of k, each resuming from the partial sums stored by the
+    one before: the same terms in the same order, so the bits of one left-to-right sum."""
+    import numba
+
+    from daskgru.kernels import tiles
+
+    @numba.njit
+    def sequential(a, w, b, fused):
+        out = np.empty((a.shape[0], w.shape[1]), a.dtype)
+        for i in range(a.shape[0]):
+            for c in range(w.shape[1]):
+                s = b[c]
+                for k in range(a.shape[1]):
+                    s = tiles.fma(a[i, k], w[k, c], s) if fused else s + a[i, k] * w[k, c]
+                out[i, c] = s
+        return out
+
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    K = tiles._LONG_K_BYTES // np.dtype(dtype).itemsize + 777  # several ranges and a tail
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((40, K)).astype(dtype)
+    w = rng.standard_normal((K, 3 * lanes + 3)).astype(dtype)
+    b = rng.standard_normal(3 * lanes + 3).astype(dtype)
+    out = np.full((41, w.shape[1]), np.nan, dtype)
+    product(a, 3, 35, w, b, 1, w.shape[1], out, 1, fused)
+    want = sequential(a[3:38], w, b, fused)
+    np.testing.assert_array_equal(out[1:36, 1:], want[:, 1:])
+    assert np.isnan(out[0]).all() and np.isnan(out[36:]).all() and np.isnan(out[:, 0]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_transposed_product_gives_the_products_bits(dtype, fused):
+    """product_t reads ``a`` as its transpose (the weight gradients' sources, as they lie):
+    the bits of product on the transposed copy, short and long sums, any rows and columns."""
+    from daskgru.kernels import tiles
+
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(2)
+    for K in (7, tiles._LONG_K_BYTES // np.dtype(dtype).itemsize + 300):
+        a_t = rng.standard_normal((K, 30)).astype(dtype)
+        w = rng.standard_normal((K, 2 * lanes + 5)).astype(dtype)
+        b = rng.standard_normal(w.shape[1]).astype(dtype)
+        got = np.full((28, w.shape[1]), np.nan, dtype)
+        want = got.copy()
+        tiles.product_t(a_t, 2, 27, w, b, 1, w.shape[1], got, 1, fused)
+        product(np.ascontiguousarray(a_t.T), 2, 27, w, b, 1, w.shape[1], want, 1, fused)
+        np.testing.assert_array_equal(got, want)
+        assert np.isnan(got[0]).all() and np.isnan(got[:, 0]).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        tiles.product_t(a_t, 20, 11, w, b, 0, 1, got, 0, fused)

@@ -543,9 +543,10 @@ def test_the_backward_gates_are_the_forward_gates(rng, reset_after):
 @pytest.mark.parametrize("block_bytes", [None, 1])
 @pytest.mark.parametrize("cell", ["gru", "gru-cho", "lstm"])
 def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypatch):
-    """The eager forward and the walk back split the batch rows over threads: every
-    gradient has the bits of one thread (two bidirectional layers, lengths, a mask with
-    holes), also where the cell projects a chunk first (a step over the block budget)."""
+    """The eager forward and the walk back split the batch rows over threads, the weight
+    gradients their rows: every gradient has the bits of one thread (two bidirectional
+    layers, lengths, a mask with holes), also where the cell projects a chunk first (a
+    step over the block budget)."""
     from daskgru.cells import base
 
     T, B, I, H = 33, 11, 3, 8
@@ -574,7 +575,9 @@ def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypat
 
     monkeypatch.setattr(eager, "in_parts", counted)  # the forward's and the walk's
     got = f(x, p, d_out, **kw)
-    assert set(used) == {2}  # 11 rows: two parts of at least 4
+    # the forward and the walk: 11 rows, two parts of at least 4; the weight gradients
+    # split their K rows (I = 3, H = 8, 2H = 16: one, two and three parts)
+    assert set(used) == {1, 2, 3}
     assert _params_rel(got[0], want[0]) == 0
 
     def flat(r):

@@ -78,14 +78,14 @@ def _k(cache_key):
         H = h.shape[1]
         one = typed(h, 1)
         if reset_after:
-            product(h, 0, B, w_t, b, 0, G, acc, 0, fma)
+            product(h, int(0), B, w_t, b, int(0), G, acc, int(0), fma)
         else:
             # r and z see h; the candidate sees r * h, so it needs r first.
-            product(h, 0, B, w_t, b, 0, 2 * H, acc, 0, fma)
+            product(h, int(0), B, w_t, b, int(0), 2 * H, acc, int(0), fma)
             for bb in range(B):
                 for j in range(H):
                     rh[bb, j] = sigmoid(g[bb, j] + acc[bb, j]) * h[bb, j]
-            product(rh, 0, B, w_t, b, 2 * H, G, acc, 0, fma)
+            product(rh, int(0), B, w_t, b, 2 * H, G, acc, int(0), fma)
         if rec.shape[0]:
             for bb in range(B):
                 for j in range(G):
@@ -257,7 +257,7 @@ def _k(cache_key):
                         d_a[tl, bb, 2 * H + j] = dn
                         dn_[bb, j] = dn
             # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
-            product(dn_, r0, r1 - r0, w_n, no_bias, 0, H, back, r0, fma)
+            product(dn_, r0, r1 - r0, w_n, no_bias, int(0), H, back, r0, fma)
             if not reset_after:
                 for bb in range(r0, r1):
                     if not live[bb]:
@@ -269,7 +269,7 @@ def _k(cache_key):
                         d_gi[tl, bb, j] = dr
                         d_a[tl, bb, j] = dr
                         drz[bb, j] = dr
-            product(drz, r0, r1 - r0, w_rz, no_bias, 0, H, back_rz, r0, fma)
+            product(drz, r0, r1 - r0, w_rz, no_bias, int(0), H, back_rz, r0, fma)
             for bb in range(r0, r1):
                 if not live[bb]:
                     continue  # skipped step: the adjoint passes through
@@ -477,12 +477,9 @@ class GRUCell(Cell):
 
         in_parts(walk, batch_parts(B, T * G * H, threads))
         da2 = d_a.reshape(T * B, G)
-        dW_hh = np.empty((G, H), dt)
-        if self.reset_after:
-            np.dot(da2.T, hk2, out=dW_hh)
-        else:
-            dW_hh[:2 * H] = da2[:, :2 * H].T @ hk2
-            dW_hh[2 * H:] = da2[:, 2 * H:].T @ rh
+        sources = ([(hk2, 0, G)] if self.reset_after  # the candidate's product saw r * h
+                   else [(hk2, 0, 2 * H), (rh, 2 * H, G)])
+        dW_hh = base.weight_gradient(da2, sources, w.fma, threads)
         return d_gi, dh, dW_hh, da2.sum(axis=0)
 
     def tangent(self, w: Prepared, gi, state, steps: Steps, cutoff=0.0, M=None):

@@ -50,7 +50,7 @@ def _k(cache_key):
         g = gs[k]
         B, G = g.shape
         H = G // 4
-        product(h, 0, B, w_t, b, 0, G, acc, 0, fma)
+        product(h, int(0), B, w_t, b, int(0), G, acc, int(0), fma)
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                 skipped(t, tl, bb, lengths, zero_masked, h, out, ro)
@@ -165,7 +165,7 @@ def _k(cache_key):
                     dp[tl, bb, 2 * H + j] = gc * i * (one - g * g)
                     dp[tl, bb, 3 * H + j] = gh * tc * o * (one - o)
                     dc[bb, j] = gc * f
-            product(dp2, tl * B, B, w_hh, no_bias, 0, H, back, 0, fma)
+            product(dp2, tl * B, B, w_hh, no_bias, int(0), H, back, int(0), fma)
             for bb in range(B):
                 if live[bb]:
                     for j in range(H):
@@ -340,7 +340,8 @@ class LSTMCell(Cell):
                 steps.reverse, steps.zero_masked, c(prev[..., H:]), c(d_out, dtype=dt), d_st, dp,
                 w.fma)
         dp2 = dp.reshape(T * B, G)
-        return dp, d_st, dp2.T @ hk, dp2.sum(axis=0)
+        dW_hh = base.weight_gradient(dp2, [(hk, 0, G)], w.fma, threads)
+        return dp, d_st, dW_hh, dp2.sum(axis=0)
 
     def tangent(self, w: Prepared, gi, state, steps: Steps, cutoff=0.0, M=None):
         T, B, _ = gi.shape

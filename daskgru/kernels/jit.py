@@ -382,7 +382,8 @@ def project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma):
     nblocks = (T + Tb - 1) // Tb
     a = (nblocks - 1 - sb if reverse else sb) * Tb
     n = min(Tb, T - a)
-    tiles.product(x2, a * B, n * B, w_ih_t, b_ih, 0, w_ih_t.shape[1], g2, 0, fma)
+    tiles.product(x2, a * B, n * B, w_ih_t, b_ih, int(0), w_ih_t.shape[1], g2, int(0),
+                  fma)
     return a, n
 
 

@@ -28,6 +28,10 @@ the first import on a machine times the candidates that fit its registers (:func
 about two seconds) and keeps the choice in a small file beside Numba's cache, keyed by the CPU
 (:func:`tune_file`); ``DASKGRU_TILES="RxV"`` forces one. The shape never changes the bits.
 
+Numba compiles a function once for every pattern of literal ints its callers pass
+(``product(h, 0, B, ...)`` and ``product(x, a, n, ...)`` would be two compiles of all the
+tiles), so the kernels pass ``int(0)``, which Numba types as a plain int64.
+
 The Numba kernels that call ``product`` are cached on disk; Numba keys its cache on the
 calling module's source, not on this one, so they are declared with
 :func:`daskgru.kernels.jit.kernel`, whose cache key covers this file and the tile shape.
@@ -52,7 +56,7 @@ from numba.extending import intrinsic
 
 from .cache import njit_cached
 
-__all__ = ["product", "fma", "VECTOR_BYTES", "TILE", "tune"]
+__all__ = ["product", "product_t", "fma", "VECTOR_BYTES", "TILE", "tune"]
 
 
 def _vector_bytes():
@@ -73,6 +77,12 @@ VECTOR_BYTES = _vector_bytes()
 REGISTERS = 32 if VECTOR_BYTES == 64 else 16
 # Row panels of ``a`` of about this many bytes stay in L2 while all column blocks pass.
 _PANEL_BYTES = 256 << 10
+# A sum over more terms than this many bytes of a row of ``a`` is taken in ranges of k of
+# _K_BLOCK_BYTES (the weight gradients, summed over every row and step of a chunk). On the
+# AMD Zen 5, dW of T*B = 8192 rows at H = 512: ranges of 1 KiB 177 GF/s, 2 KiB 161, 4 KiB
+# 138, 8 KiB 87 (one thread, float32).
+_LONG_K_BYTES = 16 << 10
+_K_BLOCK_BYTES = 1 << 10
 
 
 @intrinsic
@@ -105,20 +115,25 @@ def _check_types(a, w, b, out):
                           + ", ".join(str(t) for t in arrays))
 
 
-def _make_tile(R, V, fused=False):
-    """An intrinsic ``tile(a, w, b, out, ra, ro, c0)``: the R x (V * lanes) block of outputs
-    with rows ra.. of ``a`` (ro.. of ``out``) and columns c0.., as described above; with
-    ``fused``, each product is added by a fused multiply-add (one rounding)."""
+def _make_tile(R, V, fused=False, transposed=False):
+    """An intrinsic ``tile(a, w, b, out, ra, ro, c0, k0, k1)``: the R x (V * lanes) block
+    of outputs with rows ra.. of ``a`` (ro.. of ``out``) and columns c0.., as described
+    above, over the terms k0 <= k < k1; with ``fused``, each product is added by a fused
+    multiply-add (one rounding). For k0 > 0 the sums start from what ``out`` holds instead
+    of the bias: a product over all k split into ranges of k, each resuming where the one
+    before stopped, adds the same terms in the same order. ``transposed``: ``a`` is given
+    as its transpose (K, .), row i's terms read from its column ra + i."""
 
     @intrinsic
-    def tile(typingctx, a, w, b, out, ra, ro, c0):
+    def tile(typingctx, a, w, b, out, ra, ro, c0, k0, k1):
         _check_types(a, w, b, out)
-        sig = types.void(a, w, b, out, types.int64, types.int64, types.int64)
+        i64_ = types.int64
+        sig = types.void(a, w, b, out, i64_, i64_, i64_, i64_, i64_)
 
         def codegen(context, builder, signature, args):
             aa, ww, bb, oo = (context.make_array(t)(context, builder, v)
                               for t, v in zip(signature.args[:4], args[:4]))
-            ra_, ro_, c0_ = args[4:]
+            ra_, ro_, c0_, k0_, k1_ = args[4:]
             fty = context.get_value_type(a.dtype)
             L = VECTOR_BYTES // context.get_abi_sizeof(fty)
             vty = ir.VectorType(fty, L)
@@ -134,27 +149,38 @@ def _make_tile(R, V, fused=False):
             def byte_offset(p, nbytes):  # strides are in bytes
                 return builder.inttoptr(builder.add(builder.ptrtoint(p, i64), nbytes), p.type)
 
-            K = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
             sa = cgutils.unpack_tuple(builder, aa.strides, 2)[0]
             sw = cgutils.unpack_tuple(builder, ww.strides, 2)[0]
             so = cgutils.unpack_tuple(builder, oo.strides, 2)[0]
+            ocol = builder.gep(oo.data, [c0_])
+            orows = [byte_offset(ocol, builder.mul(builder.add(ro_, i64(i)), so))
+                     for i in range(R)]
             # Accumulators live in allocas that LLVM promotes to registers.
             acc = [[cgutils.alloca_once(builder, vty) for _ in range(V)] for _ in range(R)]
-            for j in range(V):
-                bias = builder.load(vptr(builder.gep(bb.data, [builder.add(c0_, i64(j * L))])),
-                                    align=1)
-                for i in range(R):
-                    builder.store(bias, acc[i][j])
+            with builder.if_else(builder.icmp_signed(">", k0_, i64(0))) as (resume, start):
+                with resume:
+                    for j in range(V):
+                        for i in range(R):
+                            builder.store(builder.load(
+                                vptr(builder.gep(orows[i], [i64(j * L)])), align=1), acc[i][j])
+                with start:
+                    for j in range(V):
+                        bias = builder.load(
+                            vptr(builder.gep(bb.data, [builder.add(c0_, i64(j * L))])), align=1)
+                        for i in range(R):
+                            builder.store(bias, acc[i][j])
             rows = [byte_offset(aa.data, builder.mul(builder.add(ra_, i64(i)), sa))
-                    for i in range(R)]
+                    for i in range(0 if transposed else R)]
             wcol = builder.gep(ww.data, [c0_])
-            with cgutils.for_range(builder, K) as loop:
-                k = loop.index
+            with cgutils.for_range(builder, builder.sub(k1_, k0_)) as loop:
+                k = builder.add(k0_, loop.index)
                 wk = byte_offset(wcol, builder.mul(k, sw))
                 wv = [builder.load(vptr(builder.gep(wk, [i64(j * L)])), align=1)
                       for j in range(V)]
+                ak = byte_offset(aa.data, builder.mul(k, sa)) if transposed else None
                 for i in range(R):
-                    x = builder.load(builder.gep(rows[i], [k]))
+                    x = builder.load(builder.gep(ak, [builder.add(ra_, i64(i))]) if transposed
+                                     else builder.gep(rows[i], [k]))
                     xv = builder.insert_element(ir.Constant(vty, ir.Undefined), x, i64(0))
                     xv = builder.shuffle_vector(xv, xv, zeros)
                     for j in range(V):
@@ -163,12 +189,10 @@ def _make_tile(R, V, fused=False):
                         else:  # plain fmul then fadd: no fast-math flags, no contraction
                             s = builder.fadd(builder.load(acc[i][j]), builder.fmul(xv, wv[j]))
                         builder.store(s, acc[i][j])
-            ocol = builder.gep(oo.data, [c0_])
             for i in range(R):
-                orow = byte_offset(ocol, builder.mul(builder.add(ro_, i64(i)), so))
                 for j in range(V):
                     builder.store(builder.load(acc[i][j]),
-                                  vptr(builder.gep(orow, [i64(j * L)])), align=1)
+                                  vptr(builder.gep(orows[i], [i64(j * L)])), align=1)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -187,84 +211,108 @@ CANDIDATES = {32: ((12, 2), (8, 3), (5, 4), (6, 4), (4, 6)),
               16: ((6, 2), (4, 3), (5, 2), (3, 3))}
 
 
-def _row_driver(R, V, fused=False):
-    """Rows n of one column block of V vectors at cb: tiles of R rows, then of 8 and of 4
-    (those smaller than R), then of 1. The 8-row tile is for what a split batch leaves:
-    with 12-row tiles, 20 or 32 rows ran 15-20% faster with it than with two 4-row tiles
-    (one thread, AMD Zen 5)."""
+def _row_driver(R, V, fused=False, transposed=False):
+    """Rows n of one column block of V vectors at cb, terms k0 <= k < k1: tiles of R rows,
+    then of 8 and of 4 (those smaller than R), then of 1. The 8-row tile is for what a split
+    batch leaves: with 12-row tiles, 20 or 32 rows ran 15-20% faster with it than with two
+    4-row tiles (one thread, AMD Zen 5)."""
     R8, R4 = min(8, R), min(4, R)
-    big, one = _make_tile(R, V, fused), _make_tile(1, V, fused)
-    mid8 = _make_tile(R8, V, fused) if R8 < R else big  # no second copy of the same tile
-    mid4 = _make_tile(R4, V, fused) if R4 < R8 else mid8
+    big, one = _make_tile(R, V, fused, transposed), _make_tile(1, V, fused, transposed)
+    mid8 = _make_tile(R8, V, fused, transposed) if R8 < R else big  # no second copy
+    mid4 = _make_tile(R4, V, fused, transposed) if R4 < R8 else mid8
 
     @numba.njit(nogil=True, boundscheck=False, inline="always")
-    def rows(a, w, b, out, ra, ro, n, cb):
+    def rows(a, w, b, out, ra, ro, n, cb, k0, k1):
         i = 0
         while i + R <= n:
-            big(a, w, b, out, ra + i, ro + i, cb)
+            big(a, w, b, out, ra + i, ro + i, cb, k0, k1)
             i += R
         if R8 < R:
             while i + R8 <= n:
-                mid8(a, w, b, out, ra + i, ro + i, cb)
+                mid8(a, w, b, out, ra + i, ro + i, cb, k0, k1)
                 i += R8
         if R4 < R8:
             while i + R4 <= n:
-                mid4(a, w, b, out, ra + i, ro + i, cb)
+                mid4(a, w, b, out, ra + i, ro + i, cb, k0, k1)
                 i += R4
         while i < n:
-            one(a, w, b, out, ra + i, ro + i, cb)
+            one(a, w, b, out, ra + i, ro + i, cb, k0, k1)
             i += 1
 
     return rows
 
 
-def _make_product(R, V):
+def _make_product(R, V, transposed=False):
     """``product`` with tiles of R rows x V vectors; columns left over get one-vector tiles
-    (as many rows as fit the registers), then plain loops."""
-    rows_v, rows_1 = _row_driver(R, V), _row_driver(REGISTERS // 2 - 4, 1)
-    rows_vf, rows_1f = _row_driver(R, V, True), _row_driver(REGISTERS // 2 - 4, 1, True)
-    RM = math.lcm(R, REGISTERS // 2 - 4)  # rows of a panel: a multiple of both tiles
+    (as many rows as fit the registers), then plain loops. ``transposed``: ``product_t``,
+    which takes ``a`` as its transpose."""
+    RS = REGISTERS // 2 - 4  # rows of the one-vector tiles
+    rv, r1 = _row_driver(R, V, False, transposed), _row_driver(RS, 1, False, transposed)
+    rvf, r1f = _row_driver(R, V, True, transposed), _row_driver(RS, 1, True, transposed)
+    RM = math.lcm(R, RS)  # rows of a panel: a multiple of both tiles
+
+    @numba.njit(nogil=True, boundscheck=False, inline="always")
+    def span(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1):
+        # rows m from ra (ro of out), columns c0..c1, terms k0..k1; for k0 > 0 the sums go
+        # on from out (the terms before k0 are in it), else they start from the bias
+        L = VECTOR_BYTES // a.itemsize
+        cb = c0
+        while cb + V * L <= c1:
+            if fused:
+                rvf(a, w, b, out, ra, ro, m, cb, k0, k1)
+            else:
+                rv(a, w, b, out, ra, ro, m, cb, k0, k1)
+            cb += V * L
+        while cb + L <= c1:
+            if fused:
+                r1f(a, w, b, out, ra, ro, m, cb, k0, k1)
+            else:
+                r1(a, w, b, out, ra, ro, m, cb, k0, k1)
+            cb += L
+        for i in range(ra, ra + m):
+            o = ro - ra + i
+            for c in range(cb, c1):
+                s = out[o, c] if k0 > 0 else b[c]
+                for k in range(k0, k1):
+                    x = a[k, i] if transposed else a[i, k]
+                    s = fma(x, w[k, c], s) if fused else s + x * w[k, c]
+                out[o, c] = s
 
     def product(a, ra, n, w, b, c0, c1, out, ro, fused=False):
         """out[ro + i, c] = b[c] + sum_k a[ra + i, k] * w[k, c] for i < n, c0 <= c < c1, in
         the fixed order of the module docstring; ``fused``: each product added by a fused
-        multiply-add. a (., K), w (K, .) and out have contiguous rows."""
-        K = a.shape[1]
+        multiply-add. a (., K), w (K, .) and out have contiguous rows. A long sum (K above
+        :data:`_LONG_K_BYTES`, the weight gradients' sums over every row and step) is taken
+        in ranges of k, each resuming from the partial sums the one before stored: the same
+        terms in the same order, so the same bits, with a panel of ``a`` that stays in
+        cache."""
+        K, M = (a.shape[0], a.shape[1]) if transposed else (a.shape[1], a.shape[0])
         # The tiles index raw memory: check the block lies inside every array (per call).
-        if (w.shape[0] != K or n < 0 or ra < 0 or ro < 0 or ra + n > a.shape[0]
+        if (w.shape[0] != K or n < 0 or ra < 0 or ro < 0 or ra + n > M
                 or ro + n > out.shape[0] or c0 < 0 or c1 > w.shape[1] or c1 > b.shape[0]
                 or c1 > out.shape[1]):
             raise ValueError("product: the requested block does not fit the arrays")
         if n == 0 or c1 <= c0:
             return
-        L = VECTOR_BYTES // a.itemsize
-        panel = max(RM, (_PANEL_BYTES // max(1, K * a.itemsize)) // RM * RM)
-        for p0 in range(0, n, panel):
-            m = min(panel, n - p0)
-            cb = c0
-            while cb + V * L <= c1:
-                if fused:
-                    rows_vf(a, w, b, out, ra + p0, ro + p0, m, cb)
-                else:
-                    rows_v(a, w, b, out, ra + p0, ro + p0, m, cb)
-                cb += V * L
-            while cb + L <= c1:
-                if fused:
-                    rows_1f(a, w, b, out, ra + p0, ro + p0, m, cb)
-                else:
-                    rows_1(a, w, b, out, ra + p0, ro + p0, m, cb)
-                cb += L
-            for i in range(ra + p0, ra + p0 + m):
-                o = ro - ra + i
-                for c in range(cb, c1):
-                    s = b[c]
-                    for k in range(K):
-                        s = fma(a[i, k], w[k, c], s) if fused else s + a[i, k] * w[k, c]
-                    out[o, c] = s
+        if n <= RM or K * a.itemsize <= _LONG_K_BYTES:  # one range of k
+            panel = max(RM, (_PANEL_BYTES // max(1, K * a.itemsize)) // RM * RM)
+            for p0 in range(0, n, panel):
+                span(a, ra + p0, min(panel, n - p0), w, b, c0, c1, out, ro + p0, fused, 0, K)
+            return
+        kb = _K_BLOCK_BYTES // a.itemsize
+        panel = max(RM, (_PANEL_BYTES // _K_BLOCK_BYTES) // RM * RM)
+        for k0 in range(0, K, kb):
+            for p0 in range(0, n, panel):
+                span(a, ra + p0, min(panel, n - p0), w, b, c0, c1, out, ro + p0, fused, k0,
+                     min(K, k0 + kb))
 
     # Numba's disk cache keys a function on its code and closure: R and V are in the closure
     # (the row drivers are rebuilt from them), so each shape has its own cached code.
-    product.__qualname__ = product.__name__ = f"product_{R}x{V}"
+    product.__qualname__ = product.__name__ = f"product{'_t' if transposed else ''}_{R}x{V}"
+    if transposed:
+        product.__doc__ = """``product`` with ``a`` given as its transpose a_t (K, .):
+        out[ro + i, c] = b[c] + sum_k a_t[k, ra + i] * w[k, c], in the same order (the
+        weight gradients, sums over the rows of two arrays, without copying either)."""
     return njit_cached(product, nogil=True, boundscheck=False, _nrt=False)
 
 
@@ -299,10 +347,11 @@ def _tile_loop(R, V):
     @numba.njit(nogil=True, boundscheck=False)
     def run(a, w, b, out, reps):
         L = VECTOR_BYTES // a.itemsize
+        K = a.shape[1]
         for _ in range(reps):
             for c in range(0, w.shape[1], V * L):
                 for i in range(0, a.shape[0], R):
-                    tile(a, w, b, out, i, i, c)
+                    tile(a, w, b, out, i, i, c, 0, K)
 
     return run
 
@@ -391,3 +440,4 @@ def _choose():
 
 TILE, TILE_SOURCE = _choose()
 product = _make_product(*TILE)
+product_t = _make_product(*TILE, transposed=True)
