@@ -445,7 +445,7 @@ def test_the_step_keeps_no_reference_counts(cell):
     """The step the scans call once per time step is compiled without Numba's reference
     counting: counted (an atomic add and subtract per array and view), it took 40% of a step
     at H = 32, B = 1. Its machine code must not touch a reference count, nor may the product
-    it calls."""
+    it calls; and its gates must be vectorized."""
     import importlib
     import re
 
@@ -471,6 +471,9 @@ def test_the_step_keeps_no_reference_counts(cell):
     bodies = re.findall(r"\ndefine [^\n]*\n(.*?)\n}", llvm, flags=re.S)
     assert bodies and not any("NRT_incref" in f or "NRT_decref" in f for f in bodies)
     assert tiles.product.targetoptions.get("_nrt") is False
+    # and the gates are vectorized: packed divisions (compiled with Python's error model,
+    # a division checked for zero and the loop stayed scalar)
+    assert re.search(r"\bv?divp[sd]\b", step.inspect_asm(step.signatures[0]))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

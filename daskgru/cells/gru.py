@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from ..kernels.jit import (build, counts, dense, kernel, project_block, propagate_tangent,
+from ..kernels.jit import (STEP_OPTIONS, build, counts, dense, kernel, project_block, propagate_tangent,
                            sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
 from ..kernels.tiles import product
@@ -65,7 +65,7 @@ def _check_rec(rec, shape, row=0):
 def _k(cache_key):
     u8, i64, b1 = numba.uint8, numba.int64, numba.boolean
 
-    @numba.njit(_nrt=False)
+    @numba.njit(**STEP_OPTIONS)
     def step(gs, k, w_t, b, lengths, mask, t, tl, every, has_mask, zero_masked, reset_after,
              h, out, ro, rec, acc, rh, fma):
         """One step from its projected inputs g = gs[k] (B, G): the recurrent product of all

@@ -54,7 +54,7 @@ from . import tiles
 from .cache import njit_cached
 from .tiles import fma
 
-__all__ = ["CACHE_KEY", "Kernel", "kernel", "build", "precompile", "typed", "fma", "vexp", "sigmoid", "tanh", "counts", "dense",
+__all__ = ["CACHE_KEY", "STEP_OPTIONS", "Kernel", "kernel", "build", "precompile", "typed", "fma", "vexp", "sigmoid", "tanh", "counts", "dense",
            "skipped", "skipped_adjoint", "propagate_tangent", "project_block"]
 
 # What identifies the code the kernels call into, for their on-disk caches.
@@ -68,6 +68,10 @@ CACHE_KEY = "{}-{}-{}".format(
 # ZeroDivisionError checks), no bounds checks, and no fastmath: every operation is rounded
 # as written, which is what keeps results bit-identical for any chunking.
 OPTIONS = dict(nogil=True, error_model="numpy", boundscheck=False)
+# Options of the functions a kernel calls once per step (see the module docstring): the
+# kernels' options (without NumPy's error model a division checks for zero, and the gates'
+# loops stay scalar) and no reference counting.
+STEP_OPTIONS = dict(OPTIONS, _nrt=False)
 
 
 # Compiling that takes longer than this (seconds, all kernels of the process together) is
@@ -352,7 +356,7 @@ def tanh(v):
     return math.copysign((one - e) / (one + e), v)
 
 
-@numba.njit(_nrt=False)
+@numba.njit(**STEP_OPTIONS)
 def counts(t, tl, bb, lengths, mask, has_mask):
     """Whether row ``bb`` computes local step ``tl`` (global ``t``): not padding
     (``t >= lengths[bb]``, torch's packed sequences) and not masked (``mask[tl, bb] == 0``,
@@ -374,7 +378,7 @@ def dense(lengths, mask, t0, T):
     return True
 
 
-@numba.njit(_nrt=False)
+@numba.njit(**STEP_OPTIONS)
 def project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma):
     """For the scans that project their own inputs: the sb-th block (in walk order: from
     the end when ``reverse``) of ``Tb`` steps of a chunk of ``T`` steps of ``B`` rows,
@@ -387,7 +391,7 @@ def project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma):
     return a, n
 
 
-@numba.njit(_nrt=False)
+@numba.njit(**STEP_OPTIONS)
 def skipped(t, tl, bb, lengths, zero_masked, h, out, ro):
     """The output of row ``bb`` (row ``ro + bb`` of ``out``) at a step it skips: 0 past
     its length (padding) or with ``zero_masked``, else its state ``h[bb]`` (a masked step).
@@ -399,7 +403,7 @@ def skipped(t, tl, bb, lengths, zero_masked, h, out, ro):
         out[tl, ro + bb, j] = h[bb, j] if carry else zero
 
 
-@numba.njit(_nrt=False)
+@numba.njit(**STEP_OPTIONS)
 def skipped_adjoint(t, tl, bb, lengths, zero_masked, d_out, dh):
     """The backward of :func:`skipped`: the state's adjoint ``dh[bb]`` passes a skipped step
     unchanged, except that at a masked step whose output was the state that output's
@@ -409,7 +413,7 @@ def skipped_adjoint(t, tl, bb, lengths, zero_masked, d_out, dh):
             dh[bb, j] += d_out[tl, bb, j]
 
 
-@numba.njit(_nrt=False)
+@numba.njit(**STEP_OPTIONS)
 def propagate_tangent(J, M, bb, Mn, cutoff):
     """``M[bb] <- J @ M[bb]`` (S x S), then zero it if every entry is below ``cutoff`` (the
     start state is forgotten). Returns whether the row's tangent is still live."""
