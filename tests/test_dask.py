@@ -282,8 +282,8 @@ def test_large_sizes_bit_identical_for_any_batch_chunking(H, I, reset_after, dty
 def test_eager_threads_share_one_output_bit_for_bit(cell, block_bytes, monkeypatch):
     """Eager threads split the batch rows and write their rows of one output array (top
     layer of one direction; a lower bidirectional layer): the bits of one thread, with
-    lengths and a mask with holes, also where the cell projects the chunk first (a step's
-    projection over the block budget)."""
+    lengths and a mask with holes, also in blocks of one step (a step's projection over
+    the block budget)."""
     from daskgru.cells import base
 
     rng = np.random.default_rng(7)

@@ -382,8 +382,9 @@ def test_a_tile_shape_that_cannot_be_is_refused(value):
 @pytest.mark.parametrize("block_bytes", [1, 3000, 256 << 10])
 def test_scan_from_inputs_equals_project_then_scan(dtype, cell, block_bytes, monkeypatch):
     """A cell's scan_inputs (projecting block by block inside its kernel) gives the
-    bits of projecting the chunk first and scanning, for any block size (1 byte: the chunk
-    is projected first; 3000: blocks of a few steps), both directions, lengths and a mask."""
+    bits of projecting the chunk first and scanning (the base class's scan_inputs, what a
+    cell without its own does), for any block size (1 byte: blocks of one step; 3000:
+    blocks of a few steps), both directions, lengths and a mask."""
     from daskgru.cells import GRUCell, LSTMCell, Prepared, Steps, Weights, base, project
 
     monkeypatch.setattr(base, "STEP_BLOCK_BYTES", block_bytes)
@@ -401,8 +402,10 @@ def test_scan_from_inputs_equals_project_then_scan(dtype, cell, block_bytes, mon
                            reverse=reverse)
         want = c.scan(w, project(w, x), s0, steps)
         got = c.scan_inputs(w, x, s0, steps)
-        for a, b in zip(want, got):
+        first = base.Cell.scan_inputs(c, w, x, s0, steps)
+        for a, b, f in zip(want, got, first):
             np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, f)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

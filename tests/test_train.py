@@ -545,8 +545,8 @@ def test_the_backward_gates_are_the_forward_gates(rng, reset_after):
 def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypatch):
     """The eager forward and the walk back split the batch rows over threads, the weight
     gradients their rows: every gradient has the bits of one thread (two bidirectional
-    layers, lengths, a mask with holes), also where the cell projects a chunk first (a
-    step over the block budget)."""
+    layers, lengths, a mask with holes), also in blocks of one step (a step over the
+    block budget)."""
     from daskgru.cells import base
 
     T, B, I, H = 33, 11, 3, 8

@@ -30,8 +30,11 @@ from ..layout import output, writable
 __all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward", "scratch"]
 
 # A block of projected inputs that a scan computes just before its steps takes at most this
-# many bytes (and at least one step), so that it is read back from L2 rather than memory.
-# Results do not depend on it.
+# many bytes (and at least one step), so that it is read back from L2 (or, where one step
+# is larger, from L3) rather than memory. Results do not depend on it. One step a block
+# where a step's projection exceeds the budget ran 6% faster than projecting the whole
+# chunk first (which it did before), in-process alternation, 8 rounds, one thread, AMD
+# Zen 5, (512, 256, 128, 512): a 1.5 MiB step against an 805 MB projected chunk.
 STEP_BLOCK_BYTES = 256 << 10
 
 _SCRATCH = threading.local()
@@ -39,9 +42,9 @@ _SCRATCH = threading.local()
 
 def block_steps(w: "Prepared", T, B) -> int:
     """Steps of a chunk of T steps and B rows whose projected inputs fit
-    :data:`STEP_BLOCK_BYTES` (0: not even one step does)."""
+    :data:`STEP_BLOCK_BYTES`, at least one (0 for an empty chunk)."""
     G = w.w_ih_t.shape[1]
-    return min(T, STEP_BLOCK_BYTES // max(1, B * G * w.w_ih_t.dtype.itemsize))
+    return min(T, max(1, STEP_BLOCK_BYTES // max(1, B * G * w.w_ih_t.dtype.itemsize)))
 
 
 def scratch(steps, B, G, dtype):

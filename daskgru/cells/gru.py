@@ -407,14 +407,14 @@ class GRUCell(Cell):
     def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
         """The projection computed block by block inside the kernel, just before its steps
         (blocks of at most ``STEP_BLOCK_BYTES`` of projected inputs, so they stay in L2);
-        where one step's projection is larger than that, the chunk is projected first.
+        where one step's projection is larger than that, blocks of one step.
         ``rec`` (T, B, G): where to keep every step's recurrent products, for
         :meth:`backward` (which then need not compute them again)."""
         T, B, _ = x.shape
         dt = w.w_hh_t.dtype
         G = w.w_hh_t.shape[1]
         tb = base.block_steps(w, T, B)
-        if tb < 1:  # not even one step fits the cache budget: project the chunk first
+        if tb < 1:  # an empty chunk
             return super().scan_inputs(w, x, state, steps, out, row, rec)
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = output((T, B, h.shape[1]), dt) if out is None else out

@@ -287,7 +287,7 @@ class LSTMCell(Cell):
 
     def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
         """As the GRU's: each block of steps projected inside the kernel just before it runs
-        (or the chunk projected first where one step's projection exceeds the budget)."""
+        (blocks of one step where one step's projection exceeds the budget)."""
         _no_products(rec)
         T, B, _ = x.shape
         dt = w.w_hh_t.dtype
