@@ -311,9 +311,9 @@ def weight_gradient(d, sources, fma, threads=None):
     chunk. Taken with the tiles (``tiles.product_t``, which reads the sources as they lie),
     each element summed over n in order, a fused multiply-add a term when ``fma``: the same
     bits for any number of ``threads`` (they split the K rows of the transposed result).
-    BLAS, which this replaced, was half as fast where its kernels predate the CPU (OpenBLAS
-    on the AMD Zen 5 with ``OPENBLAS_CORETYPE=Haswell``: 110 GF/s against the tiles' 230),
-    and its bits depended on its thread count."""
+    BLAS, which this replaced, was slower where its kernels predate the CPU (OpenBLAS on the
+    AMD Zen 5 with ``OPENBLAS_CORETYPE=Haswell``: 110 GF/s against the tiles' 177 on dW at
+    H = 512), and its bits depended on its thread count."""
     from ..eager import batch_parts, in_parts
 
     N, G = d.shape

@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from ..kernels.jit import (STEP_OPTIONS, build, counts, dense, kernel, project_block, propagate_tangent,
-                           sigmoid, skipped_adjoint, skipped, tanh, typed)
+from ..kernels.jit import (STEP_OPTIONS, build, counts, dense, kernel, project_block,
+                           propagate_tangent, sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
 from ..kernels.tiles import product
 from ..layout import output, writable

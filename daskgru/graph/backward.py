@@ -42,10 +42,10 @@ class BackwardResult(NamedTuple):
 
 def _chunk_input(ps, where, flags, x0, starts, lengths, mask):
     """Layer l's input on one time chunk, recomputed from the chunk's layer-0 input ``x0``
-    by running layers 0..l-1 from their stored start states ``starts[m][dd]`` (the same
-    kernels as the forward tasks, so the values are bit-identical to theirs); ``flags``:
-    each layer's ``zero_output_for_mask``."""
-    x = chunk_input(ps, 0, [x0])
+    (the user's time chunks that make it up) by running layers 0..l-1 from their stored
+    start states ``starts[m][dd]`` (the same kernels as the forward tasks, so the values are
+    bit-identical to theirs); ``flags``: each layer's ``zero_output_for_mask``."""
+    x = chunk_input(ps, 0, x0)
     for m in range(where.l):
         parts = []
         for dd, w in enumerate(ps.weights[m]):
@@ -154,7 +154,7 @@ def build(x, call, d_output, d_states, states, lengths, mask):
                            for dd in range(p.layers[l + 1].num_directions)])
                 bk = g.key("bwd-scan", l, d, j, k)
                 tasks[bk] = (_bwd_task, w, where, call.zero_masked, g.split,
-                             (g.x.name, k, j, 0), starts,
+                             g.parts(0, j, k), starts,
                              start_key(l, d, j, k), g.lengths(j), g.mask(j, k), d_srcs, adj)
                 tasks[g.key("bwd-dx", l, d, j, k)] = (_d_x, bk)
                 tasks[g.key("bwd-dh", l, d, j, k)] = (_d_state, bk)

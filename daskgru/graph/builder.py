@@ -101,18 +101,12 @@ class Graph:
         if merge:  # small time chunks merged into tasks worth their scheduling
             merged = self.opts.merged(self.x.chunks[0], step_work, step_bytes,
                                       min_chunks_per_slot * self.opts.slots)
-            if merged != self.x.chunks[0] and kind == "backward":
-                self.x = self.x.rechunk({0: merged})  # its tasks index x's chunks directly
-            elif merged != self.x.chunks[0]:
+            if merged != self.x.chunks[0]:
                 # a merged chunk's task takes the user's chunks as they are and joins them
                 # itself (chunk_input): no rechunk tasks, no scheduler round trip for them
-                ends = np.cumsum(self.user_tchunks).tolist()
-                runs, first = [], 0
-                for e in np.cumsum(merged).tolist():
-                    last = ends.index(e)
-                    runs.append(list(range(first, last + 1)))
-                    first = last + 1
-                self.pieces = runs
+                last = np.searchsorted(np.cumsum(self.user_tchunks), np.cumsum(merged))
+                first = np.concatenate([[0], last[:-1] + 1])
+                self.pieces = [list(range(a, b + 1)) for a, b in zip(first, last)]
             self.tchunks = tuple(int(c) for c in merged)
         self.bchunks = self.x.chunks[1]
         self.t_starts = np.concatenate([[0], np.cumsum(self.tchunks)[:-1]]).astype(int).tolist()
