@@ -92,6 +92,18 @@ class PreparedStack:
         self.merges = merges or ("concat",) * len(cells)
         self.fma = bool(fma)  # the products' numerics (daskgru.numerics), as resolved
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array it holds (the weights and the input layers')."""
+        def size(obj):
+            if isinstance(obj, np.ndarray):
+                return obj.nbytes
+            if isinstance(obj, (tuple, list)):
+                return sum(size(o) for o in obj)
+            return 0
+
+        return size(self.weights) + size(self.pre)
+
     def __getstate__(self):
         return self.cells, self.weights, self.pre, self.merges, self.fma
 

@@ -200,6 +200,39 @@ def test_graph_layout_names_and_one_weights_key():
     assert dg.gru(xd, dg.GRUParams.random(3, 4, num_layers=2, seed=9))[0].name != out.name
 
 
+def test_chains_start_with_the_weights_in_their_first_tasks(monkeypatch):
+    """The tasks that start layer 0's chains carry the weights themselves (on a cluster
+    the weights key would cost every chain a scheduler round trip and a transfer before
+    it starts); every other task takes the key; past the graph's budget for such copies,
+    the first tasks take the key too. The bits do not change either way."""
+    import daskgru.graph.builder as builder
+    from daskgru.stack import PreparedStack
+
+    p, x, _, _ = make(T=30, B=4, L=2, bidirectional=True)
+    xd = da.from_array(x, chunks=(10, 2, 3))  # 2 batch chunks x 2 directions: 4 chains
+    want = dg.gru(x, p)[0]
+
+    def takes_weights(out):
+        flat = dict(out.__dask_graph__())
+        wkey = next(k for k in flat if isinstance(k, str) and k.startswith("gru-weights-"))
+        scans = {k: get_dependencies(flat, k) for k in flat
+                 if isinstance(k, tuple) and k[0].startswith("gru-scan-")}
+        inline = {k for k in scans if any(isinstance(a, PreparedStack) for a in flat[k])}
+        return scans, {k for k, d in scans.items() if wkey in d}, inline
+
+    out = dg.gru(xd, p)[0]
+    scans, keyed, inline = takes_weights(out)
+    first = {k for k in scans if k[0].startswith("gru-scan-l0-")
+             and k[3] == (0 if k[1] == 0 else 2)}  # (d, j, k): forward starts at 0
+    assert len(first) == 4 and inline == first and keyed == set(scans) - first
+    np.testing.assert_array_equal(out.compute(scheduler="sync"), want)
+    monkeypatch.setattr(builder, "INLINE_WEIGHTS_BYTES", 0)
+    out = dg.gru(xd, p)[0]
+    scans, keyed, inline = takes_weights(out)
+    assert not inline and keyed == set(scans)
+    np.testing.assert_array_equal(out.compute(scheduler="sync"), want)
+
+
 def test_wavefront_and_chain_dependencies():
     p, x, _, _ = make(T=30, B=2, L=2, bidirectional=False)
     out, _ = dg.gru(da.from_array(x, chunks=(10, 2, 3)), p)

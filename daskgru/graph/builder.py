@@ -41,6 +41,11 @@ from .options import resolve, step_costs
 
 __all__ = ["Graph", "Where", "chunk_steps", "start_state"]
 
+# Bytes of weights that a graph may carry inside its chains' first tasks (one copy each):
+# on a 2-worker LocalCluster this took a scheduler round trip and a transfer (4-5 ms of a
+# 50 ms call) from the start of every chain.
+INLINE_WEIGHTS_BYTES = 16 << 20
+
 
 class Where(NamedTuple):
     """Which chunk of which chain a task works on, and how its steps count."""
@@ -141,6 +146,8 @@ class Graph:
         ps = self.stack.prepare(self.fma) if model is None else model.prepare(self.fma)
         self.weights = Delayed(wkey, HighLevelGraph.from_collections(
             wkey, {wkey: ps}, dependencies=()))
+        # the weights themselves for the tasks that start layer 0's chains (see first_weights)
+        self._inline = ps if ps.nbytes * len(self.chains(0)) <= INLINE_WEIGHTS_BYTES else wkey
         self.outputs, self.finals = [], []
 
     def info(self) -> dict:
@@ -240,6 +247,15 @@ class Graph:
             return [(self.x.name, u, j, 0) for u in self.pieces[k]]
         below = self.outputs[l - 1]
         return [(below.name, k, j, d) for d in range(len(below.chunks[2]))]
+
+    def first_weights(self, l, i):
+        """What the task at position ``i`` of a chain of layer ``l`` takes as its weights:
+        the weights themselves for the tasks that start layer 0's chains (their other
+        inputs are the user's; on a cluster the weights key is a task of its own, so each
+        chain would start a scheduler round trip and a transfer later), unless that would
+        put more than :data:`INLINE_WEIGHTS_BYTES` into the graph; else their key, which
+        the scheduler computes while the first tasks run."""
+        return self._inline if l == 0 and i == 0 else self.weights.key
 
     def chains(self, l):
         """(d, j) of every chain of layer l."""

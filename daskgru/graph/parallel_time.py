@@ -438,8 +438,8 @@ def _newton_chain(g, tasks, l, d, j, cutoff, tol):
     order = g.order(d)
     key = lambda stage, *i: g.key(f"newton-{stage}", l, d, j, *i)  # noqa: E731
     cell = g.stack.layers[l].cell
-    tasks[key("collect", 0)] = (_newton_init, w, g.where(l, d, order[0]), g.state(l, d, j), K,
-                                int(g.bchunks[j]))
+    tasks[key("collect", 0)] = (_newton_init, g.first_weights(l, 0), g.where(l, d, order[0]),
+                                g.state(l, d, j), K, int(g.bchunks[j]))
     for i in range(1, K):
         prevc = key("collect", i - 1)
         for q in range(K):
@@ -512,7 +512,7 @@ def build(x, call, states, lengths, mask, method, warmup, tol, model=None):
                     t0 = g.t_starts[pk] if d else g.t_starts[pk] + int(g.tchunks[pk]) - n
                     tail_where = g.where(l, d, pk)._replace(t0=t0)
                     tail_mask = g.mask(j, pk)
-                tasks[key("spec", q)] = (_spec_task, w, g.where(l, d, k),
+                tasks[key("spec", q)] = (_spec_task, g.first_weights(l, q), g.where(l, d, k),
                                          None if start is None else start(q), tail, tail_where,
                                          tail_mask, g.state(l, d, j), g.lengths(j), g.mask(j, k),
                                          *g.parts(l, j, k))

@@ -78,7 +78,6 @@ def scan_chains(g: Graph, l, stage="scan"):
     ``result_key(d, j, k)`` of the scan tasks."""
     fuse = g.fuse
     spread = len(g.chains(l)) > 1
-    w = g.weights.key
     tasks = {}
 
     def result(d, j, k):
@@ -91,7 +90,7 @@ def scan_chains(g: Graph, l, stage="scan"):
         prev = g.state(l, d, j)
         order = g.order(d)
         for i, k in enumerate(order):
-            where, parts = g.where(l, d, k), g.parts(l, j, k)
+            where, parts, w = g.where(l, d, k), g.parts(l, j, k), g.first_weights(l, i)
             if fuse:
                 tasks[result(d, j, k)] = (_fused_task, w, where, g.split, prev, g.lengths(j),
                                           g.mask(j, k), *parts)
@@ -99,8 +98,8 @@ def scan_chains(g: Graph, l, stage="scan"):
                 proj = g.key("inproj", l, d, j, k)
                 after = link(d, j, i - 2, order[i - 2]) if i >= 2 else None
                 tasks[proj] = (_inproj_task, w, where, after, *parts)
-                tasks[result(d, j, k)] = (_scan_task, w, where, proj, prev, g.lengths(j),
-                                          g.mask(j, k))
+                tasks[result(d, j, k)] = (_scan_task, g.weights.key, where, proj, prev,
+                                          g.lengths(j), g.mask(j, k))
             if spread and i == 0:
                 tasks[g.key("state", l, d, j, k)] = (state_of, result(d, j, k))
             prev = link(d, j, i, k)
