@@ -563,7 +563,7 @@ def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypat
         monkeypatch.setattr(base, "STEP_BLOCK_BYTES", block_bytes)
     monkeypatch.setenv("DASKGRU_NUM_THREADS", "1")
     want = f(x, p, d_out, **kw)
-    monkeypatch.setenv("DASKGRU_NUM_THREADS", "3")
+    monkeypatch.setenv("DASKGRU_NUM_THREADS", "5")
     monkeypatch.setattr("daskgru.eager.MIN_SPLIT_WORK", 0)
     from daskgru import eager
 
@@ -576,8 +576,9 @@ def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypat
     monkeypatch.setattr(eager, "in_parts", counted)  # the forward's and the walk's
     got = f(x, p, d_out, **kw)
     # the forward and the walk: 11 rows, two parts of at least 4; the weight gradients
-    # split their K rows (I = 3, H = 8, 2H = 16: one, two and three parts)
-    assert set(used) == {1, 2, 3}
+    # split their G rows in five (3H = 24 or 4H = 32), a part of the Cho form's across the
+    # boundary of its two sources (r and z from h, n from r * h: rows 16 to 24)
+    assert set(used) == {2, 5}
     assert _params_rel(got[0], want[0]) == 0
 
     def flat(r):

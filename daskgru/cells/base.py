@@ -308,28 +308,29 @@ def weight_gradient(d, sources, fma, threads=None):
     """The gradient (G, K) of weights whose products were ``src @ W[c0:c1].T``: for each
     ``(src, c0, c1)`` of ``sources`` (src (N, K)), rows c0..c1 of it are
     ``sum_n d[n, c] * src[n, k]`` over the N rows of ``d`` (N, G), every row and step of a
-    chunk. Taken with the tiles (``tiles.product_t``, which reads the sources as they lie),
-    each element summed over n in order, a fused multiply-add a term when ``fma``: the same
-    bits for any number of ``threads`` (they split the K rows of the transposed result).
-    BLAS, which this replaced, was slower where its kernels predate the CPU (OpenBLAS on the
-    AMD Zen 5 with ``OPENBLAS_CORETYPE=Haswell``: 110 GF/s against the tiles' 177 on dW at
-    H = 512), and its bits depended on its thread count."""
+    chunk. Taken with the tiles (``tiles.product_t``, which reads ``d`` as the transpose it
+    needs, as it lies), each element summed over n in order, a fused multiply-add a term when
+    ``fma``: the same bits for any number of ``threads`` (they split the G rows of the
+    result). BLAS, which this replaced, was slower where its kernels predate the CPU
+    (OpenBLAS on the AMD Zen 5 with ``OPENBLAS_CORETYPE=Haswell``: 110 GF/s against the
+    tiles' 160-177 on dW at H = 512), and its bits depended on its thread count."""
     from ..eager import batch_parts, in_parts
 
     N, G = d.shape
     K = sources[0][0].shape[1]
     d = writable(d)
-    out_t = np.empty((K, G), d.dtype)
-    zeros = np.zeros(G, d.dtype)
+    out = np.empty((G, K), d.dtype)
+    zeros = np.zeros(K, d.dtype)
     sources = [(writable(src, d.dtype), c0, c1) for src, c0, c1 in sources]
 
     def part(rows):
         for src, c0, c1 in sources:
-            product_t(src, rows.start, rows.stop - rows.start, d, zeros, c0, c1, out_t,
-                      rows.start, fma)
+            lo, hi = max(c0, rows.start), min(c1, rows.stop)
+            if hi > lo:
+                product_t(d, lo, hi - lo, src, zeros, 0, K, out, lo, fma)
 
-    in_parts(part, batch_parts(K, N * G, threads))
-    return np.ascontiguousarray(out_t.T)
+    in_parts(part, batch_parts(G, N * K, threads))
+    return out
 
 
 def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_state, out=None,
