@@ -477,12 +477,12 @@ def test_dask_backward_on_merged_time_chunks(rng):
 
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_kept_recurrent_products_give_the_recomputed_bits(rng, reset_after, dtype):
-    """The forward keeps each step's recurrent products (``rec``) and the backward uses them
-    instead of computing them again: a backward that runs the forward itself (the dask
-    path's) has the bits of one given the forward's outputs and products (the eager
-    tape's), and with reset_after the bits of computing the products again (in the Cho
-    form the product W_hn (r h) sees the kernel's r, not NumPy's: within rounding), with
+def test_kept_gates_give_the_recomputed_bits(rng, reset_after, dtype):
+    """The forward keeps each step's gates (``rec``) and the backward uses them instead of
+    computing them again: a backward that runs the forward itself (the dask path's) has
+    the bits of one given the forward's outputs and gates (the eager tape's), and with
+    reset_after the bits of computing the products and gates again (in the Cho form the
+    product W_hn (r h) sees the kernel's r, not NumPy's: within rounding), with
     lengths and a mask with holes, both directions, the kernel projecting its own inputs or
     given them."""
     from daskgru.cells import Steps, chunk_backward, project
@@ -498,7 +498,7 @@ def test_kept_recurrent_products_give_the_recomputed_bits(rng, reset_after, dtyp
     h0 = rng.normal(size=(B, H)).astype(dtype)
     for reverse in (False, True):
         steps = Steps.make(B, T, lengths=lengths, mask=mask, reverse=reverse)
-        rec = np.empty((T, B, 3 * H), dtype)
+        rec = np.empty((T, B, 4 * H), dtype)
         out, _ = cell.scan_inputs(w, x, h0, steps, rec=rec)
         rec2 = np.empty_like(rec)
         out2, _ = cell.scan(w, project(w, x), h0, steps, rec=rec2)
@@ -513,17 +513,19 @@ def test_kept_recurrent_products_give_the_recomputed_bits(rng, reset_after, dtyp
             np.testing.assert_allclose(kept[1], got[1], **t)
             for a, b in zip(kept[2], got[2]):
                 np.testing.assert_allclose(a, b, **{k: v * 10 for k, v in t.items()})
-    with pytest.raises(ValueError, match="record of the recurrent products"):
-        cell.scan_inputs(w, x, h0, steps, rec=np.empty((T, B, H), dtype))
+    with pytest.raises(ValueError, match="record of the gates"):
+        cell.scan_inputs(w, x, h0, steps, rec=np.empty((T, B, 3 * H), dtype))
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_the_backward_gates_are_the_forward_gates(rng, reset_after):
-    """The backward's gates (a kernel with the step's own expressions) rebuild every output
-    of the forward bit for bit: h_t = (1 - z) n + z h_{t-1}."""
+    """The gates the forward keeps rebuild every output bit for bit, h_t = (1 - z) n + z
+    h_{t-1}; and the kernel that computes them at once when none were kept (from the
+    recurrent products of the states) gives the same bits."""
     from daskgru.cells import Steps, project
     from daskgru.api import validate
     from daskgru.cells.gru import _k
+    from daskgru.kernels import product
 
     T, B, I, H = 30, 4, 3, 16
     p = dg.GRUParams.random(I, H, reset_after=reset_after, dtype="float32", seed=4)
@@ -531,13 +533,18 @@ def test_the_backward_gates_are_the_forward_gates(rng, reset_after):
     ps = validate(x, p).stack.prepare()
     cell, w = ps.cells[0], ps.weights[0][0]
     h0 = rng.normal(size=(B, H)).astype("float32")
-    rec = np.empty((T, B, 3 * H), "float32")
+    rec = np.empty((T, B, 4 * H), "float32")
     out, _ = cell.scan_inputs(w, x, h0, Steps.make(B, T), rec=rec)
-    gates = np.empty((T * B, 4 * H), "float32")
-    _k.gates(project(w, x).reshape(T * B, 3 * H), rec.reshape(T * B, 3 * H), reset_after, gates)
-    z, n = gates[:, H:2 * H].reshape(T, B, H), gates[:, 2 * H:3 * H].reshape(T, B, H)
+    z, n = rec[..., H:2 * H], rec[..., 2 * H:3 * H]
     prev = np.concatenate([h0[None], out[:-1]])
     np.testing.assert_array_equal((np.float32(1) - z) * n + z * prev, out)
+    # r and z from the products of the states; a_n as kept (the Cho form's needs r first)
+    a = np.empty((T * B, 3 * H), "float32")
+    product(prev.reshape(T * B, H), 0, T * B, w.w_hh_t, w.b_hh, 0, 2 * H, a, 0, w.fma)
+    a[:, 2 * H:] = rec[..., 3 * H:].reshape(T * B, H)
+    gates = np.empty((T * B, 4 * H), "float32")
+    _k.gates(project(w, x).reshape(T * B, 3 * H), a, reset_after, gates)
+    np.testing.assert_array_equal(gates, rec.reshape(T * B, 4 * H))
 
 
 @pytest.mark.parametrize("block_bytes", [None, 1])
@@ -588,7 +595,7 @@ def test_training_threads_give_the_bits_of_one(rng, cell, block_bytes, monkeypat
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_lstm_refuses_a_record_of_products():
+def test_the_lstm_refuses_a_record_of_gates():
     """Only a cell that records its recurrent products takes somewhere to keep them."""
     from daskgru.api import validate
     from daskgru.cells import Steps
@@ -597,7 +604,7 @@ def test_the_lstm_refuses_a_record_of_products():
     x = np.ones((5, 2, 3), "float32")
     ps = validate(x, p).stack.prepare()
     cell, w = ps.cells[0], ps.weights[0][0]
-    assert not cell.records_products
+    assert not cell.records_gates
     for call in (cell.scan, cell.scan_inputs):
         with pytest.raises(ValueError, match="keeps no record"):
             call(w, x if call == cell.scan_inputs else np.ones((5, 2, 16), "float32"),

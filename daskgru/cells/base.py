@@ -198,8 +198,8 @@ class Cell:
     def scan(self, w: Prepared, gi, state, steps: Steps, out=None, rec=None):
         """Run the recurrence over one chunk from ``state`` (B, S), given its projected
         inputs ``gi`` (T, B, G); returns (outputs (T, B, H), end state (B, S)). ``rec``
-        (T, B, G): where a cell that :attr:`records_products` keeps them (others refuse
-        one)."""
+        (T, B, :meth:`record_width`): where a cell that :attr:`records_gates` keeps each
+        step's gates for its backward (others refuse one)."""
         raise NotImplementedError
 
     def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
@@ -209,7 +209,7 @@ class Cell:
         read back from cache. ``out`` (T, B', H), if given, takes the outputs in its rows
         ``row`` to ``row + B`` (threads that split a batch share one output array); the
         outputs returned are then all of ``out``. ``rec``: where a cell that
-        :attr:`records_products` keeps each step's recurrent products for its backward."""
+        :attr:`records_gates` keeps each step's gates for its backward."""
         T, B, _ = x.shape
         gi = project(w, x, out=scratch(T, B, w.w_ih_t.shape[1], w.w_ih_t.dtype))
         if out is not None:
@@ -227,16 +227,20 @@ class Cell:
         out[:, row:row + B] = o
         return out, end
 
-    # whether scan, scan_inputs and backward take ``rec``: the recurrent products of every
-    # step, kept by the forward so that the backward need not compute them again
-    records_products = False
+    # whether scan, scan_inputs and backward take ``rec``: the gates of every step, kept by
+    # the forward so that the backward need not compute them again
+    records_gates = False
+
+    def record_width(self, hidden_size) -> int:
+        """Numbers a row-step of the record ``rec`` (a cell that :attr:`records_gates`)."""
+        raise NotImplementedError
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None,
                  rec=None, threads=None):
         """Backward of :meth:`scan` over one chunk: from its start state, the gradient of
         its outputs and of its end state. ``out``, if given, holds the chunk's forward
         outputs (a cell may use them instead of recomputing); ``rec`` what the forward kept
-        for it (a cell that :attr:`records_products`; else None); ``threads``: over how many
+        for it (a cell that :attr:`records_gates`; else None); ``threads``: over how many
         threads a cell may split its rows (None: the eager path's count). Returns ``(d_gi (T, B, G),
         d_state (B, S) of the start state, dW_hh (G, H), db_hh (G,))``."""
         raise NotImplementedError

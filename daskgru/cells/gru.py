@@ -45,18 +45,18 @@ __all__ = ["GRUCell"]
 
 
 def _no_rec(dt):
-    """An empty record: the kernels keep no recurrent products."""
+    """An empty record: the kernels keep no gates."""
     return np.empty((0, 0, 0), dt)
 
 
 def _check_rec(rec, shape, row=0):
-    """``rec`` as the kernels take it: C-contiguous (T, B', G) with the chunk's B rows
+    """``rec`` as the kernels take it: C-contiguous (T, B', 4H) with the chunk's B rows
     from ``row`` on (the kernels do not check their indices)."""
-    T, B, G = shape
-    if (rec.ndim != 3 or rec.shape[0] != T or rec.shape[2] != G
+    T, B, W = shape
+    if (rec.ndim != 3 or rec.shape[0] != T or rec.shape[2] != W
             or not 0 <= row <= rec.shape[1] - B or not rec.flags.c_contiguous
             or not rec.flags.writeable):
-        raise ValueError(f"a record of the recurrent products must be a writable "
+        raise ValueError(f"a record of the gates must be a writable "
                          f"C-contiguous array of shape {tuple(shape)}, got {rec.shape}")
     return rec
 
@@ -70,8 +70,8 @@ def _k(cache_key):
              h, out, ro, rec, acc, rh, fma):
         """One step from its projected inputs g = gs[k] (B, G): the recurrent product of all
         rows, then the gates fused with the state update; h (B, H) is updated in place, the
-        outputs go to rows ro.. of out; ``rec`` (T, B, G), unless empty, keeps the step's
-        recurrent products (the backward's pre-activations). Compiled without reference
+        outputs go to rows ro.. of out; ``rec`` (T, B, 4H), unless empty, keeps the step's
+        gates r, z, n and a_n (what the backward reads). Compiled without reference
         counting and called, not inlined (see :mod:`daskgru.kernels.jit`)."""
         g = gs[k]
         B, G = g.shape
@@ -86,13 +86,29 @@ def _k(cache_key):
                 for j in range(H):
                     rh[bb, j] = sigmoid(g[bb, j] + acc[bb, j]) * h[bb, j]
             product(rh, int(0), B, w_t, b, 2 * H, G, acc, int(0), fma)
-        if rec.shape[0]:
-            for bb in range(B):
-                for j in range(G):
-                    rec[tl, ro + bb, j] = acc[bb, j]
+        keep = rec.shape[0] > 0
         for bb in range(B):
+            o = ro + bb
+            if keep:  # every row's gates r, z, n and a_n, as the backward reads them
+                for j in range(H):
+                    r = sigmoid(g[bb, j] + acc[bb, j])
+                    an = acc[bb, 2 * H + j]
+                    rec[tl, o, j] = r
+                    rec[tl, o, H + j] = sigmoid(g[bb, H + j] + acc[bb, H + j])
+                    if reset_after:
+                        rec[tl, o, 2 * H + j] = tanh(g[bb, 2 * H + j] + r * an)
+                    else:  # r was applied to h before the product (rh above)
+                        rec[tl, o, 2 * H + j] = tanh(g[bb, 2 * H + j] + an)
+                    rec[tl, o, 3 * H + j] = an
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                 skipped(t, tl, bb, lengths, zero_masked, h, out, ro)
+                continue
+            if keep:  # the update from the gates just kept (the same numbers)
+                for j in range(H):
+                    z = rec[tl, o, H + j]
+                    hn = (one - z) * rec[tl, o, 2 * H + j] + z * h[bb, j]
+                    out[tl, o, j] = hn
+                    h[bb, j] = hn
                 continue
             for j in range(H):
                 z = sigmoid(g[bb, H + j] + acc[bb, H + j])
@@ -110,8 +126,8 @@ def _k(cache_key):
     def scan(gi, w_t, b, lengths, mask, t0, reverse, zero_masked, reset_after, h, out, rec,
              fma):
         """The recurrence over one chunk from its projected inputs gi (T, B, G), step by
-        step. h (B, H): start state in, end state out; rec (T, B, G) or empty: the
-        recurrent products of every step."""
+        step. h (B, H): start state in, end state out; rec (T, B, 4H) or empty: the
+        gates of every step."""
         cache_key  # noqa: B018
         T, B, G = gi.shape
         H = h.shape[1]
@@ -391,7 +407,10 @@ class GRUCell(Cell):
     def keras_bias(self, b_ih, b_hh):
         return np.stack([b_ih, b_hh]) if self.reset_after else b_ih + b_hh
 
-    records_products = True
+    records_gates = True
+
+    def record_width(self, hidden_size) -> int:
+        return 4 * hidden_size  # r, z, n and a_n
 
     def scan(self, w: Prepared, gi, state, steps: Steps, out=None, rec=None):
         T, B, _ = gi.shape
@@ -401,14 +420,14 @@ class GRUCell(Cell):
         base.check_rows(out, T, B, 0, h.shape[1])
         _k.scan(writable(gi), w.w_hh_t, w.b_hh, steps.lengths, steps.mask, steps.t0,
                 steps.reverse, steps.zero_masked, self.reset_after, h, out,
-                _no_rec(dt) if rec is None else _check_rec(rec, gi.shape), w.fma)
+                _no_rec(dt) if rec is None else _check_rec(rec, (T, B, 4 * h.shape[1])), w.fma)
         return out, h
 
     def scan_inputs(self, w: Prepared, x, state, steps: Steps, out=None, row=0, rec=None):
         """The projection computed block by block inside the kernel, just before its steps
         (blocks of at most ``STEP_BLOCK_BYTES`` of projected inputs, so they stay in L2);
         where one step's projection is larger than that, blocks of one step.
-        ``rec`` (T, B, G): where to keep every step's recurrent products, for
+        ``rec`` (T, B, 4H): where to keep every step's gates r, z, n and a_n, for
         :meth:`backward` (which then need not compute them again)."""
         T, B, _ = x.shape
         dt = w.w_hh_t.dtype
@@ -418,22 +437,23 @@ class GRUCell(Cell):
             return super().scan_inputs(w, x, state, steps, out, row, rec)
         h = np.array(state, dtype=dt, order="C", copy=True).reshape(B, -1)
         out = output((T, B, h.shape[1]), dt) if out is None else out
-        base.check_rows(out, T, B, row, h.shape[1])
+        H = h.shape[1]
+        base.check_rows(out, T, B, row, H)
         _k.scan_inputs(writable(x, dt), w.w_ih_t, w.b_ih, w.w_hh_t, w.b_hh, steps.lengths,
                        steps.mask, steps.t0, steps.reverse, steps.zero_masked,
                        self.reset_after, h, out, row,
-                       _no_rec(dt) if rec is None else _check_rec(rec, (T, B, G), row),
+                       _no_rec(dt) if rec is None else _check_rec(rec, (T, B, 4 * H), row),
                        scratch(tb, B, G, dt), w.fma)
         return out, h
 
     def backward(self, w: Prepared, gi, state, steps: Steps, d_out, d_state, out=None,
                  rec=None, threads=None):
-        """Gates of every step at once (a kernel with the step's expressions) from the
-        recurrent products the forward kept in ``rec``, else from products over the whole
-        chunk computed again with the tiles (the forward's bits with reset_after; in the
-        Cho form W_hn (r h) then sees NumPy's r, within rounding of the kernels'), then the
-        sequential walk. Without ``out`` the forward runs here first and keeps its
-        products. ``threads``: over how many threads the walk splits its rows (default:
+        """The gates of every step as the forward kept them in ``rec``, else computed at
+        once (a kernel with the step's expressions) from products over the whole chunk
+        computed again with the tiles (the forward's bits with reset_after; in the Cho form
+        W_hn (r h) then sees NumPy's r, within rounding of the kernels'), then the
+        sequential walk. Without ``out`` the forward runs here first and keeps its gates.
+        ``threads``: over how many threads the walk splits its rows (default:
         the eager path's, :func:`daskgru.eager.get_num_threads`; a dask task passes the
         graph's ``daskgru.split-rows``)."""
         T, B, G = gi.shape
@@ -443,16 +463,16 @@ class GRUCell(Cell):
         gi = c(gi, dtype=dt)
         h0 = c(state, dtype=dt).reshape(B, H)
         if out is None:  # recompute: the one sequential forward pass of the chunk
-            rec = output((T, B, G), dt)
+            rec = output((T, B, 4 * H), dt)
             out, _ = self.scan(w, gi, h0, steps, rec=rec)
         hk = output((T, B, H), dt)
         _k.prev_states(c(out, dtype=dt), h0, steps.lengths, steps.mask, steps.t0,
                        steps.reverse, hk)
         hk2, gi2 = hk.reshape(T * B, H), gi.reshape(T * B, G)
-        gates = output((T * B, 4 * H), dt)
-        if rec is not None:  # the recurrent products as the forward computed them
-            a = _check_rec(rec, (T, B, G)).reshape(T * B, G)
+        if rec is not None:  # the gates as the forward computed them
+            gates = _check_rec(rec, (T, B, 4 * H)).reshape(T * B, 4 * H)
         else:
+            gates = output((T * B, 4 * H), dt)
             a = output((T * B, G), dt)
             product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G if self.reset_after else 2 * H,
                     a, 0, w.fma)
@@ -462,7 +482,7 @@ class GRUCell(Cell):
                     np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
                     sigmoid_(rz)
                 product(rz[:, :H] * hk2, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
-        _k.gates(gi2, a, self.reset_after, gates)  # the kernels' exp: the forward's gates
+            _k.gates(gi2, a, self.reset_after, gates)  # the kernels' exp: the forward's gates
         rh = None if self.reset_after else gates[:, :H] * hk2
         dh = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, H)
         d_gi, d_a = output((T, B, G), dt), output((T, B, G), dt)

@@ -236,8 +236,8 @@ def _k(cache_key):
 
 def _no_products(rec):
     if rec is not None:
-        raise ValueError("the LSTM keeps no record of its recurrent products "
-                         "(LSTMCell.records_products is False)")
+        raise ValueError("the LSTM keeps no record of its gates "
+                         "(LSTMCell.records_gates is False)")
 
 
 class LSTMCell(Cell):

@@ -45,7 +45,7 @@ def check_grad_args(call, d_output, d_states):
 class Tape:
     """What the eager forward keeps for the backward: each layer's input and output, the
     start state of every block of every (layer, direction), and where the cell keeps them
-    (:attr:`~daskgru.cells.Cell.records_products`) the recurrent products of every step."""
+    (:attr:`~daskgru.cells.Cell.records_gates`) the gates of every step."""
 
     __slots__ = ("inputs", "output", "starts", "blocks", "finals", "recs")
 
@@ -58,7 +58,7 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
     blocks = [(t0, min(t0 + EAGER_BLOCK, T)) for t0 in range(0, T, EAGER_BLOCK)]
     tape = Tape()
     tape.inputs, tape.starts, tape.blocks, tape.finals = [], [], blocks, []
-    tape.recs = []  # per (layer, direction): the recurrent products, where the cell keeps them
+    tape.recs = []  # per (layer, direction): the gates of every step, where the cell keeps them
     layer_in, i = np.ascontiguousarray(x, dtype=stack.dtype), 0
     for l, cell in enumerate(ps.cells):
         tape.inputs.append(layer_in)
@@ -67,8 +67,8 @@ def forward_tape(x, stack, states, lengths, mask, zero_masked):
             steps = Steps.make(B, T, lengths=lengths, mask=mask, reverse=d == 1,
                                zero_masked=zero_masked[l])
             out = output((T, B, w.hidden_size), stack.dtype)
-            rec = (output((T, B, w.w_hh_t.shape[1]), stack.dtype)
-                   if cell.records_products else None)
+            rec = (output((T, B, cell.record_width(w.hidden_size)), stack.dtype)
+                   if cell.records_gates else None)
             state, starts = states[i], [None] * len(blocks)
             # rows are independent: parts of the batch run side by side, each writing its
             # rows of out and rec (the bits of one call)
