@@ -308,30 +308,31 @@ def project(w: Prepared, x, out=None):
     return out
 
 
-def weight_gradient(d, sources, fma, threads=None):
+def weight_gradient(terms, fma, threads=None):
     """The gradient (G, K) of weights whose products were ``src @ W[c0:c1].T``: for each
-    ``(src, c0, c1)`` of ``sources`` (src (N, K)), rows c0..c1 of it are
-    ``sum_n d[n, c] * src[n, k]`` over the N rows of ``d`` (N, G), every row and step of a
-    chunk. Taken with the tiles (``tiles.product_t``, which reads ``d`` as the transpose it
-    needs, as it lies), each element summed over n in order, a fused multiply-add a term when
-    ``fma``: the same bits for any number of ``threads`` (they split the G rows of the
-    result). BLAS, which this replaced, was slower where its kernels predate the CPU
-    (OpenBLAS on the AMD Zen 5 with ``OPENBLAS_CORETYPE=Haswell``: 110 GF/s against the
-    tiles' 160-177 on dW at H = 512), and its bits depended on its thread count."""
+    ``(d, dc, src, c0, c1)`` of ``terms`` (d (N, .), src (N, K)), rows c0..c1 of it are
+    ``sum_n d[n, dc + c - c0] * src[n, k]`` over the N rows (every row and step of a
+    chunk), so that the adjoints of the rows may lie in different arrays. Taken with the
+    tiles (``tiles.product_t``, which reads ``d`` as the transpose it needs, as it lies),
+    each element summed over n in order, a fused multiply-add a term when ``fma``: the same
+    bits for any number of ``threads`` (they split the G rows of the result). BLAS, which
+    this replaced, was slower where its kernels predate the CPU (OpenBLAS on the AMD Zen 5
+    with ``OPENBLAS_CORETYPE=Haswell``: 110 GF/s against the tiles' 160-210 on dW at
+    H = 512), and its bits depended on its thread count."""
     from ..eager import batch_parts, in_parts
 
-    N, G = d.shape
-    K = sources[0][0].shape[1]
-    d = writable(d)
-    out = np.empty((G, K), d.dtype)
-    zeros = np.zeros(K, d.dtype)
-    sources = [(writable(src, d.dtype), c0, c1) for src, c0, c1 in sources]
+    d0, _, src0, _, _ = terms[0]
+    N, K = src0.shape
+    G = max(c1 for *_, c1 in terms)
+    out = np.empty((G, K), d0.dtype)
+    zeros = np.zeros(K, d0.dtype)
+    terms = [(writable(d), dc, writable(src, d0.dtype), c0, c1) for d, dc, src, c0, c1 in terms]
 
     def part(rows):
-        for src, c0, c1 in sources:
+        for d, dc, src, c0, c1 in terms:
             lo, hi = max(c0, rows.start), min(c1, rows.stop)
             if hi > lo:
-                product_t(d, lo, hi - lo, src, zeros, 0, K, out, lo, fma)
+                product_t(d, dc + lo - c0, hi - lo, src, zeros, 0, K, out, lo, fma)
 
     in_parts(part, batch_parts(G, N * K, threads))
     return out
@@ -340,9 +341,10 @@ def weight_gradient(d, sources, fma, threads=None):
 def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_state, out=None,
                    rec=None, threads=None):
     """Backward of one chunk of one layer and direction from its input x (T, B, I):
-    recomputes the projection (memory O(chunk)), runs the cell's backward (with the
-    forward's outputs ``out`` and recurrent products ``rec`` where kept) and adds what
-    follows from the projection; ``threads`` for a cell whose backward splits its rows.
+    recomputes the projection (memory O(chunk)) unless the cell kept its gates, runs the
+    cell's backward (with the forward's outputs ``out`` and gates ``rec`` where kept) and
+    adds what follows from the projection; ``threads`` for a cell whose backward splits
+    its rows.
     Returns ``(d_x, d_state, Weights of gradients)``.
 
     Inputs at skipped steps are zero-filled for the weight gradient: their ``d_gi`` is 0,
@@ -352,13 +354,14 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
     G = w.w_ih.shape[0]
     dt = w.w_ih.dtype
     x = writable(x, dt)
-    gi = project(w, x)
+    # a cell that kept its gates needs no projected inputs (only a forward run again does)
+    gi = None if out is not None and rec is not None and cell.records_gates else project(w, x)
     d_gi, d_state, dW_hh, db_hh = cell.backward(w, gi, state, steps, d_out, d_state, out,
                                                 rec, threads)
     dg2 = d_gi.reshape(T * B, G)
     if steps.any_skipped(T):
         x = np.where(steps.valid(T)[..., None], x, dt.type(0))
-    dW_ih = weight_gradient(dg2, [(x.reshape(T * B, I), 0, G)], w.fma, threads)
+    dW_ih = weight_gradient([(dg2, 0, x.reshape(T * B, I), 0, G)], w.fma, threads)
     d_x = output((T, B, I), dt)
     product(dg2, 0, T * B, w.w_ih, np.zeros(I, dt), 0, I, d_x.reshape(T * B, I), 0, w.fma)
     return d_x, d_state, Weights(dW_ih, dW_hh, dg2.sum(axis=0), db_hh)

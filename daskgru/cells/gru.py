@@ -212,14 +212,15 @@ def _k(cache_key):
         f[:, :, ::1],   # d_out (T, B, H)
         f[:, ::1],      # dh (B, H): adjoint of the end state in, of the start state out
         f[:, :, ::1],   # d_gi (T, B, G) out
-        f[:, :, ::1],   # d_a (T, B, G) out: adjoint of b_hh + W_hh h (W_hn (r h) for n)
+        f[:, :, ::1],   # d_an (T, B, H) out, reset_after only: adjoint of a_n = b_hn + W_hn h
         i64, i64,       # r0, r1: the rows walked
         b1,             # fma: the products' numerics
     ))
     def walk(gates, w_hh, lengths, mask, t0, reverse, zero_masked, reset_after, hk, d_out, dh,
-             d_gi, d_a, r0, r1, fma):
+             d_gi, d_an, r0, r1, fma):
         """The walk back through a chunk carrying the adjoint state (module docstring), for
-        rows r0 to r1 (threads walk parts of the batch side by side)."""
+        rows r0 to r1 (threads walk parts of the batch side by side). The adjoint of the
+        recurrent products a is d_gi but for a_n with reset_after (dn r, kept in d_an)."""
         cache_key  # noqa: B018
         T, B, G = d_gi.shape
         H = dh.shape[1]
@@ -244,7 +245,9 @@ def _k(cache_key):
                     skipped_adjoint(t, tl, bb, lengths, zero_masked, d_out, dh)
                     for g in range(G):
                         d_gi[tl, bb, g] = zero
-                        d_a[tl, bb, g] = zero
+                    if reset_after:
+                        for j in range(H):
+                            d_an[tl, bb, j] = zero
                     for j in range(H):
                         dn_[bb, j] = zero
                     for g in range(2 * H):
@@ -259,18 +262,15 @@ def _k(cache_key):
                     dz = gv * (hk[tl, bb, j] - n) * z * (one - z)
                     d_gi[tl, bb, H + j] = dz
                     d_gi[tl, bb, 2 * H + j] = dn
-                    d_a[tl, bb, H + j] = dz
                     drz[bb, H + j] = dz
                     if reset_after:
                         r = gates[tl, bb, j]
                         dr = dn * gates[tl, bb, 3 * H + j] * r * (one - r)
                         d_gi[tl, bb, j] = dr
-                        d_a[tl, bb, j] = dr
-                        d_a[tl, bb, 2 * H + j] = dn * r
+                        d_an[tl, bb, j] = dn * r
                         drz[bb, j] = dr
                         dn_[bb, j] = dn * r
                     else:
-                        d_a[tl, bb, 2 * H + j] = dn
                         dn_[bb, j] = dn
             # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
             product(dn_, r0, r1 - r0, w_n, no_bias, int(0), H, back, r0, fma)
@@ -283,7 +283,6 @@ def _k(cache_key):
                         drh[bb, j] = back[bb, j]
                         dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
                         d_gi[tl, bb, j] = dr
-                        d_a[tl, bb, j] = dr
                         drz[bb, j] = dr
             product(drz, r0, r1 - r0, w_rz, no_bias, int(0), H, back_rz, r0, fma)
             for bb in range(r0, r1):
@@ -455,12 +454,13 @@ class GRUCell(Cell):
         sequential walk. Without ``out`` the forward runs here first and keeps its gates.
         ``threads``: over how many threads the walk splits its rows (default:
         the eager path's, :func:`daskgru.eager.get_num_threads`; a dask task passes the
-        graph's ``daskgru.split-rows``)."""
-        T, B, G = gi.shape
+        graph's ``daskgru.split-rows``). ``gi`` may be None where ``out`` and ``rec`` are
+        given (nothing is computed from it then)."""
         H = w.hidden_size
+        T, B = d_out.shape[:2]
+        G = 3 * H
         dt = w.w_hh.dtype
         c = writable
-        gi = c(gi, dtype=dt)
         h0 = c(state, dtype=dt).reshape(B, H)
         if out is None:  # recompute: the one sequential forward pass of the chunk
             rec = output((T, B, 4 * H), dt)
@@ -468,10 +468,11 @@ class GRUCell(Cell):
         hk = output((T, B, H), dt)
         _k.prev_states(c(out, dtype=dt), h0, steps.lengths, steps.mask, steps.t0,
                        steps.reverse, hk)
-        hk2, gi2 = hk.reshape(T * B, H), gi.reshape(T * B, G)
+        hk2 = hk.reshape(T * B, H)
         if rec is not None:  # the gates as the forward computed them
             gates = _check_rec(rec, (T, B, 4 * H)).reshape(T * B, 4 * H)
         else:
+            gi2 = c(gi, dtype=dt).reshape(T * B, G)
             gates = output((T * B, 4 * H), dt)
             a = output((T * B, G), dt)
             product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G if self.reset_after else 2 * H,
@@ -485,22 +486,28 @@ class GRUCell(Cell):
             _k.gates(gi2, a, self.reset_after, gates)  # the kernels' exp: the forward's gates
         rh = None if self.reset_after else gates[:, :H] * hk2
         dh = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, H)
-        d_gi, d_a = output((T, B, G), dt), output((T, B, G), dt)
+        d_gi = output((T, B, G), dt)
+        d_an = output((T, B, H), dt) if self.reset_after else _no_rec(dt)
         from ..eager import batch_parts, in_parts
 
         gates3, d_out = gates.reshape(T, B, 4 * H), c(d_out, dtype=dt)
 
         def walk(rows):  # the rows are independent: parts of the batch walk side by side
             _k.walk(gates3, w.w_hh, steps.lengths, steps.mask, steps.t0, steps.reverse,
-                    steps.zero_masked, self.reset_after, hk, d_out, dh, d_gi, d_a,
+                    steps.zero_masked, self.reset_after, hk, d_out, dh, d_gi, d_an,
                     rows.start, rows.stop, w.fma)
 
         in_parts(walk, batch_parts(B, T * G * H, threads))
-        da2 = d_a.reshape(T * B, G)
-        sources = ([(hk2, 0, G)] if self.reset_after  # the candidate's product saw r * h
-                   else [(hk2, 0, 2 * H), (rh, 2 * H, G)])
-        dW_hh = base.weight_gradient(da2, sources, w.fma, threads)
-        return d_gi, dh, dW_hh, da2.sum(axis=0)
+        dg2 = d_gi.reshape(T * B, G)
+        if self.reset_after:  # the adjoint of a: d_gi's for r and z, dn r for a_n
+            dn2 = d_an.reshape(T * B, H)
+            terms = [(dg2, 0, hk2, 0, 2 * H), (dn2, 0, hk2, 2 * H, G)]
+            db_hh = np.concatenate([dg2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
+        else:  # d_gi's for all three; the candidate's product saw r * h
+            terms = [(dg2, 0, hk2, 0, 2 * H), (dg2, 2 * H, rh, 2 * H, G)]
+            db_hh = dg2.sum(axis=0)
+        dW_hh = base.weight_gradient(terms, w.fma, threads)
+        return d_gi, dh, dW_hh, db_hh
 
     def tangent(self, w: Prepared, gi, state, steps: Steps, cutoff=0.0, M=None):
         T, B, _ = gi.shape

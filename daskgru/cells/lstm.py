@@ -340,7 +340,7 @@ class LSTMCell(Cell):
                 steps.reverse, steps.zero_masked, c(prev[..., H:]), c(d_out, dtype=dt), d_st, dp,
                 w.fma)
         dp2 = dp.reshape(T * B, G)
-        dW_hh = base.weight_gradient(dp2, [(hk, 0, G)], w.fma, threads)
+        dW_hh = base.weight_gradient([(dp2, 0, hk, 0, G)], w.fma, threads)
         return dp, d_st, dW_hh, dp2.sum(axis=0)
 
     def tangent(self, w: Prepared, gi, state, steps: Steps, cutoff=0.0, M=None):
