@@ -207,7 +207,9 @@ def _make_tile(R, V, fused=False, transposed=False):
 # issues per cycle beside its multiplies and adds), not on the bits: every shape computes
 # every element in the same order. The candidates fit the register file; the shape is
 # chosen per CPU by timing them once (:func:`tune`), or forced with DASKGRU_TILES="RxV".
-CANDIDATES = {32: ((12, 2), (8, 3), (5, 4), (6, 4), (4, 6)),
+# The first is kept unless another is clearly faster: 8 x 3 was the fastest or level in whole
+# products on both AMD machines measured (Zen 4 and Zen 5), 12 x 2 close behind.
+CANDIDATES = {32: ((8, 3), (12, 2), (5, 4), (6, 4), (4, 6)),
               16: ((6, 2), (4, 3), (5, 2), (3, 3))}
 
 
@@ -340,9 +342,9 @@ def tune_file() -> Path:
 
 
 def _tile_loop(R, V):
-    """Only the main tile of a shape, over blocks that it divides exactly (for :func:`tune`;
-    the fused form, the default numerics)."""
-    tile = _make_tile(R, V, True)
+    """A shape's tiles as ``product`` runs them over the rows, tails included (for
+    :func:`tune`; the fused form, the default numerics; columns that the shape divides)."""
+    rows = _row_driver(R, V, True)
 
     @numba.njit(nogil=True, boundscheck=False)
     def run(a, w, b, out, reps):
@@ -350,43 +352,46 @@ def _tile_loop(R, V):
         K = a.shape[1]
         for _ in range(reps):
             for c in range(0, w.shape[1], V * L):
-                for i in range(0, a.shape[0], R):
-                    tile(a, w, b, out, i, i, c, 0, K)
+                rows(a, w, b, out, 0, 0, a.shape[0], c, 0, K)
 
     return run
 
 
-def tune(rounds=5, seconds=0.02, shape=(240, 512, 1536)):
-    """Time the main tile of every candidate shape on a product of ``shape`` (M rows, K,
-    N columns: by default a step of a GRU with H = 512 over 240 rows, whose weights do not
+def tune(rounds=5, seconds=0.02, shapes=((240, 512, 1536), (32, 512, 1536))):
+    """Time every candidate shape on products of ``shapes`` (M rows, K, N columns: by
+    default a step of a GRU with H = 512 over 240 rows and over 32, whose weights do not
     fit L2, which is where the shapes differ; in cache they all come close to the peak;
-    float32, one thread, every candidate dividing it exactly) and
-    return ``(best shape, {shape: GF/s})``. Rounds alternate the candidates and each keeps
-    its best; the first candidate is kept unless another is more than 3% faster, so noise
-    does not flip the choice. About two seconds, most of it compiling."""
+    float32, one thread, columns every candidate divides; the rows as ``product`` takes
+    them, so a shape whose tiles leave 32 rows to small tail tiles pays for it) and return
+    ``(best shape, {shape: GF/s})``, the rate the geometric mean over the shapes. Rounds
+    alternate the candidates and each keeps its best; the first candidate is kept unless
+    another is more than 3% faster, so noise does not flip the choice. A few seconds, most
+    of it compiling."""
     import numpy as np
 
     cands = CANDIDATES[REGISTERS]
-    M, K, N = shape
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((M, K)).astype(np.float32)
-    w = rng.standard_normal((K, N)).astype(np.float32)
-    b = np.zeros(N, np.float32)
-    out = np.empty((M, N), np.float32)
     fns = {c: _tile_loop(*c) for c in cands}
-    reps = {}
-    for c, f in fns.items():
-        f(a, w, b, out, 1)  # compile
-        t = time.perf_counter()
-        f(a, w, b, out, 10)
-        reps[c] = max(1, int(10 * seconds / max(time.perf_counter() - t, 1e-6)))
-    best = dict.fromkeys(cands, float("inf"))
-    for _ in range(rounds):
+    rates = dict.fromkeys(cands, 1.0)
+    for M, K, N in shapes:
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        w = rng.standard_normal((K, N)).astype(np.float32)
+        b = np.zeros(N, np.float32)
+        out = np.empty((M, N), np.float32)
+        reps = {}
         for c, f in fns.items():
+            f(a, w, b, out, 1)  # compile (once) and warm
             t = time.perf_counter()
-            f(a, w, b, out, reps[c])
-            best[c] = min(best[c], (time.perf_counter() - t) / reps[c])
-    rates = {c: 2.0 * M * K * N / best[c] / 1e9 for c in cands}
+            f(a, w, b, out, 10)
+            reps[c] = max(1, int(10 * seconds / max(time.perf_counter() - t, 1e-6)))
+        best = dict.fromkeys(cands, float("inf"))
+        for _ in range(rounds):
+            for c, f in fns.items():
+                t = time.perf_counter()
+                f(a, w, b, out, reps[c])
+                best[c] = min(best[c], (time.perf_counter() - t) / reps[c])
+        for c in cands:
+            rates[c] *= (2.0 * M * K * N / best[c] / 1e9) ** (1 / len(shapes))
     choice = cands[0]
     fastest = max(cands, key=rates.get)
     if rates[fastest] > 1.03 * rates[choice]:
