@@ -283,3 +283,33 @@ def test_fix_tasks_receive_states_not_outputs(rng):
         stages = {str(d[0] if isinstance(d, tuple) else d).split("-l")[0]
                   for d in get_dependencies(dsk, k)}
         assert "gru-spec" not in stages and "gru-specstate" in stages, stages
+
+
+def test_the_warm_up_takes_only_the_pieces_it_reads(rng):
+    """A merged chunk's speculative task warms up over the last ``warmup`` steps of the
+    chunk before it (the first, walking backward): it depends on the user's time chunks that
+    hold those steps, not on the whole chunk before; the bits are the scan's."""
+    from dask.core import get_dependencies
+
+    p = dg.GRUParams.random(3, 8, bidirectional=True, seed=0, dtype="float64")
+    x = rng.normal(size=(400, 2, 3))
+    xd = da.from_array(x, chunks=(25, 2, 3))  # 16 pieces, merged into chunks of 100
+    with dask.config.set({"daskgru.merge-chunks": 2 * 3 * 8 * (3 + 8) * 2 * 100}):
+        out, h_n = dg.gru(xd, p, method="speculative", warmup=30)
+    assert out.chunks[0] == (100,) * 4
+    dsk = dict(out.__dask_graph__())
+    for k in dsk:
+        if isinstance(k, tuple) and k[0].startswith("gru-spec-l0-"):
+            d, q = k[1], k[3]
+            pieces = sorted(dep[1] for dep in get_dependencies(dsk, k)
+                            if isinstance(dep, tuple) and dep[0] == xd.name)
+            chunk = 3 - q if d else q  # the chunk scanned, in time order
+            own = list(range(4 * chunk, 4 * chunk + 4))
+            if q == 0:
+                assert pieces == own
+            else:  # 30 steps: two pieces of 25 from the neighbour it warms up over
+                near = [4 * chunk + 4, 4 * chunk + 5] if d else [4 * chunk - 2, 4 * chunk - 1]
+                assert pieces == sorted(own + near), (k, pieces)
+    ref = dg.gru(x, p)
+    got = dask.compute(out, h_n, scheduler="sync")
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])

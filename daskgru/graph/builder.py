@@ -257,6 +257,23 @@ class Graph:
         the scheduler computes while the first tasks run."""
         return self._inline if l == 0 and i == 0 else self.weights.key
 
+    def edge_parts(self, l, j, k, n, first):
+        """The input pieces of chunk (k, j) of layer l that hold its first (``first``) or
+        last ``n`` steps: for layer 0 only the user's time chunks that cover them (a merged
+        chunk's others are not needed), above all of :meth:`parts`."""
+        parts = self.parts(l, j, k)
+        if l:
+            return parts
+        sizes = [self.user_tchunks[u] for u in self.pieces[k]]
+        order = range(len(parts)) if first else range(len(parts) - 1, -1, -1)
+        keep, covered = [], 0
+        for i in order:
+            keep.append(i)
+            covered += sizes[i]
+            if covered >= n:
+                break
+        return [parts[i] for i in sorted(keep)]
+
     def chains(self, l):
         """(d, j) of every chain of layer l."""
         return [(d, j) for j in range(self.nb) for d in range(self.stack.layers[l].num_directions)]

@@ -505,7 +505,7 @@ def build(x, call, states, lengths, mask, method, warmup, tol, model=None):
                 if method == "speculative" and q and warmup:
                     pk = order[q - 1]
                     n = min(warmup, int(g.tchunks[pk]))
-                    tail = (_tail_task, w, l, d == 1, n, *g.parts(l, j, pk))
+                    tail = (_tail_task, w, l, d == 1, n, *g.edge_parts(l, j, pk, n, d == 1))
                     if l:  # a whole chunk of outputs is worth a task not to move
                         tasks[key("tail", q)] = tail
                         tail = key("tail", q)
