@@ -534,3 +534,32 @@ def test_the_transposed_product_gives_the_products_bits(dtype, fused):
         assert np.isnan(got[0]).all() and np.isnan(got[:, 0]).all()
     with pytest.raises(ValueError, match="does not fit"):
         tiles.product_t(a_t, 20, 11, w, b, 0, 1, got, 0, fused)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_few_rows_take_the_wide_tile_with_the_same_bits(dtype, fused):
+    """Calls of one to three rows (one sequence) run wide one-row tiles over the columns
+    they cover, then the usual tiles: every element as the fixed order gives it (a row the
+    same bits as in a call of many rows), for the product and the transposed product."""
+    from daskgru.kernels import tiles
+
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    G = (2 * tiles.WIDE + 3) * lanes + 5  # two wide blocks, main-shape blocks, a scalar tail
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((9, 70)).astype(dtype)
+    w = rng.standard_normal((70, G)).astype(dtype)
+    b = rng.standard_normal(G).astype(dtype)
+    many = np.empty((9, G), dtype)
+    product(a, 0, 9, w, b, 0, G, many, 0, fused)
+    for n in (1, 2, 3):
+        for c0 in (0, 3):
+            got = np.full((n + 1, G), np.nan, dtype)
+            product(a, 4, n, w, b, c0, G, got, 1, fused)
+            np.testing.assert_array_equal(got[1:, c0:], many[4:4 + n, c0:])
+            if not fused:  # and the order itself, written out
+                np.testing.assert_array_equal(got[1:, c0:], ordered(a[4:4 + n], w[:, c0:], b[c0:]))
+            assert np.isnan(got[0]).all() and np.isnan(got[:, :c0]).all()
+            got_t = np.full((n + 1, G), np.nan, dtype)
+            tiles.product_t(np.ascontiguousarray(a.T), 4, n, w, b, c0, G, got_t, 1, fused)
+            np.testing.assert_array_equal(got_t, got)

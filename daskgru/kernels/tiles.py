@@ -213,6 +213,15 @@ CANDIDATES = {32: ((8, 3), (12, 2), (5, 4), (6, 4), (4, 6)),
               16: ((6, 2), (4, 3), (5, 2), (3, 3))}
 
 
+# Vectors of the one-row tile that takes calls of fewer rows than the 4-row tile (one
+# sequence, B = 1): each column's sum is a chain of dependent multiply-adds (the order of the
+# terms is fixed), so such a call is bound by the latency of those chains, and the more
+# columns a tile keeps going at once the better, up to what the registers hold. One thread,
+# AMD Zen 5, T = 4096, B = 1: H = 64 2.2-2.4 -> 1.9-2.0 ms, H = 256 45.5 -> 33.4-34.6 ms
+# against tiles of the main shape's V vectors (H = 32, 96 columns, does not use it).
+WIDE = 12 if REGISTERS == 32 else 8
+
+
 def _row_driver(R, V, fused=False, transposed=False):
     """Rows n of one column block of V vectors at cb, terms k0 <= k < k1: tiles of R rows,
     then of 8 and of 4 (those smaller than R), then of 1. The 8-row tile is for what a split
@@ -244,6 +253,35 @@ def _row_driver(R, V, fused=False, transposed=False):
     return rows
 
 
+def _few_rows(transposed):
+    """``few_rows(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1)``: the m rows (fewer than
+    the 4-row tile) over the columns from c0 that one-row tiles of WIDE vectors cover;
+    returns the first column left. Compiled apart and called (inlined into ``product`` it
+    made its first compile seconds longer); ``product_t``'s calls, the weight gradients,
+    have G rows, so it gets a stub (each tile costs compile time)."""
+    if transposed:
+        return numba.njit(nogil=True, _nrt=False)(lambda a, ra, m, w, b, c0, c1, out, ro,
+                                                         fused, k0, k1: c0)
+    wide, widef = _make_tile(1, WIDE, False), _make_tile(1, WIDE, True)
+
+    @numba.njit(nogil=True, boundscheck=False, _nrt=False)
+    def few_rows(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1):
+        # each column's sum is a chain of dependent multiply-adds, so a wide tile keeps WIDE
+        # such chains going at once where the main shape would keep V
+        L = VECTOR_BYTES // a.itemsize
+        cb = c0
+        while cb + WIDE * L <= c1:
+            for i in range(m):
+                if fused:
+                    widef(a, w, b, out, ra + i, ro + i, cb, k0, k1)
+                else:
+                    wide(a, w, b, out, ra + i, ro + i, cb, k0, k1)
+            cb += WIDE * L
+        return cb
+
+    return few_rows
+
+
 def _make_product(R, V, transposed=False):
     """``product`` with tiles of R rows x V vectors; columns left over get one-vector tiles
     (as many rows as fit the registers), then plain loops. ``transposed``: ``product_t``,
@@ -252,6 +290,8 @@ def _make_product(R, V, transposed=False):
     rv, r1 = _row_driver(R, V, False, transposed), _row_driver(RS, 1, False, transposed)
     rvf, r1f = _row_driver(R, V, True, transposed), _row_driver(RS, 1, True, transposed)
     RM = math.lcm(R, RS)  # rows of a panel: a multiple of both tiles
+    FEW = min(4, R)  # fewer rows than this: one-row tiles as wide as WIDE vectors
+    few_rows = _few_rows(transposed)
 
     @numba.njit(nogil=True, boundscheck=False, inline="always")
     def span(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1):
@@ -259,6 +299,8 @@ def _make_product(R, V, transposed=False):
         # on from out (the terms before k0 are in it), else they start from the bias
         L = VECTOR_BYTES // a.itemsize
         cb = c0
+        if m < FEW and c1 - c0 >= WIDE * L:
+            cb = few_rows(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1)
         while cb + V * L <= c1:
             if fused:
                 rvf(a, w, b, out, ra, ro, m, cb, k0, k1)
