@@ -209,8 +209,10 @@ def test_masked_gradients_are_exact(rng, kind, zero):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_nan_at_masked_steps_never_reaches_a_result_or_gradient(rng):
-    p = dg.GRUParams.random(2, 3, num_layers=2, dtype="float64", seed=8)
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_nan_at_masked_steps_never_reaches_a_result_or_gradient(rng, reset_after):
+    p = dg.GRUParams.random(2, 3, num_layers=2, dtype="float64", seed=8,
+                            reset_after=reset_after)
     x = rng.normal(size=(7, 2, 2))
     mask = holes(rng, 7, 2)
     x_nan = np.where(mask[..., None], x, np.nan)

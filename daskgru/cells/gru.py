@@ -484,7 +484,11 @@ class GRUCell(Cell):
                     sigmoid_(rz)
                 product(rz[:, :H] * hk2, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
             _k.gates(gi2, a, self.reset_after, gates)  # the kernels' exp: the forward's gates
-        rh = None if self.reset_after else gates[:, :H] * hk2
+        rh = None
+        if not self.reset_after:  # W_hn's source, r * h: 0 at steps that do not count
+            rh = gates[:, :H] * hk2  # (their r saw the input there, which may be NaN)
+            if steps.any_skipped(T):
+                rh[~steps.valid(T).reshape(T * B)] = 0
         dh = np.array(d_state, dtype=dt, order="C", copy=True).reshape(B, H)
         d_gi = output((T, B, G), dt)
         d_an = output((T, B, H), dt) if self.reset_after else _no_rec(dt)

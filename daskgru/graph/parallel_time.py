@@ -512,7 +512,9 @@ def build(x, call, states, lengths, mask, method, warmup, tol, model=None):
                     t0 = g.t_starts[pk] if d else g.t_starts[pk] + int(g.tchunks[pk]) - n
                     tail_where = g.where(l, d, pk)._replace(t0=t0)
                     tail_mask = g.mask(j, pk)
-                tasks[key("spec", q)] = (_spec_task, g.first_weights(l, q), g.where(l, d, k),
+                # (Newton's spec tasks wait for its states: its first task has the weights)
+                wq = g.weights.key if method == "newton" else g.first_weights(l, q)
+                tasks[key("spec", q)] = (_spec_task, wq, g.where(l, d, k),
                                          None if start is None else start(q), tail, tail_where,
                                          tail_mask, g.state(l, d, j), g.lengths(j), g.mask(j, k),
                                          *g.parts(l, j, k))
