@@ -90,16 +90,16 @@ def scan_chains(g: Graph, l, stage="scan"):
         prev = g.state(l, d, j)
         order = g.order(d)
         for i, k in enumerate(order):
-            where, parts, w = g.where(l, d, k), g.parts(l, j, k), g.first_weights(l, i)
-            if fuse:
-                tasks[result(d, j, k)] = (_fused_task, w, where, g.split, prev, g.lengths(j),
-                                          g.mask(j, k), *parts)
+            where, parts, w = g.where(l, d, k), g.parts(l, j, k), g.weights.key
+            if fuse:  # (the only form where results travel, so the only one a key costs)
+                tasks[result(d, j, k)] = (_fused_task, g.first_weights(l, i), where, g.split,
+                                          prev, g.lengths(j), g.mask(j, k), *parts)
             else:
                 proj = g.key("inproj", l, d, j, k)
                 after = link(d, j, i - 2, order[i - 2]) if i >= 2 else None
                 tasks[proj] = (_inproj_task, w, where, after, *parts)
-                tasks[result(d, j, k)] = (_scan_task, g.weights.key, where, proj, prev,
-                                          g.lengths(j), g.mask(j, k))
+                tasks[result(d, j, k)] = (_scan_task, w, where, proj, prev, g.lengths(j),
+                                          g.mask(j, k))
             if spread and i == 0:
                 tasks[g.key("state", l, d, j, k)] = (state_of, result(d, j, k))
             prev = link(d, j, i, k)

@@ -217,8 +217,9 @@ CANDIDATES = {32: ((8, 3), (12, 2), (5, 4), (6, 4), (4, 6)),
 # sequence, B = 1): each column's sum is a chain of dependent multiply-adds (the order of the
 # terms is fixed), so such a call is bound by the latency of those chains, and the more
 # columns a tile keeps going at once the better, up to what the registers hold. One thread,
-# AMD Zen 5, T = 4096, B = 1: H = 64 2.2-2.4 -> 1.9-2.0 ms, H = 256 45.5 -> 33.4-34.6 ms
-# against tiles of the main shape's V vectors (H = 32, 96 columns, does not use it).
+# AMD Zen 5, T = 4096, B = 1: H = 256 46.8-47.5 -> 31.1-35.2 ms, H = 64 2.25-2.54 ->
+# 2.25-2.44 ms, against tiles of the main shape's V vectors (H = 32, 96 columns, does not
+# use it).
 WIDE = 12 if REGISTERS == 32 else 8
 
 
@@ -256,9 +257,10 @@ def _row_driver(R, V, fused=False, transposed=False):
 def _few_rows(transposed):
     """``few_rows(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1)``: the m rows (fewer than
     the 4-row tile) over the columns from c0 that one-row tiles of WIDE vectors cover;
-    returns the first column left. Compiled apart and called (inlined into ``product`` it
-    made its first compile seconds longer); ``product_t``'s calls, the weight gradients,
-    have G rows, so it gets a stub (each tile costs compile time)."""
+    returns the first column left. A function of its own, called (inlined into ``product``
+    or apart, the wide tiles added a second or two to first compiles, within this VM's
+    noise); ``product_t``'s calls, the weight gradients, have G rows, so it gets a stub
+    (each tile costs compile time)."""
     if transposed:
         return numba.njit(nogil=True, _nrt=False)(lambda a, ra, m, w, b, c0, c1, out, ro,
                                                          fused, k0, k1: c0)
