@@ -541,7 +541,7 @@ def test_the_transposed_product_gives_the_products_bits(dtype, fused):
 def test_a_few_rows_take_the_wide_tile_with_the_same_bits(dtype, fused):
     """Calls of one to three rows (one sequence) run wide one-row tiles over the columns
     they cover, then the usual tiles: every element as the fixed order gives it (a row the
-    same bits as in a call of many rows), for the product and the transposed product."""
+    same bits as in a call of many rows); the transposed product (its usual tiles) agrees."""
     from daskgru.kernels import tiles
 
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
