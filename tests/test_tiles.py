@@ -563,3 +563,27 @@ def test_a_few_rows_take_the_wide_tile_with_the_same_bits(dtype, fused):
             got_t = np.full((n + 1, G), np.nan, dtype)
             tiles.product_t(np.ascontiguousarray(a.T), 4, n, w, b, c0, G, got_t, 1, fused)
             np.testing.assert_array_equal(got_t, got)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradient_terms_side_by_side_and_their_cover(threads):
+    """The weight gradient from adjoints lying in two arrays is the one from them side by
+    side, bit for bit, at any thread count, and close to the float64 sum; terms that leave
+    a row of the result unwritten (np.empty) or write one twice are refused."""
+    from daskgru.cells.base import weight_gradient
+
+    rng = np.random.default_rng(5)
+    N, K, G1, G2 = 300, 19, 24, 13
+    d1 = rng.standard_normal((N, G1 + 3)).astype(np.float32)
+    d2 = rng.standard_normal((N, G2)).astype(np.float32)
+    src = rng.standard_normal((N, K)).astype(np.float32)
+    split = weight_gradient([(d1, 3, src, 0, G1), (d2, 0, src, G1, G1 + G2)], True, threads)
+    whole = np.ascontiguousarray(np.concatenate([d1[:, 3:], d2], axis=1))
+    one = weight_gradient([(whole, 0, src, 0, G1 + G2)], True, 1)
+    np.testing.assert_array_equal(split, one)
+    want = whole.astype(np.float64).T @ src.astype(np.float64)
+    np.testing.assert_allclose(split, want, rtol=1e-4, atol=1e-4)
+    for bad in ([(d1, 3, src, 0, G1), (d2, 0, src, G1 + 1, G1 + G2)],
+                [(d1, 0, src, 0, G1), (d2, 0, src, G1 - 1, G1 - 1 + G2)]):
+        with pytest.raises(ValueError, match="cover"):
+            weight_gradient(bad, True, threads)

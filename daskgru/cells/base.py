@@ -324,6 +324,13 @@ def weight_gradient(terms, fma, threads=None):
     d0, _, src0, _, _ = terms[0]
     N, K = src0.shape
     G = max(c1 for *_, c1 in terms)
+    # every row of the result is written by exactly one term (np.empty is not zeroed)
+    cover = np.zeros(G, np.int64)
+    for *_, c0, c1 in terms:
+        cover[c0:c1] += 1
+    if not (cover == 1).all():
+        raise ValueError(f"weight_gradient: the terms' rows must cover 0..{G} once each, "
+                         f"got {[(c0, c1) for *_, c0, c1 in terms]}")
     out = np.empty((G, K), d0.dtype)
     zeros = np.zeros(K, d0.dtype)
     terms = [(writable(d), dc, writable(src, d0.dtype), c0, c1) for d, dc, src, c0, c1 in terms]
