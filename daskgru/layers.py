@@ -20,7 +20,7 @@ import numpy as np
 from numba.extending import overload
 
 from .kernels.jit import build, kernel, sigmoid, tanh, typed, vexp
-from .kernels.tiles import product
+from .kernels.tiles import call_product
 from .layout import writable
 
 __all__ = ["Dense", "Scale", "Activation", "LayerNorm", "apply", "ACTIVATIONS"]
@@ -184,7 +184,7 @@ def _k(cache_key):
     def dense(x, w, b, kinds, out, fma):
         """out = act_j(b + x @ w) for every row of x (N, n_in); kinds[j] names act_j."""
         cache_key  # noqa: B018
-        product(x, int(0), x.shape[0], w, b, int(0), w.shape[1], out, int(0), fma)
+        call_product(x, int(0), x.shape[0], w, b, int(0), w.shape[1], out, int(0), fma)
         if np.any(kinds != 0):
             for i in range(out.shape[0]):
                 for j in range(out.shape[1]):

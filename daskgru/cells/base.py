@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from ..kernels.jit import build, kernel
-from ..kernels.tiles import product, product_t
+from ..kernels.tiles import call_product, product, product_t
 from ..layout import output, writable
 
 __all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward", "scratch"]
@@ -291,7 +291,7 @@ def _project_kernel(cache_key):
     def project_kernel(x, w_t, b, out, fma):
         """out[n, :] = b + sum_k x[n, k] * w_t[k, :] for every row n of x (N, I)."""
         cache_key  # noqa: B018
-        product(x, int(0), x.shape[0], w_t, b, int(0), w_t.shape[1], out, int(0), fma)
+        call_product(x, int(0), x.shape[0], w_t, b, int(0), w_t.shape[1], out, int(0), fma)
 
     return project_kernel
 

@@ -36,7 +36,7 @@ import numpy as np
 from ..kernels.jit import (STEP_OPTIONS, build, counts, dense, kernel, project_block,
                            propagate_tangent, sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
-from ..kernels.tiles import product
+from ..kernels.tiles import call_product, product
 from ..layout import output, writable
 from . import base
 from .base import Cell, Prepared, Steps, scratch, sigmoid_
@@ -78,14 +78,14 @@ def _k(cache_key):
         H = h.shape[1]
         one = typed(h, 1)
         if reset_after:
-            product(h, int(0), B, w_t, b, int(0), G, acc, int(0), fma)
+            call_product(h, int(0), B, w_t, b, int(0), G, acc, int(0), fma)
         else:
             # r and z see h; the candidate sees r * h, so it needs r first.
-            product(h, int(0), B, w_t, b, int(0), 2 * H, acc, int(0), fma)
+            call_product(h, int(0), B, w_t, b, int(0), 2 * H, acc, int(0), fma)
             for bb in range(B):
                 for j in range(H):
                     rh[bb, j] = sigmoid(g[bb, j] + acc[bb, j]) * h[bb, j]
-            product(rh, int(0), B, w_t, b, 2 * H, G, acc, int(0), fma)
+            call_product(rh, int(0), B, w_t, b, 2 * H, G, acc, int(0), fma)
         keep = rec.shape[0] > 0
         for bb in range(B):
             o = ro + bb
@@ -273,7 +273,7 @@ def _k(cache_key):
                     else:
                         dn_[bb, j] = dn
             # the adjoint through W_hn: of h (reset_after) or of r * h (the Cho form)
-            product(dn_, r0, r1 - r0, w_n, no_bias, int(0), H, back, r0, fma)
+            call_product(dn_, r0, r1 - r0, w_n, no_bias, int(0), H, back, r0, fma)
             if not reset_after:
                 for bb in range(r0, r1):
                     if not live[bb]:
@@ -284,7 +284,7 @@ def _k(cache_key):
                         dr = back[bb, j] * hk[tl, bb, j] * r * (one - r)
                         d_gi[tl, bb, j] = dr
                         drz[bb, j] = dr
-            product(drz, r0, r1 - r0, w_rz, no_bias, int(0), H, back_rz, r0, fma)
+            call_product(drz, r0, r1 - r0, w_rz, no_bias, int(0), H, back_rz, r0, fma)
             for bb in range(r0, r1):
                 if not live[bb]:
                     continue  # skipped step: the adjoint passes through

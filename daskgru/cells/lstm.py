@@ -29,7 +29,7 @@ import numpy as np
 from ..kernels.jit import (STEP_OPTIONS, build, counts, dense, kernel, project_block,
                            propagate_tangent, sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
-from ..kernels.tiles import product
+from ..kernels.tiles import call_product, product
 from ..layout import output, writable
 from . import base
 from .base import Cell, Prepared, Steps, scratch, sigmoid_
@@ -50,7 +50,7 @@ def _k(cache_key):
         g = gs[k]
         B, G = g.shape
         H = G // 4
-        product(h, int(0), B, w_t, b, int(0), G, acc, int(0), fma)
+        call_product(h, int(0), B, w_t, b, int(0), G, acc, int(0), fma)
         for bb in range(B):
             if not every and not counts(t, tl, bb, lengths, mask, has_mask):
                 skipped(t, tl, bb, lengths, zero_masked, h, out, ro)
@@ -165,7 +165,7 @@ def _k(cache_key):
                     dp[tl, bb, 2 * H + j] = gc * i * (one - g * g)
                     dp[tl, bb, 3 * H + j] = gh * tc * o * (one - o)
                     dc[bb, j] = gc * f
-            product(dp2, tl * B, B, w_hh, no_bias, int(0), H, back, int(0), fma)
+            call_product(dp2, tl * B, B, w_hh, no_bias, int(0), H, back, int(0), fma)
             for bb in range(B):
                 if live[bb]:
                     for j in range(H):

@@ -165,6 +165,9 @@ class Kernel:
                 timer.start()
             t = time.perf_counter()
             try:
+                # the product the kernels call by name, bound first: a kernel loaded from
+                # the cache with that name unbound could not run
+                tiles.export(dtype)
                 dispatcher = njit_cached(self.py_func, sigs, **OPTIONS)
             finally:
                 if timer is not None:
@@ -211,9 +214,7 @@ def precompile(dtypes=("float32", "float64")):
         dt = np.dtype(dtype)
         for k in KERNELS:
             k.compile(dt)
-        # the product the backward also calls from Python (compiled lazily by Numba)
-        z = np.zeros((1, 1), dt)
-        tiles.product(z, 0, 1, z, np.zeros(1, dt), 0, 1, np.zeros((1, 1), dt), 0, True)
+        tiles.export(dt)  # the product (the backward also calls it from Python)
 
 
 def kernel(signature):
@@ -386,7 +387,7 @@ def project_block(x2, B, T, Tb, sb, reverse, w_ih_t, b_ih, g2, fma):
     nblocks = (T + Tb - 1) // Tb
     a = (nblocks - 1 - sb if reverse else sb) * Tb
     n = min(Tb, T - a)
-    tiles.product(x2, a * B, n * B, w_ih_t, b_ih, int(0), w_ih_t.shape[1], g2, int(0),
+    tiles.call_product(x2, a * B, n * B, w_ih_t, b_ih, int(0), w_ih_t.shape[1], g2, int(0),
                   fma)
     return a, n
 

@@ -32,8 +32,10 @@ Numba compiles a function once for every pattern of literal ints its callers pas
 (``product(h, 0, B, ...)`` and ``product(x, a, n, ...)`` would be two compiles of all the
 tiles), so the kernels pass ``int(0)``, which Numba types as a plain int64.
 
-The Numba kernels that call ``product`` are cached on disk; Numba keys its cache on the
-calling module's source, not on this one, so they are declared with
+The Numba kernels call ``product`` by name (:func:`call_product`): it is compiled once per
+float type and bound to that name in each process (:func:`export`), rather than linked into
+every kernel and compiled again with each. The kernels are cached on disk; Numba keys its
+cache on the calling module's source, not on this one, so they are declared with
 :func:`daskgru.kernels.jit.kernel`, whose cache key covers this file and the tile shape.
 """
 from __future__ import annotations
@@ -47,16 +49,18 @@ import time
 from pathlib import Path
 
 import numba
+import numpy as np
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from .cache import njit_cached
 
-__all__ = ["product", "product_t", "fma", "VECTOR_BYTES", "TILE", "tune"]
+__all__ = ["product", "product_t", "call_product", "export", "fma", "VECTOR_BYTES", "TILE", "tune"]
 
 
 def _vector_bytes():
@@ -494,3 +498,79 @@ def _choose():
 TILE, TILE_SOURCE = _choose()
 product = _make_product(*TILE)
 product_t = _make_product(*TILE, transposed=True)
+
+
+# ------------------------------------------------------------------ product, called by name
+# A kernel that called ``product`` as a jitted function had product's code linked into its
+# own and compiled again with it (Numba links a callee's library into the caller's module):
+# every kernel paid for the tiles a second time (seconds each, cold). Kernels call it through
+# :func:`call_product` instead: a call of the symbol ``daskgru_tiles_product_<dtype>``,
+# which :func:`export` binds, in each process, to ``product`` compiled once for C-contiguous
+# arrays of that dtype (the same compiled function that Python's calls of ``product`` with
+# such arrays run). The same code, so the same bits.
+_EXPORTED: dict = {}
+
+
+def _canonical(f):
+    """``product``'s argument types as kernels call it, for the Numba float type ``f``."""
+    A2, A1, i64 = types.Array(f, 2, "C"), types.Array(f, 1, "C"), types.int64
+    return (A2, i64, i64, A2, A1, i64, i64, A2, i64, types.boolean)
+
+
+def _symbol(f) -> str:
+    return f"daskgru_tiles_product_{f}"
+
+
+def export(dtype):
+    """Compile (or load from the disk cache) ``product`` for C-contiguous ``dtype`` arrays and
+    bind the symbol :func:`call_product` calls to it in this process; a no-op once done.
+    Kernels call it before they compile or load (a kernel loaded with the symbol unbound
+    could not run)."""
+    f = numba.from_dtype(np.dtype(dtype))
+    # Numba's own (reentrant) compiler lock: export is also called from a caller's code
+    # generation, which holds it; a lock of our own taken inside it could deadlock
+    with global_compiler_lock:
+        if f in _EXPORTED:
+            return
+        sig = _canonical(f)
+        product.compile(sig)
+        cres = product.overloads[sig]
+        address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        if not address:
+            raise RuntimeError(f"product for {f} compiled but its code cannot be found")
+        llvm_binding.add_symbol(_symbol(f), address)
+        _EXPORTED[f] = cres  # keeps the library (and so the code) alive
+
+
+@intrinsic
+def call_product(typingctx, a, ra, n, w, b, c0, c1, out, ro, fused):
+    """``product(a, ra, n, w, b, c0, c1, out, ro, fused)`` for kernels: a call of the
+    exported ``product`` (see :func:`export`), arrays C-contiguous and of one float type,
+    with its errors (a block outside the arrays) raised as from ``product`` itself."""
+    arrays = (a, w, b, out)
+    if not (all(isinstance(x, types.Array) and x.layout == "C" for x in arrays)
+            and a.ndim == w.ndim == out.ndim == 2 and b.ndim == 1
+            and isinstance(a.dtype, types.Float) and all(x.dtype == a.dtype for x in arrays)):
+        raise TypingError(f"call_product takes C-contiguous arrays of one float type "
+                          f"(a, w, out 2-d, b 1-d), got {arrays}")
+    ints = (ra, n, c0, c1, ro)
+    if not all(isinstance(x, types.Integer) for x in ints) or not isinstance(fused, types.Boolean):
+        raise TypingError(f"call_product: integer offsets and a bool, got {ints}, {fused}")
+    f = a.dtype
+    canon = _canonical(f)
+    sig = types.void(a, ra, n, w, b, c0, c1, out, ro, fused)
+
+    def codegen(context, builder, signature, args):
+        export(np.dtype(str(f)))  # this process binds the symbol before any code calls it
+        fnty = context.call_conv.get_function_type(types.none, canon)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _symbol(f))
+        # arrays differ from the canonical types at most in flags that do not change their
+        # data model (read-only, alignment): passed as they are
+        cargs = [v if isinstance(c, types.Array) else context.cast(builder, v, t, c)
+                 for v, t, c in zip(args, signature.args, canon)]
+        status, _ = context.call_conv.call_function(builder, fn, types.none, canon, cargs)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return sig, codegen
