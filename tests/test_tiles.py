@@ -178,7 +178,7 @@ g, l = dg.GRUParams.random(3, 8, seed=0), dg.LSTMParams.random(3, 8, seed=0)
 dg.gru(x, g), dg.lstm(x, l), dg.gru(x.astype("f8"), g.astype("float64"))
 dg.train.gru_backward(x, g, np.ones((40, 5, 8), "f4"))
 dg.train.lstm_backward(x, l, np.ones((40, 5, 8), "f4"))
-used = [k for k in jit.KERNELS if k.dispatcher is not None] + [tiles.product]
+used = [k for k in jit.KERNELS if k.dispatcher is not None] + [tiles._FORMS[True]]
 misses = sum(sum((getattr(k, "dispatcher", None) or k).stats.cache_misses.values()) for k in used)
 hits = sum(sum((getattr(k, "dispatcher", None) or k).stats.cache_hits.values()) for k in used)
 print(len(used), hits, misses)
@@ -197,7 +197,7 @@ def test_a_second_process_loads_every_kernel_from_the_cache(tmp_path):
     assert used >= 5 and misses > 0
     for again in runs[1:]:
         used, hits, misses = map(int, again)
-        assert misses == 0 and hits >= used, again  # product too: loaded, bound by name
+        assert misses == 0 and hits >= used, again  # the product too: loaded
 
 
 def test_the_cache_key_describes_closures_by_value_and_code():
@@ -590,10 +590,11 @@ def test_weight_gradient_terms_side_by_side_and_their_cover(threads):
 
 
 def test_kernels_call_the_one_compiled_product_by_name():
-    """A jitted function calls ``product`` through ``call_product`` (the symbol bound to the
-    product compiled once per float type, not its code linked in again): the same bits as
-    product from Python, its errors raised from inside, read-only weights taken, arrays it
-    cannot index refused when the caller compiles."""
+    """A jitted function calls the products through ``call_product`` (a table entry per
+    float type and form, filled by ``export`` with the product compiled once, not its code
+    linked in again): the same bits as ``product`` from Python, its errors raised from
+    inside, read-only weights taken, arrays it cannot index or write refused when the
+    caller compiles."""
     import numba
     from numba.core.errors import TypingError
 
@@ -606,19 +607,68 @@ def test_kernels_call_the_one_compiled_product_by_name():
     rng = np.random.default_rng(4)
     for dtype in ("float32", "float64"):
         for fused in (False, True):
+            tiles.export(dtype, fused)
+            assert tiles.ready(dtype, fused)
             a = rng.standard_normal((11, 37)).astype(dtype)
             w = rng.standard_normal((37, 70)).astype(dtype)
             w.flags.writeable = False
             b = rng.standard_normal(70).astype(dtype)
             got = np.full((12, 70), np.nan, dtype)
-            want = got.copy()
+            want, also = got.copy(), got.copy()
             caller(a, 1, 9, w, b, 2, 69, got, 3, fused)
             product(a, 1, 9, w, b, 2, 69, want, 3, fused)
+            tiles.run_product(a, 1, 9, w, b, 2, 69, also, 3, fused)
             np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(also, want)
             assert np.isnan(got[:3]).all() and np.isnan(got[:, 69]).all()
             with pytest.raises(ValueError, match="does not fit"):
                 caller(a, 5, 9, w, b, 0, 70, got, 0, fused)
-    with pytest.raises(TypingError, match="C-contiguous"):
-        caller(a[:, ::2], 0, 1, w, b, 0, 1, got, 0, True)
-    with pytest.raises(TypingError, match="C-contiguous"):
-        caller(a.astype("float32"), 0, 1, w, b, 0, 1, got, 0, True)
+    for bad in (dict(a=a[:, ::2]), dict(a=a.astype("float32")), dict(out=np.zeros_like(got))):
+        args = dict(a=a, w=w, out=got) | bad
+        if "out" in bad:
+            args["out"].flags.writeable = False
+        with pytest.raises(TypingError, match="C-contiguous"):
+            caller(args["a"], 0, 1, args["w"], b, 0, 1, args["out"], 0, True)
+
+
+_CACHED_CALLER = """
+import numba
+from daskgru.kernels import tiles
+
+@numba.njit(cache=True)
+def caller(a, w, b, out, fused):
+    tiles.call_product(a, 0, a.shape[0], w, b, 0, w.shape[1], out, 0, fused)
+"""
+
+_RUN_CACHED = r"""
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from cached_caller import caller
+from daskgru.kernels import tiles
+a, w = np.ones((3, 4), "f4"), np.ones((4, 5), "f4")
+b, out = np.zeros(5, "f4"), np.zeros((3, 5), "f4")
+try:
+    caller(a, w, b, out, True)
+    print("ran")
+except RuntimeError as e:
+    print("refused:", e)
+tiles.export("float32", True)
+caller(a, w, b, out, True)
+print(out.sum())
+"""
+
+
+def test_a_cached_caller_of_the_products_in_a_new_process(tmp_path):
+    """A function that calls the products, loaded from Numba's disk cache by a process that
+    has not readied them, refuses with an error naming the fix (it does not crash), and runs
+    once they are exported."""
+    (tmp_path / "cached_caller.py").write_text(_CACHED_CALLER)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, "-c", _RUN_CACHED, str(tmp_path)],
+                           capture_output=True, text=True, env=env, check=True).stdout
+            for _ in range(2)]
+    for out in runs:
+        first, total = out.strip().splitlines()
+        assert first.startswith("refused:") and "tiles.export" in first, out
+        assert float(total) == 60.0

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from ..kernels.jit import build, kernel
-from ..kernels.tiles import call_product, product, product_t
+from ..kernels.tiles import call_product, run_product, run_product_t
 from ..layout import output, writable
 
 __all__ = ["Weights", "Prepared", "Steps", "Cell", "project", "chunk_backward", "scratch"]
@@ -339,7 +339,7 @@ def weight_gradient(terms, fma, threads=None):
         for d, dc, src, c0, c1 in terms:
             lo, hi = max(c0, rows.start), min(c1, rows.stop)
             if hi > lo:
-                product_t(d, dc + lo - c0, hi - lo, src, zeros, 0, K, out, lo, fma)
+                run_product_t(d, dc + lo - c0, hi - lo, src, zeros, 0, K, out, lo, fma)
 
     in_parts(part, batch_parts(G, N * K, threads))
     return out
@@ -370,5 +370,5 @@ def chunk_backward(cell: Cell, w: Prepared, x, state, steps: Steps, d_out, d_sta
         x = np.where(steps.valid(T)[..., None], x, dt.type(0))
     dW_ih = weight_gradient([(dg2, 0, x.reshape(T * B, I), 0, G)], w.fma, threads)
     d_x = output((T, B, I), dt)
-    product(dg2, 0, T * B, w.w_ih, np.zeros(I, dt), 0, I, d_x.reshape(T * B, I), 0, w.fma)
+    run_product(dg2, 0, T * B, w.w_ih, np.zeros(I, dt), 0, I, d_x.reshape(T * B, I), 0, w.fma)
     return d_x, d_state, Weights(dW_ih, dW_hh, dg2.sum(axis=0), db_hh)

@@ -36,7 +36,7 @@ import numpy as np
 from ..kernels.jit import (STEP_OPTIONS, build, counts, dense, kernel, project_block,
                            propagate_tangent, sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
-from ..kernels.tiles import call_product, product
+from ..kernels.tiles import call_product, run_product
 from ..layout import output, writable
 from . import base
 from .base import Cell, Prepared, Steps, scratch, sigmoid_
@@ -475,14 +475,14 @@ class GRUCell(Cell):
             gi2 = c(gi, dtype=dt).reshape(T * B, G)
             gates = output((T * B, 4 * H), dt)
             a = output((T * B, G), dt)
-            product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G if self.reset_after else 2 * H,
+            run_product(hk2, 0, T * B, w.w_hh_t, w.b_hh, 0, G if self.reset_after else 2 * H,
                     a, 0, w.fma)
             if not self.reset_after:  # the candidate's product sees r * h: r first
                 rz = gates[:, :2 * H]
                 with np.errstate(over="ignore"):
                     np.add(gi2[:, :2 * H], a[:, :2 * H], out=rz)
                     sigmoid_(rz)
-                product(rz[:, :H] * hk2, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
+                run_product(rz[:, :H] * hk2, 0, T * B, w.w_hh_t, w.b_hh, 2 * H, G, a, 0, w.fma)
             _k.gates(gi2, a, self.reset_after, gates)  # the kernels' exp: the forward's gates
         rh = None
         if not self.reset_after:  # W_hn's source, r * h: 0 at steps that do not count

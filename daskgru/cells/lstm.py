@@ -29,7 +29,7 @@ import numpy as np
 from ..kernels.jit import (STEP_OPTIONS, build, counts, dense, kernel, project_block,
                            propagate_tangent, sigmoid, skipped_adjoint, skipped, tanh, typed)
 from ..kernels.tiles import fma as fma_
-from ..kernels.tiles import call_product, product
+from ..kernels.tiles import call_product, run_product
 from ..layout import output, writable
 from . import base
 from .base import Cell, Prepared, Steps, scratch, sigmoid_
@@ -325,7 +325,7 @@ class LSTMCell(Cell):
             prev[1:], prev[0] = rec[:-1], s0
         hk = c(prev[..., :H]).reshape(T * B, H)
         pre = output((T * B, G), dt)
-        product(hk, 0, T * B, w.w_hh_t, w.b_hh, 0, G, pre, 0, w.fma)
+        run_product(hk, 0, T * B, w.w_hh_t, w.b_hh, 0, G, pre, 0, w.fma)
         pre += gi.reshape(T * B, G)
         gates = output((T * B, 5 * H), dt)
         with np.errstate(over="ignore"):

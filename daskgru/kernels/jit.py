@@ -37,6 +37,7 @@ of a step at H = 32, B = 1). They allocate nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -103,6 +104,25 @@ def _announce(dtype):
                      dtype, cache_dir())
 
 
+@contextlib.contextmanager
+def _announcing(dtype):
+    """Time a compile (or load) of code for ``dtype``: this process's compiles taken
+    together, once past :data:`ANNOUNCE_AFTER`, are announced (once per process)."""
+    global _spent
+    timer = None
+    if not _announced:
+        timer = threading.Timer(max(0.0, ANNOUNCE_AFTER - _spent), _announce, (dtype.name,))
+        timer.daemon = True
+        timer.start()
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+        _spent += time.perf_counter() - t
+
+
 def _float_of(args):
     """The float type of a kernel call: that of its first float array argument."""
     return next((a.dtype for a in args if isinstance(a, np.ndarray) and a.dtype in FLOATS),
@@ -124,11 +144,20 @@ class Kernel:
         self.__module__ = func.__module__
         self.__doc__ = func.__doc__
         self.signature = signature
+        # a kernel with an ``fma`` argument may call the products: each call first readies
+        # the product of its form (tiles.export; compiled on first use, then a set lookup)
+        names = func.__code__.co_varnames[:func.__code__.co_argcount]
+        self._fma_at = names.index("fma") if "fma" in names else None
         self.dispatcher = None
         self.ready: frozenset = frozenset()
         KERNELS.append(self)
 
     def __call__(self, *args):
+        if self._fma_at is not None:
+            dt = _float_of(args)
+            if dt is not None and not tiles.ready(dt, args[self._fma_at]):
+                with _announcing(dt):
+                    tiles.export(dt, args[self._fma_at])
         d = self.dispatcher
         if d is not None:
             try:
@@ -147,7 +176,6 @@ class Kernel:
 
     def compile(self, dtype):
         """Compile (or load) the kernel for a float dtype; a no-op when done."""
-        global _spent
         dtype = np.dtype(dtype)
         if dtype not in FLOATS:
             raise TypeError(f"kernel {self.__qualname__} is declared for float32 and float64, "
@@ -157,22 +185,9 @@ class Kernel:
                 return
             ready = self.ready | {dtype}
             sigs = [self.signature(numba.from_dtype(d)) for d in FLOATS if d in ready]
-            timer = None
-            if not _announced:
-                timer = threading.Timer(max(0.0, ANNOUNCE_AFTER - _spent), _announce,
-                                        (dtype.name,))
-                timer.daemon = True
-                timer.start()
             t = time.perf_counter()
-            try:
-                # the product the kernels call by name, bound first: a kernel loaded from
-                # the cache with that name unbound could not run
-                tiles.export(dtype)
+            with _announcing(dtype):
                 dispatcher = njit_cached(self.py_func, sigs, **OPTIONS)
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                _spent += time.perf_counter() - t
             self.dispatcher = dispatcher  # before ready: a caller that sees ready finds it
             self.ready = frozenset(ready)
             _log.debug("kernel %s ready for %s in %.2f s", self.__qualname__, dtype,
@@ -214,7 +229,10 @@ def precompile(dtypes=("float32", "float64")):
         dt = np.dtype(dtype)
         for k in KERNELS:
             k.compile(dt)
-        tiles.export(dt)  # the product (the backward also calls it from Python)
+        for fused in (True, False):  # the products, both forms (as kernels and Python call them)
+            tiles.export(dt, fused)
+            z = np.zeros((1, 1), dt)
+            tiles.run_product_t(z, 0, 1, z, np.zeros(1, dt), 0, 1, np.zeros((1, 1), dt), 0, fused)
 
 
 def kernel(signature):

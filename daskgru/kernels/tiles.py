@@ -40,6 +40,7 @@ cache on the calling module's source, not on this one, so they are declared with
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -60,7 +61,8 @@ from numba.extending import intrinsic
 
 from .cache import njit_cached
 
-__all__ = ["product", "product_t", "call_product", "export", "fma", "VECTOR_BYTES", "TILE", "tune"]
+__all__ = ["product", "product_t", "call_product", "export", "run_product", "run_product_t",
+           "fma", "VECTOR_BYTES", "TILE", "tune"]
 
 
 def _vector_bytes():
@@ -258,7 +260,7 @@ def _row_driver(R, V, fused=False, transposed=False):
     return rows
 
 
-def _few_rows(transposed):
+def _few_rows(transposed, form=None):
     """``few_rows(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1)``: the m rows (fewer than
     the 4-row tile) over the columns from c0 that one-row tiles of WIDE vectors cover;
     returns the first column left. A function of its own, called (inlined into ``product``
@@ -268,7 +270,10 @@ def _few_rows(transposed):
     if transposed:
         return numba.njit(nogil=True, _nrt=False)(lambda a, ra, m, w, b, c0, c1, out, ro,
                                                          fused, k0, k1: c0)
-    wide, widef = _make_tile(1, WIDE, False), _make_tile(1, WIDE, True)
+    if form is None:
+        wide, widef = _make_tile(1, WIDE, False), _make_tile(1, WIDE, True)
+    else:  # one form only: both names are its tile
+        wide = widef = _make_tile(1, WIDE, form)
 
     @numba.njit(nogil=True, boundscheck=False, _nrt=False)
     def few_rows(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1):
@@ -288,16 +293,33 @@ def _few_rows(transposed):
     return few_rows
 
 
-def _make_product(R, V, transposed=False):
+def _form_of(form):
+    """An inlined ``fused -> fused``, or the constant ``form`` (so that code for the other
+    form is dead from the start and dropped before it costs compile time)."""
+    if form is None:
+        return numba.njit(inline="always")(lambda fused: fused)
+    if form:
+        return numba.njit(inline="always")(lambda fused: True)
+    return numba.njit(inline="always")(lambda fused: False)
+
+
+def _make_product(R, V, transposed=False, form=None):
     """``product`` with tiles of R rows x V vectors; columns left over get one-vector tiles
     (as many rows as fit the registers), then plain loops. ``transposed``: ``product_t``,
-    which takes ``a`` as its transpose."""
+    which takes ``a`` as its transpose. ``form``: None, both forms of the products, chosen
+    per call by ``fused``; True or False, that form only (``fused`` is then ignored): half
+    the tiles, half the compile."""
     RS = REGISTERS // 2 - 4  # rows of the one-vector tiles
-    rv, r1 = _row_driver(R, V, False, transposed), _row_driver(RS, 1, False, transposed)
-    rvf, r1f = _row_driver(R, V, True, transposed), _row_driver(RS, 1, True, transposed)
+    if form is None:
+        rv, r1 = _row_driver(R, V, False, transposed), _row_driver(RS, 1, False, transposed)
+        rvf, r1f = _row_driver(R, V, True, transposed), _row_driver(RS, 1, True, transposed)
+    else:  # one form: both names are its drivers, and `fused` below is that constant
+        rv = rvf = _row_driver(R, V, form, transposed)
+        r1 = r1f = _row_driver(RS, 1, form, transposed)
     RM = math.lcm(R, RS)  # rows of a panel: a multiple of both tiles
     FEW = min(4, R)  # fewer rows than this: one-row tiles as wide as WIDE vectors
-    few_rows = _few_rows(transposed)
+    few_rows = _few_rows(transposed, form)
+    form_of = _form_of(form)
 
     @numba.njit(nogil=True, boundscheck=False, inline="always")
     def span(a, ra, m, w, b, c0, c1, out, ro, fused, k0, k1):
@@ -337,6 +359,7 @@ def _make_product(R, V, transposed=False):
         terms in the same order, so the same bits, with a panel of ``a`` that stays in
         cache."""
         K, M = (a.shape[0], a.shape[1]) if transposed else (a.shape[1], a.shape[0])
+        fused = form_of(fused)  # a constant where the product has one form
         # The tiles index raw memory: check the block lies inside every array (per call).
         if (w.shape[0] != K or n < 0 or ra < 0 or ro < 0 or ra + n > M
                 or ro + n > out.shape[0] or c0 < 0 or c1 > w.shape[1] or c1 > b.shape[0]
@@ -358,7 +381,9 @@ def _make_product(R, V, transposed=False):
 
     # Numba's disk cache keys a function on its code and closure: R and V are in the closure
     # (the row drivers are rebuilt from them), so each shape has its own cached code.
-    product.__qualname__ = product.__name__ = f"product{'_t' if transposed else ''}_{R}x{V}"
+    product.__qualname__ = product.__name__ = (
+        f"product{'_t' if transposed else ''}_{R}x{V}"
+        + {None: "", True: "_fma", False: "_plain"}[form])
     if transposed:
         product.__doc__ = """``product`` with ``a`` given as its transpose a_t (K, .):
         out[ro + i, c] = b[c] + sum_k a_t[k, ra + i] * w[k, c], in the same order (the
@@ -503,12 +528,21 @@ product_t = _make_product(*TILE, transposed=True)
 # ------------------------------------------------------------------ product, called by name
 # A kernel that called ``product`` as a jitted function had product's code linked into its
 # own and compiled again with it (Numba links a callee's library into the caller's module):
-# every kernel paid for the tiles a second time (seconds each, cold). Kernels call it through
-# :func:`call_product` instead: a call of the symbol ``daskgru_tiles_product_<dtype>``,
-# which :func:`export` binds, in each process, to ``product`` compiled once for C-contiguous
-# arrays of that dtype (the same compiled function that Python's calls of ``product`` with
-# such arrays run). The same code, so the same bits.
-_EXPORTED: dict = {}
+# every kernel paid for the tiles a second time (seconds each, cold), and for both forms of
+# the products (FMA or not) where a run uses one. Kernels call it through
+# :func:`call_product` instead, through a table of two function pointers per float type
+# (the symbol ``daskgru_tiles_products_<dtype>``, bound when this module is imported):
+# entry ``fused`` is the product of that one form compiled for C-contiguous arrays, filled
+# in by :func:`export` the first time a call needs it. A kernel runs only after its
+# ``export`` (``jit.Kernel`` does it for the FMA setting of each call); an entry still empty
+# raises a RuntimeError in the caller. The same code, so the same bits.
+_FORMS = {form: _make_product(*TILE, form=form) for form in (True, False)}
+_FORMS_T = {form: _make_product(*TILE, transposed=True, form=form) for form in (True, False)}
+_TABLES = {f: (ctypes.c_void_p * 2)() for f in (types.float32, types.float64)}
+_READY: set = set()  # (numpy dtype, fused) exported in this process
+_KEEP: list = []  # the compiled products whose code the tables point to
+for _f, _table in _TABLES.items():
+    llvm_binding.add_symbol(f"daskgru_tiles_products_{_f}", ctypes.addressof(_table))
 
 
 def _canonical(f):
@@ -517,58 +551,92 @@ def _canonical(f):
     return (A2, i64, i64, A2, A1, i64, i64, A2, i64, types.boolean)
 
 
-def _symbol(f) -> str:
-    return f"daskgru_tiles_product_{f}"
-
-
-def export(dtype):
-    """Compile (or load from the disk cache) ``product`` for C-contiguous ``dtype`` arrays and
-    bind the symbol :func:`call_product` calls to it in this process; a no-op once done.
-    Kernels call it before they compile or load (a kernel loaded with the symbol unbound
-    could not run)."""
-    f = numba.from_dtype(np.dtype(dtype))
-    # Numba's own (reentrant) compiler lock: export is also called from a caller's code
-    # generation, which holds it; a lock of our own taken inside it could deadlock
+def export(dtype, fused):
+    """Compile (or load from the disk cache) the product of one form (``fused``: FMA or
+    not) for C-contiguous ``dtype`` arrays and enter it in the table :func:`call_product`
+    calls through; a no-op once done in this process."""
+    key = (np.dtype(dtype), bool(fused))
+    if key in _READY:
+        return
+    # Numba's own (reentrant) compiler lock: a lock of our own taken while a compile holds
+    # Numba's could deadlock against one taken the other way round
     with global_compiler_lock:
-        if f in _EXPORTED:
+        if key in _READY:
             return
+        f = numba.from_dtype(key[0])
         sig = _canonical(f)
-        product.compile(sig)
-        cres = product.overloads[sig]
+        disp = _FORMS[key[1]]
+        disp.compile(sig)
+        cres = disp.overloads[sig]
         address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
         if not address:
             raise RuntimeError(f"product for {f} compiled but its code cannot be found")
-        llvm_binding.add_symbol(_symbol(f), address)
-        _EXPORTED[f] = cres  # keeps the library (and so the code) alive
+        _KEEP.append(cres)
+        _TABLES[f][int(key[1])] = address
+        _READY.add(key)
+
+
+def ready(dtype, fused) -> bool:
+    """Whether :func:`export` has readied the product of that type and form here."""
+    return (np.dtype(dtype), bool(fused)) in _READY
+
+
+def run_product(a, ra, n, w, b, c0, c1, out, ro, fused):
+    """``product`` from Python: the same compiled code as the kernels' (:func:`export`)."""
+    export(a.dtype, fused)
+    _FORMS[bool(fused)](a, ra, n, w, b, c0, c1, out, ro, fused)
+
+
+def run_product_t(a_t, ra, n, w, b, c0, c1, out, ro, fused):
+    """``product_t`` from Python, compiled for the one form ``fused`` asks for."""
+    _FORMS_T[bool(fused)](a_t, ra, n, w, b, c0, c1, out, ro, fused)
 
 
 @intrinsic
 def call_product(typingctx, a, ra, n, w, b, c0, c1, out, ro, fused):
-    """``product(a, ra, n, w, b, c0, c1, out, ro, fused)`` for kernels: a call of the
-    exported ``product`` (see :func:`export`), arrays C-contiguous and of one float type,
-    with its errors (a block outside the arrays) raised as from ``product`` itself."""
+    """``product(a, ra, n, w, b, c0, c1, out, ro, fused)`` for kernels: a call through the
+    table that :func:`export` fills, arrays C-contiguous and of one float type (``out``
+    writable), offsets signed integers; errors (a block outside the arrays) are raised as
+    from ``product`` itself, and a form not exported in this process raises a RuntimeError.
+    """
     arrays = (a, w, b, out)
     if not (all(isinstance(x, types.Array) and x.layout == "C" for x in arrays)
-            and a.ndim == w.ndim == out.ndim == 2 and b.ndim == 1
-            and isinstance(a.dtype, types.Float) and all(x.dtype == a.dtype for x in arrays)):
+            and a.ndim == w.ndim == out.ndim == 2 and b.ndim == 1 and out.mutable
+            and a.dtype in (types.float32, types.float64)
+            and all(x.dtype == a.dtype for x in arrays)):
         raise TypingError(f"call_product takes C-contiguous arrays of one float type "
-                          f"(a, w, out 2-d, b 1-d), got {arrays}")
+                          f"(a, w, out 2-d and out writable, b 1-d), got {arrays}")
     ints = (ra, n, c0, c1, ro)
-    if not all(isinstance(x, types.Integer) for x in ints) or not isinstance(fused, types.Boolean):
-        raise TypingError(f"call_product: integer offsets and a bool, got {ints}, {fused}")
+    if not (all(isinstance(x, types.Integer) and x.signed for x in ints)
+            and isinstance(fused, types.Boolean)):
+        raise TypingError(f"call_product: signed integer offsets and a bool, got {ints}, "
+                          f"{fused}")
     f = a.dtype
     canon = _canonical(f)
     sig = types.void(a, ra, n, w, b, c0, c1, out, ro, fused)
 
     def codegen(context, builder, signature, args):
-        export(np.dtype(str(f)))  # this process binds the symbol before any code calls it
         fnty = context.call_conv.get_function_type(types.none, canon)
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _symbol(f))
+        vp = ir.IntType(8).as_pointer()
+        name = f"daskgru_tiles_products_{f}"
+        table = builder.module.globals.get(name)
+        if table is None:
+            table = ir.GlobalVariable(builder.module, ir.ArrayType(vp, 2), name)
+            table.linkage = "external"
+        which = builder.zext(context.cast(builder, args[9], signature.args[9], types.boolean),
+                             ir.IntType(64))
+        fp = builder.load(builder.gep(table, [ir.Constant(ir.IntType(64), 0), which]))
+        with cgutils.if_unlikely(builder, cgutils.is_null(builder, fp)):
+            context.call_conv.return_user_exc(
+                builder, RuntimeError,
+                (f"daskgru: the {f} product of this FMA setting is not ready in this "
+                 f"process (daskgru.kernels.tiles.export)",))
         # arrays differ from the canonical types at most in flags that do not change their
         # data model (read-only, alignment): passed as they are
         cargs = [v if isinstance(c, types.Array) else context.cast(builder, v, t, c)
                  for v, t, c in zip(args, signature.args, canon)]
-        status, _ = context.call_conv.call_function(builder, fn, types.none, canon, cargs)
+        status, _ = context.call_conv.call_function(
+            builder, builder.bitcast(fp, fnty.as_pointer()), types.none, canon, cargs)
         with cgutils.if_unlikely(builder, status.is_error):
             context.call_conv.return_status_propagate(builder, status)
         return context.get_dummy_value()
