@@ -102,19 +102,21 @@ def main():
             for row in CLUSTER:
                 T, B, I, H, c, nb = row
                 p = dg.GRUParams.random(I, H, seed=0)
-                x = np.random.default_rng(0).standard_normal((T, B, I)).astype("float32")
-                xd = da.from_array(x, chunks=(c, B // nb, I)).persist()
+                # drawn on the workers (a client array would travel inside the graph)
+                xd = da.random.default_rng(0).standard_normal(
+                    (T, B, I), chunks=(c, B // nb, I), dtype="float32").persist()
                 wait(xd)
+                x = xd.compute()
 
-                def lazy(merge):
+                def on_cluster(merge):
                     with dask.config.set({"daskgru.merge-chunks": merge}):
                         out = client.persist(list(dg.gru(xd, p)))
                         wait(out)
                     del out
 
                 fs = {"eager": lambda: dg.gru(x, p),
-                      "cluster, merge False": lambda: lazy(False),
-                      "cluster, merge auto": lambda: lazy("auto")}
+                      "cluster, merge False": lambda: on_cluster(False),
+                      "cluster, merge auto": lambda: on_cluster("auto")}
                 report(row, rotate(fs, a.rounds))
                 del xd
 

@@ -43,14 +43,14 @@ def main():
     import daskgru as dg
 
     T, K, I = a.T, a.chunks, 8
-    x = np.random.default_rng(0).normal(size=(T, 1, I)).astype("float32")
     results = dict(T=T, chunks=K, B=1, I=I, dtype="float32", workers=a.workers,
                    machine=platform.processor() or platform.machine(), date=time.strftime("%Y-%m-%d"),
                    loadavg_before=open("/proc/loadavg").read().split()[:3], runs={})
     with LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        xd = da.from_array(x, chunks=(-(-T // K), 1, I))
-        xd = xd.persist()
+        # drawn on the workers (a client array would travel inside the graph)
+        xd = da.random.default_rng(0).standard_normal((T, 1, I), chunks=(-(-T // K), 1, I),
+                                                     dtype="float32").persist()
         wait(xd)
 
         def run(p, method, **kw):

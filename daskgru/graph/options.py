@@ -234,9 +234,14 @@ def resolve() -> GraphOptions:
 
 # The cost model of method="auto" (see choose_method). Rates are a model, not a timing: the
 # choice must depend on the call only, so the same call always builds the same graph.
-ASSUMED_FLOPS = 10e9  # multiply-adds x 2 per second one task slot sustains in a scan
-TASK_OVERHEAD = {"sync": 1e-4, "threads": 1e-4, "processes": 2e-3, "distributed": 2e-3}
-MIN_SECONDS = 0.05  # below this (modelled) the scan's chain is not worth splitting
+# A step of one sequence (B = 1, H = 32: 7680 FLOPs) took 0.23-0.28 us in the scan on the
+# 2-CPU Zen 5 guest (2026-12-03), about 30 GF/s; wider steps run faster, so the model
+# overrates their time, which leans towards splitting only where the chain is long.
+ASSUMED_FLOPS = 30e9  # multiply-adds x 2 per second one task slot sustains in a scan
+# Where results travel between processes a task costs the scheduler's round trip: about
+# 5-7 ms a level of the graph on that guest (tasks sleeping 30 ms, 2 workers).
+TASK_OVERHEAD = {"sync": 1e-4, "threads": 1e-4, "processes": 5e-3, "distributed": 5e-3}
+MIN_SECONDS = 0.02  # below this (modelled) the scan's chain is not worth splitting
 MARGIN = 0.8  # the parallel method must be modelled this much faster to be chosen
 SPEC_CHUNKS_PER_SLOT = 2  # merged chunks of method="speculative" kept per task slot
 
@@ -297,21 +302,25 @@ def choose_method(opts: GraphOptions, tchunks, bchunks, stack, warmup: int):
     scan = (T + (len(layers) - 1) * Ls) * max(steps) / n + Ks * over
     work = chains * (T + (K - 1) * w) * sum(steps)
     spec = max(work / opts.slots, (L + w) * max(steps)) + 2 * K * over
-    record = dict(chose="scan", scan_s=scan, speculative_s=spec, chains=chains,
-                  slots=opts.slots, chunks=K)
+    record = dict(chose="scan", scan_s=float(f"{scan:.4g}"), speculative_s=float(f"{spec:.4g}"),
+                  chains=chains, slots=opts.slots, time_chunks=len(tchunks), scan_chunks=Ks,
+                  speculative_chunks=K)
+    ch = f"{chains} chain{'s' if chains != 1 else ''}"
     if K < 2:
         record["reason"] = "one time chunk"
     elif busy >= opts.slots:
-        record["reason"] = (f"the scan keeps {busy} threads busy ({chains} chains, "
-                            f"{len(layers)} layers, rows split in {n}) of {opts.slots} task slots")
+        record["reason"] = (f"the scan keeps {busy} threads busy ({ch}, "
+                            f"{len(layers)} layer{'s' if len(layers) != 1 else ''}, rows split "
+                            f"in {n}) of {opts.slots} task slots")
     elif scan < MIN_SECONDS:
-        record["reason"] = f"modelled scan {scan * 1e3:.1f} ms: too short to split"
+        record["reason"] = (f"modelled scan {scan * 1e3:.1f} ms: too short to split (under "
+                            f"{MIN_SECONDS * 1e3:.0f} ms)")
     elif spec > MARGIN * scan:
         record["reason"] = (f"modelled speculative {spec:.3g} s is not below {MARGIN} x "
                             f"scan {scan:.3g} s")
     else:
         record.update(chose="speculative", reason=(
             f"modelled speculative {spec:.3g} s against scan {scan:.3g} s "
-            f"({chains} chains, {opts.slots} task slots, {K} time chunks)"))
+            f"({ch}, {opts.slots} task slots, {K} time chunks of the user's {len(tchunks)})"))
     log.debug("daskgru method='auto': %s", record)
     return record["chose"], record

@@ -18,9 +18,9 @@ instruction), so neither form depends on the CPU either.
 Speed comes from keeping a tile of R rows x V vectors of outputs in registers while k runs:
 each step loads V vectors of ``w[k]`` and R scalars of ``a[:, k]`` and does R*V vector
 multiply-adds (FMAs, or a multiply and an add: twice the instructions, which even cores with
-separate add pipes such as AMD Zen 4 feel, 25-40% here). Numba does not keep array tiles in registers, so the tile
-is written in LLVM IR (an ``intrinsic``) over vectors of the host's widest width (or those of
-``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` when set); LLVM splits
+separate add pipes such as AMD Zen 4 feel, 25-40% here). Numba does not keep array tiles in
+registers, so the tile is written in LLVM IR (an ``intrinsic``) over vectors of the host's
+widest width (or those of ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` when set); LLVM splits
 wider vectors on narrower machines, so the code is portable and only the speed changes.
 
 The tile shape (R, V) is chosen per CPU, because which one is fastest depends on the core:
@@ -32,11 +32,13 @@ Numba compiles a function once for every pattern of literal ints its callers pas
 (``product(h, 0, B, ...)`` and ``product(x, a, n, ...)`` would be two compiles of all the
 tiles), so the kernels pass ``int(0)``, which Numba types as a plain int64.
 
-The Numba kernels call ``product`` by name (:func:`call_product`): it is compiled once per
-float type and bound to that name in each process (:func:`export`), rather than linked into
-every kernel and compiled again with each. The kernels are cached on disk; Numba keys its
-cache on the calling module's source, not on this one, so they are declared with
-:func:`daskgru.kernels.jit.kernel`, whose cache key covers this file and the tile shape.
+The Numba kernels call ``product`` through :func:`call_product`: a table of two function
+pointers per float type (FMA or not), bound by name in each process, whose entry
+:func:`export` fills with the product of that one form, compiled once, the first time a
+call needs it; rather than linked into every kernel and compiled again with each. The
+kernels are cached on disk; Numba keys its cache on the calling module's source, not on
+this one, so they are declared with :func:`daskgru.kernels.jit.kernel`, whose cache key
+covers this file and the tile shape.
 """
 from __future__ import annotations
 
