@@ -86,6 +86,10 @@ def validate(x, stack, *, lengths=None, mask=None, batch_first=False,
         if np.dtype(mask.dtype).kind not in "biu":
             raise TypeError(f"mask must be boolean (True where a step is valid), got dtype "
                             f"{mask.dtype}")
+        if (np.dtype(mask.dtype).kind in "iu" and isinstance(mask, np.ndarray) and mask.size
+                and (mask.min() < 0 or mask.max() > 1)):
+            raise ValueError(f"a mask of integers must hold 0 (skip the step) and 1 (valid) "
+                             f"only, got values in {mask.min()}..{mask.max()}")
     return Call(stack.astype(dtype), int(T), int(B), int(I), dtype, unbatched,
                 bool(batch_first), zero_flags(zero_output_for_mask, stack.num_layers))
 

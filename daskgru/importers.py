@@ -170,7 +170,7 @@ def from_keras(model):
 
         model = keras.saving.load_model(os.fspath(model), compile=False)
     chain = convert.keras_chain(model)
-    pre, post, rnn, flags = [], [], [], []
+    pre, post, rnn, flags, biased = [], [], [], [], []
     mask_value, seq = None, True
     for layer in chain:
         kind = type(layer).__name__
@@ -185,6 +185,8 @@ def from_keras(model):
             lay, zero, seq = _keras_rnn_layer(layer)
             rnn.append(lay)
             flags.append(zero)
+            # kernel, recurrent_kernel and a bias per direction where use_bias
+            biased.append(len(layer.get_weights()) % 3 == 0)
             continue
         if kind == "Masking":
             if rnn or pre:
@@ -202,7 +204,9 @@ def from_keras(model):
     if uniform and len({lay.cell for lay in rnn}) == 1:
         P = {P.cell_class.name: P for P in (GRUParams, LSTMParams)}[rnn[0].cell.name]
         # a layer without biases is one with zero biases: the stack has biases if any has
-        bias = any(np.any(w.b_ih) or np.any(w.b_hh) for lay in rnn for w in lay.weights)
+        # (use_bias, even where they are still zero, as Keras initialises them)
+        bias = any(biased) or any(np.any(w.b_ih) or np.any(w.b_hh)
+                                  for lay in rnn for w in lay.weights)
         stack = P([lay.weights for lay in rnn], bias=bias, **rnn[0].cell.options())
     else:
         stack = Stack(rnn)
@@ -298,7 +302,18 @@ def from_torch(rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
             raise ValueError(f"torch module {type(rnn).__name__} (mode {mode!r}) is not a GRU or "
                              "an LSTM")
         params = P.from_torch(rnn)
-    bf = bool(getattr(rnn, "batch_first", False)) if batch_first is None else bool(batch_first)
+    if batch_first is not None:
+        bf = bool(batch_first)
+    elif mode is not None:
+        bf = bool(rnn.batch_first)
+    else:  # the layout is the RNN module's, which a state_dict does not record
+        sub = (dict(rnn.named_modules()).get(pre_.rstrip("."))
+               if hasattr(rnn, "named_modules") else None)
+        if sub is None or not hasattr(sub, "batch_first"):
+            raise ValueError("a state_dict does not record batch_first (whether the RNN took "
+                             "(batch, time, feature) inputs): pass batch_first=True or False "
+                             "to from_torch")
+        bf = bool(sub.batch_first)
     return Model(params, pre=torch_layers(pre, "pre"), post=torch_layers(head, "head"),
                  return_sequences=return_sequences, batch_first=bf, inputs=inputs,
                  targets=targets, window=window, description=f"torch {type(rnn).__name__}")

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 
@@ -841,12 +842,13 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=1600
         for attempt in range(2):  # the better of two runs, as for the eager call below
             t_run = time.perf_counter()
             done = ds.persist()
-            if attempt == 0:
+            if attempt == 0 and sys.stdout.isatty():  # a text bar, for a terminal only
                 dask_progress(done)
             wait(done)
             runs.append(time.perf_counter() - t_run)
             if attempt == 0:
-                print()
+                if sys.stdout.isatty():
+                    print()
                 _forget(client, done)  # the second run computes afresh (and memory is freed)
                 del done
         t_run = min(runs)

@@ -208,8 +208,10 @@ def apply_rnn(obj, p, *, time_dim="time", feature_dim="feature", hidden_dim="hid
                          "(final_state has dims layer and direction); rename them first")
     unknown = set(method_options) - {"warmup", "tol", "return_info"}
     if unknown:
-        raise TypeError(f"apply_{kind if kind == 'gru' else 'rnn'} got unknown options "
-                        f"{sorted(unknown)} (method options are warmup, tol, return_info)")
+        hint = ("; labelled arrays name their layout with time_dim= and feature_dim=, not "
+                "batch_first" if "batch_first" in unknown else "")
+        raise TypeError(f"unknown options {sorted(unknown)} (the method options are warmup, "
+                        f"tol, return_info{hint})")
     validate_method_options(method, **method_options)
     return_info = method_options.pop("return_info", False)
     if window is not None and (method not in ("scan", "auto") or return_info or return_hidden):

@@ -157,6 +157,13 @@ def test_bad_masks_are_refused(rng):
         dg.gru(x.transpose(1, 0, 2), p, mask=np.ones((5, 4), bool), batch_first=True)
     with pytest.raises(TypeError, match="mask must be boolean.*float64"):
         dg.gru(x, p, mask=np.ones((5, 4)))
+    bad = np.ones((5, 4), int)
+    bad[2, 1] = -1
+    with pytest.raises(ValueError, match=r"mask of integers must hold 0.*and 1.*-1\.\.1"):
+        dg.gru(x, p, mask=bad)
+    ones = np.ones((5, 4), "uint8")
+    ones[3, 0] = 0  # 0/1 integers are a mask like bools
+    np.testing.assert_array_equal(dg.gru(x, p, mask=ones)[0], dg.gru(x, p, mask=ones > 0)[0])
     with pytest.raises(ValueError, match="zero_output_for_mask needs one flag per layer"):
         dg.gru(x, p, mask=np.ones((5, 4), bool), zero_output_for_mask=[True, False])
 

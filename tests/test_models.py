@@ -41,6 +41,8 @@ def test_keras_masking_stacked_gru_time_distributed_dense(rng, widths):
     x = padded_with_gaps(rng)
     m = dg.Model.from_keras(km)
     assert m.mask_value == 0.0 and m.output_size == 1 and m.batch_first
+    # use_bias, its biases still zero as Keras initialises them (one width: GRUParams)
+    assert widths[0] != widths[1] or m.rnn.bias
     np.testing.assert_allclose(m(x), np.asarray(km(x)), **F32)
     check_dask(m, x, (2, 5, 3))
 
@@ -375,7 +377,26 @@ def test_torch_state_dicts_never_lose_their_other_parts(rng):
     x = rng.normal(size=(2, 5, 3)).astype("float32")
     with torch.no_grad():
         np.testing.assert_allclose(m(x), net.eval()(torch.from_numpy(x)).numpy(), **F32)
-    assert dg.Model.from_torch(sd, prefix="rnn.", rnn_only=True).post == []
+    assert dg.Model.from_torch(sd, prefix="rnn.", rnn_only=True, batch_first=True).post == []
+
+
+def test_torch_state_dict_needs_batch_first_a_module_gives_it(rng):
+    """A state_dict does not record whether the RNN took batch-first inputs: guessing
+    torch's default would silently transpose a batch-first model's inputs, so it is asked
+    for; a module holding the RNN gives it."""
+    net = Net("GRU")
+    assert net.rnn.batch_first
+    with pytest.raises(ValueError, match="does not record batch_first"):
+        dg.Model.from_torch(net.state_dict(), prefix="rnn.", pre=net.pre, head=net.head)
+    x = rng.normal(size=(2, 5, 3)).astype("float32")
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x)).numpy()
+    m = dg.Model.from_torch(net, prefix="rnn.", pre=net.pre, head=net.head)
+    assert m.batch_first
+    np.testing.assert_allclose(m(x), want, **F32)
+    m = dg.Model.from_torch(net.state_dict(), prefix="rnn.", pre=net.pre, head=net.head,
+                            batch_first=True)
+    np.testing.assert_allclose(m(x), want, **F32)
 
 
 def test_clear_errors_for_bad_model_input(rng):

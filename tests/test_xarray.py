@@ -102,6 +102,7 @@ def test_univariate_series_without_batch_dims():
     (dict(lengths=xr.DataArray(np.zeros(3, int), dims="lat")), ValueError, "lengths must have dims"),
     (dict(lengths=np.full((3, 4), 31)), ValueError, r"lengths must lie in 0..30"),
     (dict(method="magic"), ValueError, "method must be one of"),
+    (dict(batch_first=True), TypeError, r"unknown options \['batch_first'\].*time_dim="),
 ])
 def test_bad_input_is_refused_before_work(field, kwargs, exc, match):
     p = dg.GRUParams.random(2, 4, seed=0)
