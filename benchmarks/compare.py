@@ -8,6 +8,8 @@ side by side.
     python benchmarks/compare.py --mask --no-eager    # what a mask with holes costs
     python benchmarks/compare.py --engines --cells gru --dtypes float32
                                                       # also ONNX Runtime, OpenVINO, JAX
+    python benchmarks/compare.py --engines --isolate  # the same, each contender alone in a
+                                                      # process of its own (float32 GRU rows)
 
 Every contender is warmed up on the identical shape first (oneDNN compiles per shape, Numba
 per dtype), then the contenders are run alternately (A, B, A, B, ...) and the medians of the
@@ -15,7 +17,11 @@ repeats are reported, so that drifts of a shared machine hit both alike. The thr
 set the same for both: torch.set_num_threads, BLAS via threadpoolctl, DASKGRU_NUM_THREADS.
 With ``--engines`` the float32 GRU rows also run ONNX Runtime, OpenVINO and JAX (see
 engines.py; outputs cross-checked against daskgru's), and the process is pinned to as many
-CPUs as threads for every contender alike.
+CPUs as threads for every contender alike. With ``--isolate`` every contender runs alone in
+a fresh process per row and round (pinned to as many CPUs as threads, the contenders
+alternated, ``--rounds`` rounds, the repeats back to back): no engine's leftover threads
+share the CPUs with the next contender; each contender's time is the best of its rounds'
+medians.
 GF/s counts 2 FLOPs per multiply-add of the input and recurrent products: 2*G*(I+H) a step,
 G = 3H for a GRU and 4H for an LSTM; %peak is of the core's own multiply-add peak at that
 thread count, measured by benchmarks/peak.py (a probe of the arithmetic pipes, no memory).
@@ -152,6 +158,88 @@ def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",), engi
     return rows
 
 
+def time_one(contender, threads, shape, repeats):
+    """Median seconds of one contender's call on the float32 GRU of ``shape`` (T, B, I, H),
+    alone in this process, pinned to ``threads`` CPUs (``--one``, run by :func:`isolated_rows`).
+    An engine's output is checked against daskgru's first."""
+    from threadpoolctl import threadpool_limits
+
+    T, B, I, H = shape
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+    os.environ["DASKGRU_NUM_THREADS"] = str(threads)
+    import daskgru as dg
+
+    p = dg.GRUParams.random(I, H, seed=0, dtype="float32")
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype("float32")
+    if contender == "daskgru":
+        f = lambda: dg.gru(x, p)  # noqa: E731
+    elif contender == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        m = torch.nn.GRU(I, H)
+        m.load_state_dict({k: torch.from_numpy(v) for k, v in p.to_torch_state_dict().items()})
+        xt = torch.from_numpy(x)
+
+        def f():
+            with torch.no_grad():
+                m(xt)
+    else:
+        import engines as eng
+
+        f = eng.RUNNERS[contender](p, x, threads)
+        eng.check(contender, f(), dg.gru(x, p)[0])
+    # no rest between the calls (alternate's rest is for other engines' threads, and there
+    # are none here): a call right after 0.1 s of anything else took 1.1 ms against 0.75 ms
+    # back to back at (4096, 1, 8, 32) on the Zen 5 guest, for every contender alike
+    with threadpool_limits(threads, user_api="blas"):
+        f()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def isolated_rows(threads_list, repeats, rounds, engines):
+    """The float32 GRU rows with every contender alone in a fresh process (:func:`time_one`),
+    contenders alternated, ``rounds`` rounds; each contender's best median."""
+    import subprocess
+
+    rows = []
+    for threads in threads_list:
+        peak = core_peak(threads, "float32")
+        for shape in GRID:
+            names = ["daskgru", "torch", *engines]
+            best = dict.fromkeys(names, float("inf"))
+            for _ in range(rounds):
+                for n in names:
+                    res = subprocess.run(
+                        [sys.executable, os.path.abspath(__file__), "--one", n, str(threads),
+                         ",".join(map(str, shape)), "--repeats", str(repeats)],
+                        capture_output=True, text=True)
+                    if res.returncode:
+                        raise SystemExit(f"{n} on {shape} failed:\n{res.stderr[-2000:]}")
+                    best[n] = min(best[n], float(res.stdout.split()[-1]))
+            T, B, I, H = shape
+            fl = flops(T, B, I, H)
+            row = dict(cell="gru", dtype="float32", threads=threads, T=T, B=B, I=I, H=H,
+                       ms=best["daskgru"] * 1e3, torch_ms=best["torch"] * 1e3,
+                       gflops=fl / best["daskgru"] / 1e9, torch_gflops=fl / best["torch"] / 1e9,
+                       ratio=best["torch"] / best["daskgru"], peak=peak,
+                       pct_peak=100 * fl / best["daskgru"] / 1e9 / peak, numpy_ms=float("nan"))
+            row.update({f"{e}_ms": best[e] * 1e3 for e in engines})
+            rows.append(row)
+            print(fmt(row), flush=True)
+            if engines:
+                print("     " + ", ".join(
+                    f"{e} {best[e] * 1e3:.2f} ms ({best[e] / best['daskgru']:.2f}x daskgru's)"
+                    for e in engines), flush=True)
+    return rows
+
+
 HEADER = (f"{'cell':4} {'dtype':8} {'thr':>3} {'T':>5} {'B':>4} {'I':>4} {'H':>4} | {'daskgru ms':>10} "
           f"{'GF/s':>6} {'%peak':>6} | {'torch ms':>9} {'GF/s':>6} | {'speedup':>7} | {'numpy ms':>9}")
 
@@ -281,7 +369,21 @@ def main(argv=None):
     ap.add_argument("--no-eager", action="store_true")
     ap.add_argument("--engines", action="store_true",
                     help="also ONNX Runtime, OpenVINO and JAX (float32 GRU rows)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="each contender alone in a fresh process (float32 GRU rows only)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of --isolate")
+    ap.add_argument("--one", nargs=3, metavar=("CONTENDER", "THREADS", "T,B,I,H"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.one:
+        import engines as eng
+
+        name, threads, shape = args.one
+        if name not in ("daskgru", "torch", *eng.RUNNERS):
+            ap.error(f"--one: unknown contender {name!r} (daskgru, torch, "
+                     f"{', '.join(eng.RUNNERS)})")
+        print(time_one(name, int(threads), tuple(map(int, shape.split(","))), args.repeats))
+        return
     if args.quick:
         args.repeats = min(args.repeats, 3)
     import numba
@@ -290,7 +392,15 @@ def main(argv=None):
     print(f"# {describe()}, "
           f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    if not args.no_eager:
+    if args.isolate:
+        import engines as eng
+
+        engines = eng.available() if args.engines else []
+        print(f"# each contender alone in a process, best of {args.rounds} rounds; engines: "
+              f"{', '.join(_versions(engines)) or 'none'}")
+        print(HEADER)
+        isolated_rows(args.threads, args.repeats, args.rounds, engines)
+    elif not args.no_eager:
         print(HEADER)
         engines = ()
         if args.engines:

@@ -67,6 +67,20 @@ def test_compare_script_runs_quick():
     assert res.returncode == 0 and "torch" in res.stdout
 
 
+def test_compare_isolated_contender_times_itself_alone():
+    """compare.py --isolate runs each contender as ``--one NAME THREADS T,B,I,H``: a
+    process that prints its median seconds (and refuses a contender it does not know)."""
+    for name in ("daskgru", "torch"):
+        res = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--one", name, "1",
+                              "16,2,3,4", "--repeats", "2"],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert 0 < float(res.stdout.split()[-1]) < 10
+    res = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--one", "nosuch", "1",
+                          "16,2,3,4"], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "nosuch" in res.stderr
+
+
 def _script(name):
     spec = importlib.util.spec_from_file_location(f"bench_script_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
