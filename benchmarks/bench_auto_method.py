@@ -8,8 +8,9 @@ workers and persisted. Three ways of running: the threaded scheduler with 2 thre
 (``persist``), a LocalCluster of 2 workers x 1 thread with the output persisted on the
 workers, and the same cluster with the output gathered into the client. Each method runs
 once to warm up, then ``--repeats`` times alternated; medians. "ratio" is the scan's time
-over the speculative's (above 1: speculative faster); auto's modelled times beside it.
-Run it on a quiet machine: the workers share the cores.
+over the speculative's (above 1: speculative faster); auto's modelled times beside it. Each
+timed call follows 20 ms of quiet (distributed's client sends its messages in batches every
+10 ms; see bench_dask_path.py). Run it on a quiet machine: the workers share the cores.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def rows(run, Ts, label, chunks, repeats):
         for r in range(repeats + 1):
             for m, ts in times.items():
                 out = dg.gru(xd, p, method=m)[:2]
+                time.sleep(0.02)  # quiet: the client batches its messages every 10 ms
                 t = time.perf_counter()
                 run(out)
                 if r:
