@@ -184,7 +184,11 @@ def time_one(contender, threads, shape, repeats):
 
         def f():
             with torch.no_grad():
-                m(xt)
+                return m(xt)[0].numpy()
+
+        import engines as eng
+
+        eng.check(contender, f(), dg.gru(x, p)[0])
     else:
         import engines as eng
 
@@ -203,7 +207,7 @@ def time_one(contender, threads, shape, repeats):
     return statistics.median(times)
 
 
-def isolated_rows(threads_list, repeats, rounds, engines):
+def isolated_rows(threads_list, repeats, rounds, engines, quick=False):
     """The float32 GRU rows with every contender alone in a fresh process (:func:`time_one`),
     contenders alternated, ``rounds`` rounds; each contender's best median."""
     import subprocess
@@ -212,6 +216,8 @@ def isolated_rows(threads_list, repeats, rounds, engines):
     for threads in threads_list:
         peak = core_peak(threads, "float32")
         for shape in GRID:
+            if quick:
+                shape = (max(64, shape[0] // 8),) + tuple(shape[1:])
             names = ["daskgru", "torch", *engines]
             best = dict.fromkeys(names, float("inf"))
             for _ in range(rounds):
@@ -370,7 +376,8 @@ def main(argv=None):
     ap.add_argument("--engines", action="store_true",
                     help="also ONNX Runtime, OpenVINO and JAX (float32 GRU rows)")
     ap.add_argument("--isolate", action="store_true",
-                    help="each contender alone in a fresh process (float32 GRU rows only)")
+                    help="each contender alone in a fresh process (the float32 GRU rows only: "
+                         "--cells and --dtypes do not apply)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of --isolate")
     ap.add_argument("--one", nargs=3, metavar=("CONTENDER", "THREADS", "T,B,I,H"),
                     help=argparse.SUPPRESS)
@@ -399,7 +406,7 @@ def main(argv=None):
         print(f"# each contender alone in a process, best of {args.rounds} rounds; engines: "
               f"{', '.join(_versions(engines)) or 'none'}")
         print(HEADER)
-        isolated_rows(args.threads, args.repeats, args.rounds, engines)
+        isolated_rows(args.threads, args.repeats, args.rounds, engines, args.quick)
     elif not args.no_eager:
         print(HEADER)
         engines = ()

@@ -252,6 +252,8 @@ def gru(x, p, *, h0=None, lengths=None, mask=None, zero_output_for_mask=False,
         h0 before the first valid step), or 0 with ``zero_output_for_mask``. Every layer sees
         the same mask; the reverse direction walks the valid steps backwards. Together with
         ``lengths``, steps past a length are padding and the mask applies before it.
+        Integers 0 and 1 serve as well; a NumPy mask holding other values is refused, a
+        dask one is not read before the run (there any nonzero value counts as valid).
     zero_output_for_mask : bool, or one bool per layer
         Output 0 at masked steps (Keras's flag of that name; ``Bidirectional`` sets it).
     batch_first : bool

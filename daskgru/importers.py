@@ -106,8 +106,8 @@ def _keras_step_layer(layer):
 
 
 def _keras_rnn_layer(layer):
-    """A Keras GRU/LSTM or Bidirectional as a stack Layer, its zero_output_for_mask flag and
-    its return_sequences."""
+    """A Keras GRU/LSTM or Bidirectional as a stack Layer, its zero_output_for_mask flag, its
+    return_sequences and whether it has biases (use_bias, on either direction)."""
     inner = getattr(layer, "forward_layer", layer)
     kind = convert.keras_kind(inner)
     cls = CELLS[kind]
@@ -122,12 +122,13 @@ def _keras_rnn_layer(layer):
         if convert.keras_kind(back) != kind:
             raise ValueError(f"Keras layer {layer.name!r}: the two layers of Bidirectional "
                              "differ in kind")
-        ws, cells = [], []
+        ws, cells, biased = [], [], False
         for sub, backward in ((inner, False), (back, True)):
             cell = cls(**convert.keras_cell_options(sub, cls, backward=backward))
-            w, _ = convert.keras_rnn_weights(sub.get_weights(), cell, f"Keras layer {sub.name!r}")
+            w, b = convert.keras_rnn_weights(sub.get_weights(), cell, f"Keras layer {sub.name!r}")
             ws.append(w)
             cells.append(cell)
+            biased = biased or b
         if cells[0] != cells[1]:
             raise ValueError(f"Keras layer {layer.name!r}: the two layers of Bidirectional "
                              "differ in options")
@@ -136,11 +137,11 @@ def _keras_rnn_layer(layer):
         if len(flags) > 1:
             raise ValueError(f"Keras layer {layer.name!r}: its two layers differ in "
                              "zero_output_for_mask")
-        return lay, flags.pop(), bool(inner.return_sequences)
+        return lay, flags.pop(), bool(inner.return_sequences), biased
     cell = cls(**convert.keras_cell_options(layer, cls))
-    w, _ = convert.keras_rnn_weights(layer.get_weights(), cell, f"Keras layer {layer.name!r}")
+    w, b = convert.keras_rnn_weights(layer.get_weights(), cell, f"Keras layer {layer.name!r}")
     return (Layer(cell, [w]), bool(getattr(layer, "zero_output_for_mask", False)),
-            bool(layer.return_sequences))
+            bool(layer.return_sequences), b)
 
 
 def ensure_keras_backend():
@@ -182,11 +183,10 @@ def from_keras(model):
             if rnn and not seq:
                 raise ValueError(f"Keras layer {layer.name!r} follows a recurrent layer with "
                                  "return_sequences=False")
-            lay, zero, seq = _keras_rnn_layer(layer)
+            lay, zero, seq, b = _keras_rnn_layer(layer)
             rnn.append(lay)
             flags.append(zero)
-            # kernel, recurrent_kernel and a bias per direction where use_bias
-            biased.append(len(layer.get_weights()) % 3 == 0)
+            biased.append(b)
             continue
         if kind == "Masking":
             if rnn or pre:
@@ -306,14 +306,12 @@ def from_torch(rnn, *, pre=None, head=None, prefix=None, return_sequences=True,
         bf = bool(batch_first)
     elif mode is not None:
         bf = bool(rnn.batch_first)
-    else:  # the layout is the RNN module's, which a state_dict does not record
-        sub = (dict(rnn.named_modules()).get(pre_.rstrip("."))
-               if hasattr(rnn, "named_modules") else None)
-        if sub is None or not hasattr(sub, "batch_first"):
-            raise ValueError("a state_dict does not record batch_first (whether the RNN took "
-                             "(batch, time, feature) inputs): pass batch_first=True or False "
-                             "to from_torch")
-        bf = bool(sub.batch_first)
+    elif hasattr(rnn, "named_modules"):  # a module holding the RNN (or a cell: no layout)
+        bf = bool(getattr(dict(rnn.named_modules()).get(pre_.rstrip(".")), "batch_first", False))
+    else:
+        raise ValueError("a state_dict does not record batch_first (whether the RNN took "
+                         "(batch, time, feature) inputs): pass batch_first=True or False to "
+                         "from_torch")
     return Model(params, pre=torch_layers(pre, "pre"), post=torch_layers(head, "head"),
                  return_sequences=return_sequences, batch_first=bf, inputs=inputs,
                  targets=targets, window=window, description=f"torch {type(rnn).__name__}")

@@ -397,6 +397,18 @@ def test_torch_state_dict_needs_batch_first_a_module_gives_it(rng):
     m = dg.Model.from_torch(net.state_dict(), prefix="rnn.", pre=net.pre, head=net.head,
                             batch_first=True)
     np.testing.assert_allclose(m(x), want, **F32)
+    # a cell has no layout of its own: time-major, as torch's default
+    assert not dg.Model.from_torch(torch.nn.GRUCell(3, 4)).batch_first
+
+
+def test_keras_bias_flag_follows_use_bias_of_either_direction():
+    fwd = keras.layers.GRU(4, return_sequences=True, use_bias=True)
+    bwd = keras.layers.GRU(4, return_sequences=True, use_bias=False, go_backwards=True)
+    km = keras.Sequential([keras.Input((None, 3)),
+                           keras.layers.Bidirectional(fwd, backward_layer=bwd)])
+    assert dg.Model.from_keras(km).rnn.bias
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, use_bias=False)])
+    assert not dg.Model.from_keras(km).rnn.bias
 
 
 def test_clear_errors_for_bad_model_input(rng):
