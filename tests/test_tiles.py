@@ -589,6 +589,44 @@ def test_weight_gradient_terms_side_by_side_and_their_cover(threads):
             weight_gradient(bad, True, threads)
 
 
+def test_every_kernel_that_reaches_the_products_takes_fma():
+    """jit.Kernel readies the product of a call's FMA form from the kernel's ``fma``
+    argument; a kernel reaching ``call_product`` without one would pass in a process where
+    another kernel had readied the form, and fail (RuntimeError) in a fresh worker. The
+    functions of the package that call the products, directly or through one another, found
+    from their source; then every kernel calling any of them must take ``fma``."""
+    import ast
+    import importlib
+    import inspect
+    import pkgutil
+    import textwrap
+
+    import daskgru
+    from daskgru.kernels import jit
+
+    def calls(node):
+        return {c.func.id if isinstance(c.func, ast.Name) else c.func.attr
+                for c in ast.walk(node) if isinstance(c, ast.Call)
+                and isinstance(c.func, (ast.Name, ast.Attribute))}
+
+    funcs = {}
+    for m in pkgutil.walk_packages(daskgru.__path__, "daskgru."):
+        tree = ast.parse(inspect.getsource(importlib.import_module(m.name)))
+        for f in ast.walk(tree):
+            if isinstance(f, ast.FunctionDef):
+                funcs.setdefault(f.name, set()).update(calls(f))
+    reach = {"call_product"}
+    while True:  # the callers of the products, to a fixed point
+        more = {name for name, called in funcs.items() if called & reach} - reach
+        if not more:
+            break
+        reach |= more
+    users = [k for k in jit.KERNELS
+             if calls(ast.parse(textwrap.dedent(inspect.getsource(k.py_func)))) & reach]
+    assert len(users) >= 8  # the scans, walks, projections, dense heads of both cells
+    assert [k.__qualname__ for k in users if k._fma_at is None] == []
+
+
 def test_kernels_call_the_one_compiled_product_by_name():
     """A jitted function calls the products through ``call_product`` (a table entry per
     float type and form, filled by ``export`` with the product compiled once, not its code
