@@ -754,17 +754,20 @@ def synthetic_field(time=4000, lat=16, lon=16, feature=3, *, time_chunk=500, see
     )
 
 
-def _forget(client, collection, timeout=30.0):
-    """Release a persisted collection's results and wait until the scheduler has forgotten
-    its keys, so that the same graph submitted again is computed again."""
+def _keys_of(collection):
     from distributed import futures_of
 
-    futures = futures_of(collection)
-    keys = [f.key for f in futures]
-    client.cancel(futures)
-    del futures
+    return [f.key for f in futures_of(collection)]
+
+
+def _forget(client, keys, timeout=30.0):
+    """Wait until the scheduler and this client have forgotten ``keys``, released (their
+    last future dropped), so that the same graph submitted again is computed again.
+    Released, not cancelled: a cancel's reply to the client could arrive after the next
+    graph's futures for the same keys exist, and cancel them."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end and client.run_on_scheduler(_known, keys):
+    while time.monotonic() < end and (any(k in client.futures for k in keys)
+                                      or client.run_on_scheduler(_known, keys)):
         time.sleep(0.02)
 
 
@@ -849,8 +852,10 @@ def demo(output="daskgru-demo", *, scheduler=None, workers=None, time_steps=1600
             if attempt == 0:
                 if sys.stdout.isatty():
                     print()
-                _forget(client, done)  # the second run computes afresh (and memory is freed)
+                # the second run computes afresh (and memory is freed)
+                keys = _keys_of(done)
                 del done
+                _forget(client, keys)
         t_run = min(runs)
         t_write = time.perf_counter()
         done.to_zarr(store, mode="w", zarr_format=2)
