@@ -317,6 +317,7 @@ def cluster_rows(repeats, quick):
     from distributed import Client, LocalCluster, wait
 
     import daskgru as dg
+    from daskgru.run import _forget, _keys_of
 
     print("\nLocalCluster (processes), 2 batch chunks: 1 worker vs 2 workers, 1 thread each "
           "(persist output and h_n):")
@@ -341,7 +342,11 @@ def cluster_rows(repeats, quick):
                         futs = client.persist(list(res_))
                         wait(futs)
                         el = time.perf_counter() - t
-                        client.cancel(futs)  # so that the next run of these keys computes
+                        # released and forgotten, so that the next run of these keys
+                        # computes (not cancelled: see daskgru.run._forget)
+                        keys = _keys_of(futs)
+                        del futs
+                        _forget(client, keys)
                         return el
 
                     fns[(tch, kind)] = run
