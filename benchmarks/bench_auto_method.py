@@ -21,6 +21,7 @@ import time
 
 def rows(run, Ts, label, chunks, repeats):
     import dask.array as da
+    from machine import QUIET
 
     import daskgru as dg
 
@@ -33,7 +34,7 @@ def rows(run, Ts, label, chunks, repeats):
         for r in range(repeats + 1):
             for m, ts in times.items():
                 out = dg.gru(xd, p, method=m)[:2]
-                time.sleep(0.02)  # quiet: the client batches its messages every 10 ms
+                time.sleep(QUIET)
                 t = time.perf_counter()
                 run(out)
                 if r:

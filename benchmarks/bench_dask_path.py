@@ -11,7 +11,7 @@ copy of the output). Cluster rows: LocalCluster(2 workers x 1 thread), the input
 the workers first; timed ``persist`` + ``wait``. Eager: ``dg.gru`` on the NumPy array with 2
 threads (``DASKGRU_NUM_THREADS``). Each contender runs once untimed (kernels loaded
 everywhere), then ``--rounds`` rounds in rotating order, each call after 20 ms of quiet
-(:data:`GAP`); medians and minima, and their ratios to eager.
+(``machine.QUIET``); medians and minima, and their ratios to eager.
 """
 from __future__ import annotations
 
@@ -27,20 +27,12 @@ os.environ.setdefault("DASKGRU_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import describe  # noqa: E402
+from machine import QUIET, describe  # noqa: E402
 
 # (T, B, I, H, time chunk, batch chunks): the rows of the issue that asked for this
 THREADED = [(65536, 8, 8, 32, 512, 1), (4096, 32, 16, 64, 512, 1), (1024, 64, 64, 256, 128, 1),
             (4096, 64, 16, 64, 512, 2), (512, 256, 128, 512, 64, 1)]
 CLUSTER = [(4096, 64, 16, 64, 512, 2), (65536, 8, 8, 32, 512, 2), (1024, 64, 64, 256, 128, 2)]
-
-
-# Quiet time before each timed call. distributed's client sends its messages to the scheduler
-# in batches at most every 10 ms: a graph submitted right after the previous contender's
-# results were released (its last message) waited up to 10 ms for the batch, which timed the
-# client's batching, not the call (issue row on the cluster, Zen 5: first task started 11 ms
-# after the submission, 5.7 ms after a 20 ms gap).
-GAP = 0.02
 
 
 def rotate(fs, rounds):
@@ -53,7 +45,7 @@ def rotate(fs, rounds):
         for j in range(len(keys)):
             k = keys[(r + j) % len(keys)]
             gc.collect()
-            time.sleep(GAP)
+            time.sleep(QUIET)
             t = time.perf_counter()
             fs[k]()
             ts[k].append(time.perf_counter() - t)

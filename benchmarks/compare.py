@@ -97,6 +97,41 @@ def alternate(fns, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def torch_runner(Torch, p, x):
+    """A call of torch's ``Torch`` module (GRU or LSTM) with ``p``'s weights on ``x``, no
+    autograd; returns the output as NumPy."""
+    import torch
+
+    m = Torch(p.input_size, p.hidden_size).to(getattr(torch, str(x.dtype)))
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in p.to_torch_state_dict().items()})
+    xt = torch.from_numpy(x)
+
+    def run():
+        with torch.no_grad():
+            return m(xt)[0].numpy()
+
+    return run
+
+
+def make_row(cell, dtype, threads, shape, med, peak, engines=()):
+    """The printed and returned row from the contenders' seconds ``med``; prints it."""
+    T, B, I, H = shape
+    fl = flops(T, B, I, H, 3 if cell == "gru" else 4)
+    row = dict(cell=cell, dtype=dtype, threads=threads, T=T, B=B, I=I, H=H,
+               ms=med["daskgru"] * 1e3, torch_ms=med["torch"] * 1e3,
+               gflops=fl / med["daskgru"] / 1e9, torch_gflops=fl / med["torch"] / 1e9,
+               ratio=med["torch"] / med["daskgru"], peak=peak,
+               pct_peak=100 * fl / med["daskgru"] / 1e9 / peak,
+               numpy_ms=med.get("numpy", float("nan")) * 1e3)
+    row.update({f"{e}_ms": med[e] * 1e3 for e in engines if e in med})
+    print(fmt(row), flush=True)
+    if any(e in med for e in engines):
+        print("     " + ", ".join(
+            f"{e} {med[e] * 1e3:.2f} ms ({med[e] / med['daskgru']:.2f}x daskgru's)"
+            for e in engines if e in med), flush=True)
+    return row
+
+
 def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",), engines=()):
     import torch
     from threadpoolctl import threadpool_limits
@@ -110,23 +145,13 @@ def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",), engi
         Params = dg.GRUParams if cell == "gru" else dg.LSTMParams
         run = dg.gru if cell == "gru" else dg.lstm
         Torch = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
-        gates = 3 if cell == "gru" else 4
         for dtype in dtypes:
             peak = core_peak(threads, dtype)
             for T, B, I, H in GRID:
                 T = max(64, T // 8) if quick else T
                 p = Params.random(I, H, seed=0, dtype=dtype)
                 x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)
-                m = Torch(I, H).to(getattr(torch, dtype))
-                m.load_state_dict({k: torch.from_numpy(v)
-                                   for k, v in p.to_torch_state_dict().items()})
-                xt = torch.from_numpy(x)
-
-                def run_torch():
-                    with torch.no_grad():
-                        m(xt)
-
-                fns = {"daskgru": lambda: run(x, p), "torch": run_torch}
+                fns = {"daskgru": lambda: run(x, p), "torch": torch_runner(Torch, p, x)}
                 w = p.weights[0][0]
                 if with_numpy and cell == "gru" and T * B * H <= 4096 * 64 * 64:
                     fns["numpy"] = lambda: numpy_loop(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
@@ -140,21 +165,7 @@ def eager_rows(threads, dtypes, repeats, quick, with_numpy, cells=("gru",), engi
                         fns[e] = f
                 with threadpool_limits(threads, user_api="blas"):
                     med = alternate(fns, repeats)
-                fl = flops(T, B, I, H, gates)
-                row = dict(cell=cell, dtype=dtype, threads=threads, T=T, B=B, I=I, H=H,
-                           ms=med["daskgru"] * 1e3, torch_ms=med["torch"] * 1e3,
-                           gflops=fl / med["daskgru"] / 1e9,
-                           torch_gflops=fl / med["torch"] / 1e9,
-                           ratio=med["torch"] / med["daskgru"], peak=peak,
-                           pct_peak=100 * fl / med["daskgru"] / 1e9 / peak,
-                           numpy_ms=med.get("numpy", float("nan")) * 1e3)
-                row.update({f"{e}_ms": med[e] * 1e3 for e in engines if e in med})
-                rows.append(row)
-                print(fmt(row), flush=True)
-                if any(e in med for e in engines):
-                    print("     " + ", ".join(
-                        f"{e} {med[e] * 1e3:.1f} ms ({med[e] / med['daskgru']:.2f}x daskgru's)"
-                        for e in engines if e in med), flush=True)
+                rows.append(make_row(cell, dtype, threads, (T, B, I, H), med, peak, engines))
     return rows
 
 
@@ -177,17 +188,10 @@ def time_one(contender, threads, shape, repeats):
     elif contender == "torch":
         import torch
 
-        torch.set_num_threads(threads)
-        m = torch.nn.GRU(I, H)
-        m.load_state_dict({k: torch.from_numpy(v) for k, v in p.to_torch_state_dict().items()})
-        xt = torch.from_numpy(x)
-
-        def f():
-            with torch.no_grad():
-                return m(xt)[0].numpy()
-
         import engines as eng
 
+        torch.set_num_threads(threads)
+        f = torch_runner(torch.nn.GRU, p, x)
         eng.check(contender, f(), dg.gru(x, p)[0])
     else:
         import engines as eng
@@ -229,20 +233,7 @@ def isolated_rows(threads_list, repeats, rounds, engines, quick=False):
                     if res.returncode:
                         raise SystemExit(f"{n} on {shape} failed:\n{res.stderr[-2000:]}")
                     best[n] = min(best[n], float(res.stdout.split()[-1]))
-            T, B, I, H = shape
-            fl = flops(T, B, I, H)
-            row = dict(cell="gru", dtype="float32", threads=threads, T=T, B=B, I=I, H=H,
-                       ms=best["daskgru"] * 1e3, torch_ms=best["torch"] * 1e3,
-                       gflops=fl / best["daskgru"] / 1e9, torch_gflops=fl / best["torch"] / 1e9,
-                       ratio=best["torch"] / best["daskgru"], peak=peak,
-                       pct_peak=100 * fl / best["daskgru"] / 1e9 / peak, numpy_ms=float("nan"))
-            row.update({f"{e}_ms": best[e] * 1e3 for e in engines})
-            rows.append(row)
-            print(fmt(row), flush=True)
-            if engines:
-                print("     " + ", ".join(
-                    f"{e} {best[e] * 1e3:.2f} ms ({best[e] / best['daskgru']:.2f}x daskgru's)"
-                    for e in engines), flush=True)
+            rows.append(make_row("gru", "float32", threads, shape, best, peak, engines))
     return rows
 
 

@@ -205,8 +205,7 @@ def from_keras(model):
         P = {P.cell_class.name: P for P in (GRUParams, LSTMParams)}[rnn[0].cell.name]
         # a layer without biases is one with zero biases: the stack has biases if any has
         # (use_bias, even where they are still zero, as Keras initialises them)
-        bias = any(biased) or any(np.any(w.b_ih) or np.any(w.b_hh)
-                                  for lay in rnn for w in lay.weights)
+        bias = any(biased)
         stack = P([lay.weights for lay in rnn], bias=bias, **rnn[0].cell.options())
     else:
         stack = Stack(rnn)

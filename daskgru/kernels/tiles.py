@@ -584,8 +584,8 @@ def ready(dtype, fused) -> bool:
 
 
 def run_product(a, ra, n, w, b, c0, c1, out, ro, fused):
-    """``product`` from Python: the same compiled code as the kernels' (:func:`export`)."""
-    export(a.dtype, fused)
+    """``product`` from Python, compiled for the one form ``fused`` asks for (for
+    C-contiguous arrays, the code :func:`export` enters in the kernels' table)."""
     _FORMS[bool(fused)](a, ra, n, w, b, c0, c1, out, ro, fused)
 
 
