@@ -64,6 +64,28 @@ def test_speculative_on_a_cluster_groups_the_fix_chain(client):
     np.testing.assert_array_equal(lh, h_n)
 
 
+def test_slots_of_a_client_from_its_cached_identity_or_asked(client):
+    # the task slots "auto" plans for are the workers' threads, read from the client's kept
+    # copy of the scheduler's identity (no round trip in each build) or, where that copy
+    # has no total, asked of the scheduler: the same number either way
+    from daskgru.graph import options
+
+    def asked():
+        raise AssertionError("asked the scheduler")
+
+    client.nthreads = asked  # the kept identity answers; no round trip
+    try:
+        assert options.scheduler_in_use() == ("distributed", 2)
+    finally:
+        del client.nthreads
+    kept = client._scheduler_identity
+    try:
+        client._scheduler_identity = {}
+        assert options.scheduler_in_use() == ("distributed", 2)
+    finally:
+        client._scheduler_identity = kept
+
+
 def test_graph_carries_one_copy_of_the_weights():
     p = dg.GRUParams.random(16, 128, num_layers=2, seed=0)  # ~0.6 MB of weights
     nbytes = sum(a.nbytes for layer in p.weights for w in layer for a in w)

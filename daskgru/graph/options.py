@@ -78,6 +78,17 @@ _KINDS = {"threads": "threads", "threading": "threads", "processes": "processes"
           "dask.distributed": "distributed"}
 
 
+def _threads_of(client) -> int:
+    """The worker threads of a ``distributed`` client: the total the client keeps from the
+    scheduler's identity (refreshed every couple of seconds), else asked (a round trip to
+    the scheduler, a millisecond or more on a busy machine, in every graph's build)."""
+    cached = getattr(client, "_scheduler_identity", None)
+    total = cached.get("total_threads") if isinstance(cached, dict) else None
+    if isinstance(total, int) and total > 0:
+        return total
+    return max(1, sum(client.nthreads().values()))
+
+
 def scheduler_in_use():
     """``(kind, slots)``: the scheduler dask would use now — the one set with
     ``dask.config.set(scheduler=...)``, else a ``dask.distributed`` default client's, else
@@ -90,7 +101,7 @@ def scheduler_in_use():
         from distributed import default_client
 
         try:
-            return max(1, sum(default_client().nthreads().values()))
+            return _threads_of(default_client())
         except Exception:  # noqa: BLE001 - a client that cannot answer (closed)
             return 1
 
@@ -120,7 +131,7 @@ def scheduler_in_use():
 
         if isinstance(owner, Client):
             try:
-                return "distributed", max(1, sum(owner.nthreads().values()))
+                return "distributed", _threads_of(owner)
             except Exception:  # noqa: BLE001
                 return "distributed", 1
     import dask.local
