@@ -3,6 +3,7 @@
 tasks) and "auto" (small chunks merged), alternated in one process.
 
     python benchmarks/bench_dask_path.py [--rounds 7] [--cluster-only | --threads-only]
+                                         [--warm-memory MIB]
 
 float32 GRU, 2 threads. Threaded rows: the input a dask array over a NumPy array in memory
 (``da.from_array``, so its chunk tasks are part of the graph), timed ``persist`` (results
@@ -12,6 +13,14 @@ the workers first; timed ``persist`` + ``wait``. Eager: ``dg.gru`` on the NumPy 
 threads (``DASKGRU_NUM_THREADS``). Each contender runs once untimed (kernels loaded
 everywhere), then ``--rounds`` rounds in rotating order, each call after 20 ms of quiet
 (``machine.QUIET``); medians and minima, and their ratios to eager.
+
+``--warm-memory MIB``: before each timed call (every contender alike, outside the timing)
+the process, and on the cluster each worker, touches and frees MIB MiB, so that the call's
+fresh allocations land on pages the machine has just backed. Without it a contender that
+needs more fresh memory than the others (``compute``: the blocks and the array they are
+copied into) pays, on a virtual machine that takes idle freed memory back from its guests,
+the host's first-touch cost as well (``python benchmarks/machine.py`` measures it): what
+the package adds is the difference between the two runs.
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ os.environ.setdefault("DASKGRU_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import QUIET, describe  # noqa: E402
+from machine import QUIET, describe, warm_memory  # noqa: E402
 
 # (T, B, I, H, time chunk, batch chunks): the rows of the issue that asked for this
 THREADED = [(65536, 8, 8, 32, 512, 1), (4096, 32, 16, 64, 512, 1), (1024, 64, 64, 256, 128, 1),
@@ -35,8 +44,9 @@ THREADED = [(65536, 8, 8, 32, 512, 1), (4096, 32, 16, 64, 512, 1), (1024, 64, 64
 CLUSTER = [(4096, 64, 16, 64, 512, 2), (65536, 8, 8, 32, 512, 2), (1024, 64, 64, 256, 128, 2)]
 
 
-def rotate(fs, rounds):
-    """Time each callable of ``fs`` once untimed, then ``rounds`` times in rotating order."""
+def rotate(fs, rounds, before=lambda: None):
+    """Time each callable of ``fs`` once untimed, then ``rounds`` times in rotating order,
+    ``before()`` and ``QUIET`` seconds of rest before each timed call."""
     for f in fs.values():
         f()
     ts = {k: [] for k in fs}
@@ -45,6 +55,7 @@ def rotate(fs, rounds):
         for j in range(len(keys)):
             k = keys[(r + j) % len(keys)]
             gc.collect()
+            before()
             time.sleep(QUIET)
             t = time.perf_counter()
             fs[k]()
@@ -67,14 +78,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads-only", action="store_true")
     ap.add_argument("--cluster-only", action="store_true")
+    ap.add_argument("--warm-memory", type=int, default=0, metavar="MIB",
+                    help="touch and free this many MiB before each timed call (see above)")
     a = ap.parse_args()
+    warm = lambda: warm_memory(a.warm_memory)  # noqa: E731
 
     import dask
     import dask.array as da
 
     import daskgru as dg
 
-    print("#", describe())
+    print("#", describe(), f"; memory warmed before each call: {a.warm_memory} MiB")
     if not a.cluster_only:
         print("## threaded scheduler, 2 threads")
         for row in THREADED:
@@ -92,14 +106,23 @@ def main():
             for merge in (False, "auto"):
                 for how in ("persist", "compute"):
                     fs[f"dask {how}, merge {merge}"] = lambda m=merge, h=how: lazy(m, h)
-            report(row, rotate(fs, a.rounds))
+            report(row, rotate(fs, a.rounds, warm))
     if not a.threads_only:
+        import cloudpickle
         from distributed import Client, LocalCluster, wait
+
+        # the workers need not import the benchmarks' folder: machine's functions go by value
+        cloudpickle.register_pickle_by_value(sys.modules["machine"])
 
         print("## LocalCluster, 2 workers x 1 thread, input persisted, output persisted")
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             client.run(dg.precompile, "float32")
+
+            def everywhere():
+                warm()
+                if a.warm_memory:
+                    client.run(warm_memory, a.warm_memory)
             for row in CLUSTER:
                 T, B, I, H, c, nb = row
                 p = dg.GRUParams.random(I, H, seed=0)
@@ -118,7 +141,7 @@ def main():
                 fs = {"eager": lambda: dg.gru(x, p),
                       "cluster, merge False": lambda: on_cluster(False),
                       "cluster, merge auto": lambda: on_cluster("auto")}
-                report(row, rotate(fs, a.rounds))
+                report(row, rotate(fs, a.rounds, everywhere))
                 del xd
 
 
