@@ -142,3 +142,13 @@ def test_the_engines_of_compare_py_compute_our_gru(engine):
     assert engines.check(engine, f(), want) < 1e-5
     with pytest.raises(AssertionError, match="same GRU"):
         engines.check(engine, f() + 1e-3, want)
+
+
+def test_machine_memory_probe_runs_tiny():
+    # the first-touch probe and the warm-up the dask-path benchmark uses (values not checked:
+    # they are the machine's)
+    machine = _script("machine")
+    machine.warm_memory(1)
+    machine.warm_memory(0)
+    cost = machine.fresh_memory_cost(1, idle=(0.0,))
+    assert list(cost) == [0.0] and cost[0] > 0
