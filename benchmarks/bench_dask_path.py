@@ -19,8 +19,9 @@ the process, and on the cluster each worker, touches and frees MIB MiB, so that 
 fresh allocations land on pages the machine has just backed. Without it a contender that
 needs more fresh memory than the others (``compute``: the blocks and the array they are
 copied into) pays, on a virtual machine that takes idle freed memory back from its guests,
-the host's first-touch cost as well (``python benchmarks/machine.py`` measures it): what
-the package adds is the difference between the two runs.
+the host's first-touch cost as well (``python benchmarks/machine.py`` measures it). The
+warm run shows what the package (and dask) add over eager; the difference between a run
+without and one with the option is the host's first-touch cost.
 """
 from __future__ import annotations
 

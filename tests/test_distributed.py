@@ -86,6 +86,33 @@ def test_slots_of_a_client_from_its_cached_identity_or_asked(client):
         client._scheduler_identity = kept
 
 
+def test_threads_of_a_client_counts_threads_not_workers():
+    # the kept identity's thread total is used as is (not the worker count), without a
+    # round trip; without it the scheduler is asked once and the threads of every worker
+    # are summed; an asynchronous client is never asked
+    from daskgru.graph.options import _threads_of
+
+    class Stub:
+        asynchronous = False
+
+        def __init__(self, kept, answer=None):
+            self._scheduler_identity, self.answer, self.asked = kept, answer, 0
+
+        def nthreads(self):
+            self.asked += 1
+            if self.answer is None:
+                raise AssertionError("asked the scheduler")
+            return self.answer
+
+    assert _threads_of(Stub({"total_threads": 3, "n_workers": 2})) == 3
+    for kept in ({}, {"total_threads": 0}, None):
+        c = Stub(kept, {"tcp://a": 2, "tcp://b": 3})
+        assert _threads_of(c) == 5 and c.asked == 1
+    c = Stub({}, {"tcp://a": 2})
+    c.asynchronous = True
+    assert _threads_of(c) == 1 and c.asked == 0
+
+
 def test_graph_carries_one_copy_of_the_weights():
     p = dg.GRUParams.random(16, 128, num_layers=2, seed=0)  # ~0.6 MB of weights
     nbytes = sum(a.nbytes for layer in p.weights for w in layer for a in w)

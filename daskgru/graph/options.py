@@ -43,7 +43,10 @@ True})``) whose default is ``"auto"``:
 place that does. The resolved values are logged (logger ``daskgru.graph``, debug level),
 are part of the graph's token (so two shapes never share keys) and are reported in
 ``return_info``'s ``"graph"`` entry. A graph built before a ``Client`` exists is built for
-the threaded scheduler: build it after creating the client, or set the options.
+the threaded scheduler: build it after creating the client, or set the options. A
+client's thread count is the one it last heard from the scheduler (refreshed every few
+seconds): a graph built right after workers joined or left is planned for the cluster as
+it was.
 """
 from __future__ import annotations
 
@@ -80,12 +83,19 @@ _KINDS = {"threads": "threads", "threading": "threads", "processes": "processes"
 
 def _threads_of(client) -> int:
     """The worker threads of a ``distributed`` client: the total the client keeps from the
-    scheduler's identity (refreshed every couple of seconds), else asked (a round trip to
-    the scheduler, a millisecond or more on a busy machine, in every graph's build)."""
+    scheduler's identity, else asked of the scheduler (a round trip in every graph's build:
+    about half a millisecond on an idle 2-CPU machine, more on a busy one). The kept total
+    is refreshed every 2 s at first, then at the client's heartbeat interval (5 s, longer
+    with many clients): for that long after workers join or leave a graph is planned for
+    the cluster as it was (the plan, not the bits, changes; build after the cluster has
+    settled, or set the options). An asynchronous client is not asked (its answer is a
+    coroutine): the kept total, else 1."""
     cached = getattr(client, "_scheduler_identity", None)
     total = cached.get("total_threads") if isinstance(cached, dict) else None
     if isinstance(total, int) and total > 0:
         return total
+    if getattr(client, "asynchronous", False):
+        return 1
     return max(1, sum(client.nthreads().values()))
 
 
