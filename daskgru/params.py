@@ -295,6 +295,9 @@ class GRUParams(RNNParams):
     dtype : {"float32", "float64"}, optional
         Cast every array to this dtype; default: the dtype of the given arrays.
 
+    The params hold read-only copies of the arrays (see :class:`daskgru.stack.Stack`): to
+    change a weight, build new params, e.g. ``GRUParams([[w._replace(b_ih=b)]])``.
+
     Examples
     --------
     >>> import daskgru as dg

@@ -36,6 +36,18 @@ def to_numpy(a):
     return np.array(a)
 
 
+def _frozen(a, dtype):
+    """``a`` as a read-only C-contiguous array of ``dtype`` that nothing else can write to:
+    ``a`` itself where it already is one that owns its data (a stack's own arrays, passed
+    on by :meth:`Stack.astype` and the like), else a copy."""
+    if (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+            and a.flags.owndata and not a.flags.writeable):
+        return a
+    a = np.array(a, dtype=dtype, order="C", copy=True)
+    a.setflags(write=False)
+    return a
+
+
 def float_dtype(dtype, name="dtype"):
     dt = np.dtype(dtype)
     if dt not in FLOATS:
@@ -118,7 +130,10 @@ class Stack:
     ----------
     layers : sequence of Layer or (cell, weights) pairs
         ``weights`` holds one :class:`~daskgru.cells.Weights` per direction, in torch's
-        layout for the cell (tensors are accepted and copied).
+        layout for the cell (tensors are accepted and copied). A stack keeps read-only
+        copies of the arrays (a snapshot: changing the arrays passed in changes nothing, and
+        its own arrays refuse writes; make a new stack to change weights), so the kernels'
+        transposed weights are built once per stack (:meth:`prepare`).
     dtype : {"float32", "float64"}, optional
         Cast every array to this dtype; default: the dtype of layer 0's arrays.
 
@@ -146,8 +161,9 @@ class Stack:
             if len(lay.weights) not in (1, 2):
                 raise ValueError(f"each layer must hold 1 or 2 directions, got "
                                  f"{len(lay.weights)} (layer {li})")
-        layers = [lay._replace(weights=tuple(Weights(*[to_numpy(a) for a in w])
-                                             for w in lay.weights)) for lay in layers]
+        layers = [lay._replace(weights=tuple(
+            Weights(*[a if isinstance(a, np.ndarray) else to_numpy(a) for a in w])
+            for w in lay.weights)) for lay in layers]
         if dtype is None:
             dtype = np.result_type(*[a.dtype for a in layers[0].weights[0]])
             if dtype not in FLOATS:
@@ -180,7 +196,7 @@ class Stack:
                 I = w0.w_ih.shape[1]
             ws = []
             for di, w in enumerate(lay.weights):
-                w = Weights(*[np.ascontiguousarray(a, dtype=dtype) for a in w])
+                w = Weights(*[_frozen(a, dtype) for a in w])
                 where = f"layer {li} {DIRECTIONS[di]}"
                 expected = {"w_ih": (G * H, I), "w_hh": (G * H, H), "b_ih": (G * H,),
                             "b_hh": (G * H,)}
@@ -194,6 +210,19 @@ class Stack:
             out.append(Layer(lay.cell, tuple(ws), lay.merge))
             I = out[-1].output_size
         self.layers = tuple(out)
+        self._prepared = {}  # fma -> the kernel-ready weights (see prepare)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_prepared"] = {}  # rebuilt where needed, not shipped
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for lay in self.layers:  # an unpickled array is writable again
+            for w in lay.weights:
+                for a in w:
+                    a.setflags(write=False)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -267,13 +296,19 @@ class Stack:
                               for lay in self.layers])
 
     def prepare(self, fma=None) -> PreparedStack:
-        """Kernel-ready weights; built once per call. ``fma``: the products' numerics, by
-        default the ``daskgru.fma`` setting now (:mod:`daskgru.numerics`)."""
+        """Kernel-ready weights (a new :class:`PreparedStack` each call, over weights built
+        once per stack and numerics setting and kept: about twice the weights' bytes; the
+        stack's arrays are read-only, so they cannot go stale). ``fma``: the products'
+        numerics, by default the ``daskgru.fma`` setting now (:mod:`daskgru.numerics`)."""
         if fma is None:
             from .numerics import use_fma
 
             fma = use_fma()
-        return PreparedStack(tuple(lay.cell for lay in self.layers),
-                             tuple(tuple(Prepared.of(w, fma) for w in lay.weights)
-                                   for lay in self.layers),
+        fma = bool(fma)
+        weights = self._prepared.get(fma)
+        if weights is None:
+            weights = tuple(tuple(Prepared.of(w, fma) for w in lay.weights)
+                            for lay in self.layers)
+            self._prepared[fma] = weights
+        return PreparedStack(tuple(lay.cell for lay in self.layers), weights,
                              merges=tuple(lay.merge for lay in self.layers), fma=fma)

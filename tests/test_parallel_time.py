@@ -62,16 +62,15 @@ def test_numpy_input_runs_the_graph_synchronously(method, rng, monkeypatch):
 
 
 def slow_gru(dtype):
-    p = dg.GRUParams.random(2, 5, seed=1, dtype=dtype)
-    p.weights[0][0].b_ih[5:10] += 5.0  # z block: the state is kept, forgotten slowly
-    return p
+    w = dg.GRUParams.random(2, 5, seed=1, dtype=dtype).weights[0][0]
+    b_ih = w.b_ih.copy()
+    b_ih[5:10] += 5.0  # z block: the state is kept, forgotten slowly
+    return dg.GRUParams([[w._replace(b_ih=b_ih)]])
 
 
 def chaotic_gru(dtype):
-    p = dg.GRUParams.random(2, 5, seed=1, dtype=dtype)
-    w = p.weights[0][0]
-    w.w_hh[...] = w.w_hh * 8
-    return p
+    w = dg.GRUParams.random(2, 5, seed=1, dtype=dtype).weights[0][0]
+    return dg.GRUParams([[w._replace(w_hh=w.w_hh * 8)]])
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

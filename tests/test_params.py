@@ -82,6 +82,35 @@ def test_equality():
         hash(p)
 
 
+def test_params_are_read_only_snapshots_and_prepare_is_kept():
+    # the kernels' transposed weights are built once per params and numerics setting; that
+    # is safe because nothing can write to the params' arrays: the caller's arrays are
+    # copied, and the params' own are read-only (a write raises instead of leaving the kept
+    # transposes stale)
+    w = dg.GRUParams.random(3, 4, seed=5).weights[0][0]
+    mine = GRUWeights(*[a.copy() for a in w])
+    p = dg.GRUParams([[mine]])
+    x = np.random.default_rng(0).normal(size=(7, 2, 3)).astype("float32")
+    before = dg.gru(x, p)[0]
+    mine.w_hh[...] = 0  # the caller's array: not the params'
+    np.testing.assert_array_equal(dg.gru(x, p)[0], before)
+    assert not any(a.flags.writeable for a in arrays(p))
+    with pytest.raises(ValueError, match="read-only"):
+        p.weights[0][0].b_ih[0] += 1.0
+    assert dg.GRUParams(p.weights).weights[0][0].w_hh is p.weights[0][0].w_hh  # no copy
+    # prepared once per setting; every call a fresh holder over the same weights
+    a, b = p.prepare(True), p.prepare(True)
+    assert a is not b and a.weights is b.weights and p.prepare(False).weights is not a.weights
+    assert all(arr.flags.writeable and arr.flags.c_contiguous for arr in a.weights[0][0][:6])
+    np.testing.assert_array_equal(a.weights[0][0].w_hh_t, p.weights[0][0].w_hh.T)
+    # a pickled copy does not carry them, and its arrays are read-only again
+    import pickle
+
+    q = pickle.loads(pickle.dumps(p))
+    assert q == p and not q._prepared and not any(a.flags.writeable for a in arrays(q))
+    np.testing.assert_array_equal(dg.gru(x, q)[0], before)
+
+
 def test_dask_token():
     tokenize = pytest.importorskip("dask.base").tokenize
     p = dg.GRUParams.random(3, 4, num_layers=2, seed=3)

@@ -93,7 +93,11 @@ class Prepared(NamedTuple):
 
     @classmethod
     def of(cls, w: Weights, fma: bool = True) -> "Prepared":
-        c = np.ascontiguousarray
+        """From a stack's (read-only) weights: C-contiguous writable copies, as the kernels'
+        signatures take them (nothing writes to them)."""
+        def c(a):
+            return np.array(a, order="C", copy=True)
+
         return cls(c(w.w_ih.T), c(w.b_ih), c(w.w_hh.T), c(w.b_hh), c(w.w_ih), c(w.w_hh),
                    bool(fma))
 
