@@ -37,15 +37,21 @@ def to_numpy(a):
 
 
 def _frozen(a, dtype):
-    """``a`` as a read-only C-contiguous array of ``dtype`` that nothing else can write to:
-    ``a`` itself where it already is one that owns its data (a stack's own arrays, passed
-    on by :meth:`Stack.astype` and the like), else a copy."""
-    if (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
-            and a.flags.owndata and not a.flags.writeable):
+    """``a`` as a read-only C-contiguous array of ``dtype`` that nothing can write to: one
+    over an immutable ``bytes`` copy (no writable view of it can exist, and its write flag
+    cannot be turned back on); ``a`` itself where it already is one (a stack's own arrays,
+    passed on by :meth:`Stack.astype` and the like)."""
+    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous and _on_bytes(a):
         return a
-    a = np.array(a, dtype=dtype, order="C", copy=True)
-    a.setflags(write=False)
-    return a
+    b = np.ascontiguousarray(a, dtype=dtype)
+    return np.frombuffer(b.tobytes(), dtype=dtype).reshape(b.shape)
+
+
+def _on_bytes(a) -> bool:
+    """Whether ``a`` is a view, through arrays only, of a ``bytes`` object."""
+    while isinstance(a, np.ndarray):
+        a = a.base
+    return isinstance(a, bytes)
 
 
 def float_dtype(dtype, name="dtype"):
@@ -219,10 +225,11 @@ class Stack:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        for lay in self.layers:  # an unpickled array is writable again
-            for w in lay.weights:
-                for a in w:
-                    a.setflags(write=False)
+        # unpickled arrays are writable, or views of buffers the caller holds: frozen again
+        self.layers = tuple(lay._replace(weights=tuple(Weights(*[_frozen(a, a.dtype) for a in w])
+                                                       for w in lay.weights))
+                            for lay in self.layers)
+        self._prepared = {}
 
     # ------------------------------------------------------------------ properties
     @property

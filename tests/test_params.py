@@ -92,11 +92,22 @@ def test_params_are_read_only_snapshots_and_prepare_is_kept():
     p = dg.GRUParams([[mine]])
     x = np.random.default_rng(0).normal(size=(7, 2, 3)).astype("float32")
     before = dg.gru(x, p)[0]
+    assert not any(np.shares_memory(a, b) for a, b in zip(mine, p.weights[0][0]))
     mine.w_hh[...] = 0  # the caller's array: not the params'
     np.testing.assert_array_equal(dg.gru(x, p)[0], before)
+    np.testing.assert_array_equal(dg.gru(x, dg.GRUParams([[w]]))[0], before)
     assert not any(a.flags.writeable for a in arrays(p))
     with pytest.raises(ValueError, match="read-only"):
         p.weights[0][0].b_ih[0] += 1.0
+    with pytest.raises(ValueError):  # nor can writes be turned back on
+        p.weights[0][0].b_ih.setflags(write=True)
+    # a read-only array the caller can still write through (an older writable view) is
+    # copied too
+    own = w.w_hh.copy()
+    view = own.view()
+    own.setflags(write=False)
+    q = dg.GRUParams([[w._replace(w_hh=own)]])
+    assert not np.shares_memory(q.weights[0][0].w_hh, view)
     assert dg.GRUParams(p.weights).weights[0][0].w_hh is p.weights[0][0].w_hh  # no copy
     # prepared once per setting; every call a fresh holder over the same weights
     a, b = p.prepare(True), p.prepare(True)
@@ -109,6 +120,20 @@ def test_params_are_read_only_snapshots_and_prepare_is_kept():
     q = pickle.loads(pickle.dumps(p))
     assert q == p and not q._prepared and not any(a.flags.writeable for a in arrays(q))
     np.testing.assert_array_equal(dg.gru(x, q)[0], before)
+    # pickle protocol 5 with out-of-band buffers: the copy does not share the caller's
+    buffers = []
+    data = pickle.dumps(p, protocol=5, buffer_callback=buffers.append)
+    held = [bytearray(b.raw()) for b in buffers]
+    q = pickle.loads(data, buffers=held)
+    assert held and q == p and not any(a.flags.writeable for a in arrays(q))
+    assert not any(np.shares_memory(a, np.frombuffer(b, np.uint8)) for a in arrays(q)
+                   for b in held)
+    q.prepare()
+    state = q.__getstate__()  # what an older pickle without the kept weights gives back
+    del state["_prepared"]
+    r = object.__new__(type(q))
+    r.__setstate__(state)
+    np.testing.assert_array_equal(dg.gru(x, r)[0], before)
 
 
 def test_dask_token():
