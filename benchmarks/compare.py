@@ -199,8 +199,9 @@ def time_one(contender, threads, shape, repeats):
         f = eng.RUNNERS[contender](p, x, threads)
         eng.check(contender, f(), dg.gru(x, p)[0])
     # no rest between the calls (alternate's rest is for other engines' threads, and there
-    # are none here): a call right after 0.1 s of anything else took 1.1 ms against 0.75 ms
-    # back to back at (4096, 1, 8, 32) on the Zen 5 guest, for every contender alike
+    # are none here): after 0.1 s of anything else a call's Python path runs cold, ~0.5 ms
+    # more for daskgru and torch, ~0.26 ms for ONNX Runtime on the Zen 5 guest (see
+    # docs/performance.md, ninth session), which would swamp the 1 ms single-sequence row
     with threadpool_limits(threads, user_api="blas"):
         f()
         times = []

@@ -128,8 +128,8 @@ class Model:
         statistics, as at inference) and ``LayerNormalization``. Anything else — an unknown
         layer, a branch, several inputs, ``go_backwards`` outside ``Bidirectional``, a
         stateful layer, an activation daskgru cannot compute — is refused with an error that
-        names the layer and the option. Each recurrent layer keeps its own ``zero_output_for_mask``; the model is
-        batch-first, as Keras is.
+        names the layer and the option. Each recurrent layer keeps its own
+        ``zero_output_for_mask``; the model is batch-first, as Keras is.
 
         Examples
         --------
